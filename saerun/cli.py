@@ -1,0 +1,252 @@
+"""The command line: parse, call one library function, print. Heavy imports stay lazy so that
+`saerun --help` is instant. A SaerunError prints as one line and exits 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from saerun.errors import SaerunError
+
+COMMANDS = ("run", "plan", "schema", "ls", "show", "report")
+
+USAGE = """saerun SPEC [options]          validate, plan, train, evaluate and register a spec
+saerun plan SPEC [--json]        what would run, every resolved value and its source
+saerun ls [--json]               runs in the registry
+saerun show RUN_ID [--json]      one run: config, environment, metrics
+saerun report --frontier         Markdown + PNG frontier report from the registry
+saerun schema                    the spec's JSON schema"""
+
+
+def _registry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="registry database (default: $SAERUN_REGISTRY or registry/saerun.db)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saerun", usage=USAGE, description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("run", help="run a spec (the default command)")
+    p.add_argument("spec", type=Path)
+    _registry_arg(p)
+    p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p = sub.add_parser("plan", help="show the jobs a spec expands to")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("schema", help="print the spec JSON schema")
+    p = sub.add_parser("ls", help="list runs")
+    _registry_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", choices=["planned", "running", "done", "failed"])
+    p = sub.add_parser("show", help="show one run")
+    p.add_argument("run_id")
+    _registry_arg(p)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("report", help="write reports from the registry")
+    p.add_argument("--frontier", action="store_true", help="L0 vs FVU / CE loss recovered")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
+    p.add_argument("filters", nargs="*", metavar="KEY=VALUE",
+                   help="keep runs whose field equals the value, e.g. architecture=relu")
+    _registry_arg(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "run")  # `saerun SPEC` is `saerun run SPEC`
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        return COMMAND_FUNCS[args.command](args)
+    except SaerunError as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are registered; run the spec again to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _registry_path(args: argparse.Namespace) -> Path:
+    from saerun.registry import default_registry_path
+
+    return args.registry or default_registry_path()
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from saerun.progress import Progress
+    from saerun.runner import run_spec
+
+    console = _console()
+    progress = None if args.quiet else Progress(console)
+    summary = run_spec(args.spec, _registry_path(args), progress, args.retry_failed)
+    if not summary.trained and not summary.failed:
+        console.print(
+            f"all {len(summary.jobs)} runs of this spec are already done; nothing to train"
+        )
+    _print_summary(console, summary, _registry_path(args))
+    return 1 if summary.failed else 0
+
+
+def _print_summary(console: Any, summary: Any, registry: Path) -> None:
+    from rich.table import Table
+
+    from saerun.registry import Registry
+
+    table = Table(title="runs")
+    for col in ("run", "name", "status", "L0", "FVU", "CE rec.", "dead %"):
+        table.add_column(col)
+    with Registry(registry) as reg:
+        for job in summary.jobs:
+            run = reg.get_run(job.run_id) or {}
+            m = run.get("metrics") or {}
+            table.add_row(
+                job.run_id[:10], job.name, run.get("status", "?"),
+                _fmt(m.get("l0")), _fmt(m.get("fvu")), _fmt(m.get("ce_loss_recovered")),
+                _fmt(100 * m["dead_fraction"] if "dead_fraction" in m else None),
+            )
+    console.print(table)
+    for run_id, reason in summary.failed.items():
+        console.print(f"[red]failed[/red] {run_id[:10]}: {reason}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from saerun.plan import resolved_items
+    from saerun.runner import prepare
+
+    prepared = prepare(args.spec)
+    plan = prepared.plan
+    if args.json:
+        out = [
+            {"run_id": j.run_id, "name": j.name, "group": j.group_key,
+             "config": j.config.model_dump(mode="json"), "provenance": j.provenance}
+            for j in plan.jobs
+        ]
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
+    console = _console()
+    from rich.table import Table
+
+    groups = plan.groups
+    console.print(f"[bold]{plan.spec.name}[/bold]: {len(plan.jobs)} runs in {len(groups)} "
+                  "activation group(s) (one language-model pass per batch per group)")
+    for key, jobs in groups.items():
+        first = jobs[0].config
+        tokens = first.data.train_tokens + first.data.eval_tokens
+        params = sum(2 * j.config.sae.d_in * j.config.sae.d_sae for j in jobs)
+        mem_mb = params * 4 * 4 / 2**20  # weights + grads + 2 Adam moments, float32
+        buffer_mb = first.data.shuffle_buffer_tokens * first.sae.d_in * 4 / 2**20
+        console.print(f"\ngroup {key}: model {first.model.name}, {len(jobs)} SAEs, "
+                      f"{tokens:,} tokens through the model, ~{mem_mb:.0f} MB of SAE state, "
+                      f"~{buffer_mb:.0f} MB shuffle buffer per site")
+        for job in jobs:
+            console.print(f"  {job.run_id}  {job.name}")
+    console.print()
+    first_job = plan.jobs[0]
+    table = Table(title=f"resolved values (first run; sweep axes vary): {first_job.name}")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("source")
+    for key, value in resolved_items(first_job.config).items():
+        table.add_row(key, json.dumps(value), first_job.provenance.get(key, "?"))
+    console.print(table)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from saerun.spec import Spec
+
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from saerun.registry import Registry
+
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        runs = reg.list_runs(status=args.status)
+        if args.json:
+            print(json.dumps(runs, indent=2, sort_keys=True, default=str))
+            return 0
+        from rich.table import Table
+
+        table = Table()
+        for col in ("run", "name", "status", "finished"):
+            table.add_column(col)
+        for run in runs:
+            table.add_row(run["run_id"][:12], run["name"], run["status"],
+                          run.get("finished_at") or "")
+        _console().print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from saerun.registry import Registry
+
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        run = reg.get_run(args.run_id)
+        if run is None:
+            raise SaerunError(f"no run with id {args.run_id!r}", hint="see `saerun ls`")
+        run["artifacts"] = str(reg.artifacts_dir(run["run_id"]))
+    if args.json:
+        print(json.dumps(run, indent=2, sort_keys=True, default=str))
+        return 0
+    console = _console()
+    console.print(f"[bold]{run['run_id']}[/bold] {run['name']} ({run['status']})")
+    for key in ("created_at", "started_at", "finished_at", "train_seconds", "eval_seconds",
+                "tokens_trained", "data_fingerprint", "artifacts", "error"):
+        if run.get(key) is not None:
+            console.print(f"  {key}: {run[key]}")
+    for name, value in sorted((run.get("metrics") or {}).items()):
+        console.print(f"  {name}: {value:.6g}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from saerun.registry import Registry
+    from saerun.report.frontier import write_frontier_report
+
+    if not args.frontier:
+        raise SaerunError("say which report to write", hint="e.g. saerun report --frontier")
+    filters = {}
+    for item in args.filters:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SaerunError(f"filter {item!r} is not KEY=VALUE", hint="e.g. architecture=relu")
+        filters[key] = value
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        rows = reg.results(filters)
+    path = write_frontier_report(rows, args.out)
+    print(f"wrote {os.path.relpath(path)}")
+    return 0
+
+
+COMMAND_FUNCS = {
+    "run": cmd_run, "plan": cmd_plan, "schema": cmd_schema, "ls": cmd_ls, "show": cmd_show,
+    "report": cmd_report,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Run the metrics of `metrics.py` for every SAE of a group on the held-out tokens.
+
+One clean forward per eval batch gives the logits and the activations at every site of the
+group; the zero- and mean-ablation forwards are shared by all SAEs at a site; each SAE then
+costs one patched forward. Special-token positions (BOS) are excluded consistently: they are
+neither reconstructed, nor patched, nor counted in any metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saerun.metrics import MetricAccumulator, per_token_ce, per_token_kl
+from saerun.sae import SAE
+
+LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl"}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    density: Tensor  # [d_sae] fraction of eval tokens on which each latent fired
+
+
+@torch.no_grad()
+def evaluate_group(
+    lm, eval_batches: list[Tensor], saes: dict[str, tuple[SAE, str]], metric_names: set[str],
+    exclude_special_tokens: bool = True,
+) -> dict[str, EvalResult]:
+    """`saes`: run_id -> (SAE taking raw activations, hook name). Returns run_id -> result."""
+    hooks = sorted({hook for _, hook in saes.values()})
+    with_lm = bool(metric_names & LM_METRICS)
+    device = next(iter(saes.values()))[0].W_dec.device
+
+    def positions(tokens: Tensor) -> Tensor:  # [b, T] True where a token counts
+        if not exclude_special_tokens:
+            return torch.ones_like(tokens, dtype=torch.bool)
+        return ~lm.special_mask(tokens)
+
+    means: dict[str, Tensor] = {}
+    if with_lm:
+        # Mean ablation needs the eval-set mean first: one cheap pass that stops at the site.
+        sums = {h: torch.zeros((), dtype=torch.float64) for h in hooks}
+        count = 0
+        for tokens in eval_batches:
+            acts = lm.capture(tokens, hooks)
+            keep = positions(tokens)
+            count += int(keep.sum())
+            for h in hooks:
+                sums[h] = sums[h] + acts[h][keep].double().sum(0)
+        means = {h: (sums[h] / max(count, 1)).float() for h in hooks}
+
+    accs = {run_id: MetricAccumulator() for run_id in saes}
+    for tokens in eval_batches:
+        keep = positions(tokens)
+        pred = keep[:, :-1]  # CE/KL at positions whose input token counts
+        if with_lm:
+            logits, acts = lm.forward_with_capture(tokens, hooks)
+            ce_orig = per_token_ce(logits, tokens)[pred]
+            ablated = {}
+            for h in hooks:
+                mask = keep[..., None]
+                zero = lm.logits_patched(tokens, h, lambda a, m=mask: torch.where(m, 0.0, a))
+                mean_ = lm.logits_patched(
+                    tokens, h, lambda a, m=mask, mu=means[h]: torch.where(m, mu.to(a), a)
+                )
+                ablated[h] = (
+                    per_token_ce(zero, tokens)[pred],
+                    per_token_ce(mean_, tokens)[pred],
+                    per_token_kl(logits, zero)[pred],
+                )
+        else:
+            acts = lm.capture(tokens, hooks)
+        for run_id, (sae, hook) in saes.items():
+            x = acts[hook].to(device=device, dtype=torch.float32)
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            accs[run_id].update_reconstruction(x[keep], x_hat[keep], f[keep])
+            if with_lm:
+                patch = torch.where(keep[..., None], x_hat.to(acts[hook].dtype), acts[hook])
+                patched = lm.logits_patched(tokens, hook, lambda a, p=patch: p)
+                ce_zero, ce_mean, kl_zero = ablated[hook]
+                accs[run_id].update_lm(
+                    ce_orig=ce_orig,
+                    ce_sae=per_token_ce(patched, tokens)[pred],
+                    ce_zero=ce_zero,
+                    ce_mean=ce_mean,
+                    kl_sae=per_token_kl(logits, patched)[pred],
+                    kl_zero=kl_zero,
+                )
+    return {
+        run_id: EvalResult(acc.result(), acc.feature_density()) for run_id, acc in accs.items()
+    }

@@ -1,0 +1,269 @@
+"""Spec -> Plan: sweep expansion, derived values with provenance, run ids and grouping. Pure.
+
+Every job is the spec's raw mapping with the sweep values written in, the derived values filled
+in (d_in from the model, d_sae from an expansion factor), validated again as a `RunConfig`. A run
+id is a hash of that resolved config, so it depends only on what determines the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from saerun.errors import SaerunError, SpecError
+from saerun.spec import LineMap, RunConfig, Spec, spec_error_from_validation
+
+# Bump when the meaning of a resolved config changes (new numerics), so old ids never collide.
+RUN_ID_VERSION = "saerun-run-v1"
+DEFAULT_EXPANSION_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """What the planner needs to know about a model without loading it."""
+
+    n_layers: int
+    hook_widths: dict[str, int]  # hook name -> activation width there (d_in of an SAE)
+    source: str  # where the numbers came from, shown by `saerun plan`
+
+
+@dataclass(frozen=True)
+class Job:
+    run_id: str
+    name: str  # human label: spec name + the sweep values that make this job
+    config: RunConfig
+    group_key: str  # jobs sharing it share one activation stream (one LM pass per batch)
+    provenance: dict[str, str] = field(compare=False)  # dotted path -> spec|default|sweep|derived
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: Spec
+    jobs: list[Job]
+
+    @property
+    def groups(self) -> dict[str, list[Job]]:
+        out: dict[str, list[Job]] = {}
+        for job in self.jobs:
+            out.setdefault(job.group_key, []).append(job)
+        return out
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def run_id_of(config: RunConfig) -> str:
+    return stable_hash([RUN_ID_VERSION, config.model_dump(mode="json")], n=16)
+
+
+def group_key_of(config: RunConfig) -> str:
+    """Jobs with the same model, data and batch size can step in lockstep on one stream."""
+    c = config.model_dump(mode="json")
+    return stable_hash([c["model"], c["data"], c["train"]["batch_tokens"]], n=12)
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    node = tree
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _flatten(obj: Any, prefix: tuple = ()) -> dict[tuple, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[tuple, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, prefix + (key,)))
+        return out
+    return {prefix: obj}
+
+
+def _sweep_points(spec: Spec) -> list[dict[tuple[str, ...], Any]]:
+    """Every combination of the grid, times the zip rows, times the site list and seeds."""
+    axes: list[list[dict[tuple[str, ...], Any]]] = []
+    sites = spec.site.hook_name
+    if isinstance(sites, list):
+        axes.append([{("site", "hook_name"): s} for s in sites])
+    for key, values in spec.sweep.grid.items():
+        axes.append([{tuple(key.split(".")): v} for v in values])
+    if spec.sweep.zip:
+        keys = list(spec.sweep.zip)
+        n = len(spec.sweep.zip[keys[0]])
+        axes.append([{tuple(k.split(".")): spec.sweep.zip[k][i] for k in keys} for i in range(n)])
+    if spec.sweep.seeds is not None:
+        axes.append([{("seed",): s} for s in spec.sweep.seeds])
+    points = []
+    for combo in itertools.product(*axes):
+        point: dict[tuple[str, ...], Any] = {}
+        for part in combo:
+            point.update(part)
+        points.append(point)
+    return points
+
+
+def _sweep_line_path(key: tuple[str, ...], spec: Spec) -> tuple:
+    dotted = ".".join(key)
+    if key == ("site", "hook_name"):
+        return ("site", "hook_name")
+    if key == ("seed",):
+        return ("sweep", "seeds")
+    section = "grid" if dotted in spec.sweep.grid else "zip"
+    return ("sweep", section, dotted)
+
+
+def _label(spec: Spec, point: dict[tuple[str, ...], Any]) -> str:
+    if not point:
+        return spec.name
+    parts = [
+        f"{'.'.join(k).removeprefix('sae.').removeprefix('train.')}={v}" for k, v in point.items()
+    ]
+    return f"{spec.name}[{','.join(parts)}]"
+
+
+def build_plan(
+    spec: Spec,
+    raw: dict,
+    lines: LineMap,
+    file: str,
+    model_dims: Callable[[str], ModelDims],
+) -> Plan:
+    """Expand the sweep and resolve every job. Raises SpecError pointing at the spec's lines."""
+    base = {k: v for k, v in raw.items() if k not in ("sweep", "name")}
+    dims_cache: dict[str, ModelDims] = {}
+    jobs: list[Job] = []
+    seen: dict[str, str] = {}
+    for point in _sweep_points(spec):
+        tree = copy.deepcopy(base)
+        for key, value in point.items():
+            _set(tree, key, value)
+        relocate = {key: _sweep_line_path(key, spec) for key in point}
+        note = "(from the sweep)" if point else ""
+
+        # Validate once as a partial spec to learn the model name and architecture.
+        try:
+            partial = Spec.model_validate({**tree, "name": spec.name})
+        except ValidationError as err:
+            raise spec_error_from_validation(
+                err, file=file, lines=lines, data=tree, relocate=relocate, note=note
+            ) from None
+        derived = _derive(partial, tree, lines, file, dims_cache, model_dims)
+        for key, value in derived.items():
+            _set(tree, key, value)
+        try:
+            config = RunConfig.model_validate(tree)
+        except ValidationError as err:
+            raise spec_error_from_validation(
+                err, file=file, lines=lines, data=tree, root=RunConfig, relocate=relocate, note=note
+            ) from None
+
+        provenance = _provenance(config, raw, point, derived)
+        run_id = run_id_of(config)
+        label = _label(spec, point)
+        if run_id in seen:
+            raise SpecError(
+                f"the sweep produces the same run twice: {seen[run_id]} and {label}",
+                file=file,
+                line=lines.get(("sweep",), 1),
+                field="sweep",
+                hint="remove the repeated value",
+            )
+        seen[run_id] = label
+        jobs.append(Job(run_id, label, config, group_key_of(config), provenance))
+    return Plan(spec=spec, jobs=jobs)
+
+
+def _derive(
+    partial: Spec,
+    tree: dict,
+    lines: LineMap,
+    file: str,
+    cache: dict[str, ModelDims],
+    model_dims: Callable[[str], ModelDims],
+) -> dict[tuple[str, ...], Any]:
+    """Values computed from other values: d_in from the model, d_sae from the expansion factor."""
+    name = partial.model.name
+    if name not in cache:
+        try:
+            cache[name] = model_dims(name)
+        except SaerunError as err:
+            raise SpecError(
+                err.message, file=file, line=lines.get(("model", "name"), 1), field="model.name",
+                hint=err.hint,
+            ) from None
+    dims = cache[name]
+    hook = tree.get("site", {}).get("hook_name", partial.site.hook_name)
+    if hook not in dims.hook_widths:
+        raise SpecError(
+            f"unknown hook name {hook!r} for model {name!r} ({dims.n_layers} layers)",
+            file=file,
+            line=lines.get(("site", "hook_name"), lines.get(("site",), 1)),
+            field="site.hook_name",
+            hint="e.g. blocks.0.hook_resid_post ... "
+            f"blocks.{dims.n_layers - 1}.hook_resid_post, blocks.N.hook_mlp_out, "
+            "blocks.N.hook_attn_out; `saerun plan` lists none of this until the name is valid",
+        )
+    sae = partial.sae
+    out: dict[tuple[str, ...], Any] = {}
+    d_in = sae.d_in
+    width = dims.hook_widths[hook]
+    if d_in is not None and d_in != width:
+        raise SpecError(
+            f"d_in {d_in} does not match the model's width {width} at {hook!r}",
+            file=file,
+            line=lines.get(("sae", "d_in"), 1),
+            field="sae.d_in",
+            hint="omit d_in to take it from the model",
+        )
+    if d_in is None:
+        d_in = width
+        out[("sae", "d_in")] = d_in
+    if sae.d_sae is None:
+        factor = sae.expansion_factor or DEFAULT_EXPANSION_FACTOR
+        out[("sae", "d_sae")] = max(1, round(factor * d_in))
+        out[("sae", "expansion_factor")] = None
+    return out
+
+
+def _provenance(
+    config: RunConfig, raw: dict, point: dict, derived: dict
+) -> dict[str, str]:
+    flat = _flatten(config.model_dump(mode="json"))
+    out = {}
+    for path, _ in sorted(flat.items(), key=lambda kv: kv[0]):
+        if path in derived:
+            source = "derived"
+        elif any(path[: len(k)] == k for k in point):
+            source = "sweep"
+        elif _get(raw, path)[0]:
+            source = "spec"
+        else:
+            source = "default"
+        out[".".join(map(str, path))] = source
+    return out
+
+
+def resolved_items(config: BaseModel) -> dict[str, Any]:
+    """Flat dotted view of a resolved config (for `saerun plan` and the registry)."""
+    return {".".join(map(str, k)): v for k, v in _flatten(config.model_dump(mode="json")).items()}

@@ -1,0 +1,51 @@
+"""The rich progress display of a training group: tokens/s, loss, L0, dead fraction, ETA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    def __init__(self, console: Any) -> None:
+        self.bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.batch_tokens = 0
+
+    def start_group(self, jobs: list, total_steps: int, start: int) -> int:
+        self.bar.start()
+        self.batch_tokens = jobs[0].config.train.batch_tokens
+        name = f"{len(jobs)} SAE(s)"
+        return self.bar.add_task(name, total=total_steps, completed=start, rate="", stats="")
+
+    def advance(self, task: int, step: int, trainers: list) -> None:
+        t = self.bar.tasks[task]
+        rate = ""
+        if t.speed:
+            rate = f"{t.speed * self.batch_tokens / 1000:.1f}k tok/s"
+        stats = ""
+        latest = [tr.curve[-1] for tr in trainers if tr.curve]
+        if latest:
+            l0 = [p["l0"] for p in latest]
+            mse = [p["mse"] for p in latest]
+            stats = f"L0 {min(l0):.0f}-{max(l0):.0f}  mse {min(mse):.3g}-{max(mse):.3g}"
+        self.bar.update(task, completed=step, rate=rate, stats=stats)
+
+    def finish(self, task: int) -> None:
+        self.bar.stop()

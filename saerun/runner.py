@@ -1,0 +1,239 @@
+"""Run a spec locally: validate, plan, train every unfinished job group, evaluate, register.
+
+Everything that can fail because of the user's input (spec, model name, hook, dataset) fails in
+`prepare`, before the registry is touched. A group is the set of jobs that share one activation
+stream; its language model is loaded once and each batch of its forward pass feeds every SAE.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saerun.errors import SaerunError, SpecError
+from saerun.plan import Job, ModelDims, Plan, build_plan
+from saerun.spec import LineMap, Spec, load_spec
+
+
+@dataclass
+class Prepared:
+    path: Path
+    spec: Spec
+    raw: dict
+    lines: LineMap
+    text: str
+    plan: Plan
+
+
+@dataclass
+class Summary:
+    jobs: list[Job]
+    trained: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+
+
+def model_dims(name: str, offline_table: bool = False) -> ModelDims:
+    """Widths of every hook of a model, read from its config (never loads the weights)."""
+    from saerun import models
+
+    info = models.known_dims(name) if offline_table else None
+    source = "built-in table of well-known models"
+    if info is None:
+        info = models.model_info(name)
+        source = f"config of {info.source}"
+    widths = {hook: models.hook_width(info, hook) for hook in models.hook_names(info)}
+    return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source)
+
+
+def prepare(path: str | Path, offline_dims: bool = False) -> Prepared:
+    """Load, validate and plan a spec; check the data exists. Writes nothing."""
+    from saerun import data as data_mod
+
+    path = Path(path)
+    spec, raw, lines, text = load_spec(path)
+    plan = build_plan(
+        spec, raw, lines, str(path), lambda name: model_dims(name, offline_table=offline_dims)
+    )
+    if not offline_dims:
+        for dataset in sorted({job.config.data.dataset for job in plan.jobs}):
+            try:
+                data_mod.resolve_dataset(dataset)
+            except SaerunError as err:
+                raise SpecError(
+                    err.message,
+                    file=str(path),
+                    line=lines.get(("data", "dataset"), lines.get(("data",), 1)),
+                    field="data.dataset",
+                    hint=err.hint,
+                ) from None
+    return Prepared(path, spec, raw, lines, text, plan)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def environment(device: str, numerics_mode: str) -> dict[str, Any]:
+    """What a reader needs to trust or reproduce a number: versions, device, git commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("saerun", "torch", "transformer-lens", "transformers", "pydantic"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "numerics_mode": numerics_mode,
+        "git_commit": commit,
+    }
+
+
+def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
+             retry_failed: bool = False) -> Summary:
+    """Validate, plan, train what is not done yet, evaluate, register."""
+    from saerun.registry import Registry
+
+    prepared = prepare(path)
+    plan = prepared.plan
+    with Registry(registry_path) as reg:
+        spec_hash = reg.add_spec(plan.spec.name, str(prepared.path), prepared.text)
+        statuses = reg.ensure_runs(
+            spec_hash,
+            [
+                {"run_id": j.run_id, "name": j.name, "group_key": j.group_key,
+                 "config": j.config.model_dump(mode="json")}
+                for j in plan.jobs
+            ],
+        )
+        summary = Summary(jobs=plan.jobs)
+        for jobs in plan.groups.values():
+            todo = [j for j in jobs if statuses[j.run_id] in ("planned", "running")
+                    or (retry_failed and statuses[j.run_id] == "failed")]
+            if not todo:
+                continue
+            try:
+                _run_group(reg, todo, progress)
+                summary.trained += [j.run_id for j in todo]
+            except SaerunError:
+                raise
+            except Exception as err:  # a crash in one group must not lose the others
+                reason = f"{type(err).__name__}: {err}"
+                for job in todo:
+                    reg.mark_failed(job.run_id, reason)
+                    summary.failed[job.run_id] = reason
+        summary.statuses = {j.run_id: (reg.get_run(j.run_id) or {}).get("status", "?")
+                            for j in plan.jobs}
+    return summary
+
+
+def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
+    import torch
+
+    from saerun import artifacts, data
+    from saerun.activations import (
+        ActivationStream,
+        LanguageModel,
+        estimate_norm_scale,
+        eval_token_batches,
+    )
+    from saerun.evaluate import evaluate_group
+    from saerun.train import Trainer, train_group
+
+    first = jobs[0].config
+    device = pick_device(first.model.device)
+    dtype = getattr(torch, first.model.dtype)
+    lm = LanguageModel.load(first.model.name, device=device, dtype=dtype)
+    env = environment(device, lm.numerics_mode)
+    fingerprint = data.fingerprint(first.data)
+    hooks = sorted({j.config.site.hook_name for j in jobs})
+
+    trainers: list[Trainer] = []
+    for job in jobs:
+        folder = reg.artifacts_dir(job.run_id)
+        artifacts.write_run_spec(folder, job.config.model_dump(mode="json"))
+        tr = Trainer.create(job.run_id, job.config, device)
+        saved = artifacts.load_checkpoint(folder)
+        if saved is not None:
+            tr.load_state(*saved)
+        trainers.append(tr)
+        reg.mark_running(job.run_id, env, fingerprint)
+
+    if first.data.normalize == "expected_norm":
+        scales = estimate_norm_scale(lm, first.data, hooks)
+    else:
+        scales = dict.fromkeys(hooks, 1.0)
+
+    def checkpoint(tr: Trainer) -> None:
+        tensors, meta = tr.state()
+        meta["norm_scale"] = scales[tr.hook_name]
+        artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta)
+        reg.add_curve(tr.run_id, tr.curve)
+        tr.curve = []
+
+    start = min(tr.step for tr in trainers)
+    total = max(tr.total_steps for tr in trainers)
+    t0 = time.perf_counter()
+    if any(not tr.done for tr in trainers):
+        stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, device)
+        if start:
+            stream.skip(start)
+        task = progress.start_group(jobs, total, start) if progress else None
+        on_batch = (lambda i: progress.advance(task, i, trainers)) if progress else (lambda i: None)
+        train_group(trainers, stream, start, scales, checkpoint, on_batch)
+        if progress:
+            progress.finish(task)
+    train_seconds = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    folded = {}
+    for tr in trainers:
+        sae = copy.deepcopy(tr.sae).eval()
+        sae.fold_scale(scales[tr.hook_name])
+        folded[tr.run_id] = (sae, tr.hook_name)
+    eval_batches = eval_token_batches(lm, first.data)
+    metric_names = set(first.eval.metrics)
+    results = evaluate_group(lm, eval_batches, folded, metric_names,
+                             first.data.exclude_special_tokens)
+    eval_seconds = time.perf_counter() - t1
+
+    for tr in trainers:
+        res = results[tr.run_id]
+        metrics = dict(res.metrics)
+        metrics["dead_fraction_train"] = tr.dead_mask().float().mean().item()
+        metrics["norm_scale"] = scales[tr.hook_name]
+        metadata = {
+            "model_name": tr.config.model.name,
+            "hook_name": tr.hook_name,
+            "context_size": tr.config.data.context_size,
+            "prepend_bos": True,
+            "dataset_path": tr.config.data.dataset,
+            "saerun_run_id": tr.run_id,
+            "saerun_architecture": tr.config.sae.architecture,
+            "numerics_mode": lm.numerics_mode,
+            "normalization_scale_folded": scales[tr.hook_name],
+        }
+        artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], metadata,
+                            res.density)
+        reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens)

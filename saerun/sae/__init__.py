@@ -1,0 +1,21 @@
+"""SAE architectures: one module each, one protocol (`sae.base.SAE`), picked by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from saerun.sae.base import SAE, LossOutput
+from saerun.sae.relu import ReluSAE
+
+SAE_CLASSES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (ReluSAE,)}
+
+
+def build_sae(cfg: Any, seed: int) -> SAE:
+    """A freshly initialised SAE for a resolved `sae` config section (d_in, d_sae set)."""
+    generator = torch.Generator().manual_seed(seed)
+    return SAE_CLASSES[cfg.architecture](cfg, generator)
+
+
+__all__ = ["SAE", "SAE_CLASSES", "LossOutput", "build_sae"]

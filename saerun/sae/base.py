@@ -1,0 +1,110 @@
+"""The protocol every SAE architecture implements, and the math they share (stated once).
+
+Notation (DESIGN.md §4): x in R^d_in, pre = (x - b_dec) W_enc + b_enc, f = latents in R^d_sae,
+x_hat = f W_dec + b_dec. Weights are stored SAELens-style: W_enc [d_in, d_sae],
+W_dec [d_sae, d_in], so one row of W_dec is one latent's decoder direction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor  # scalar that is back-propagated
+    mse: Tensor  # scalar: mean over the batch of ||x - x_hat||^2 (summed over dimensions)
+    sparsity: Tensor  # scalar: the unweighted sparsity penalty
+    l0: Tensor  # scalar: mean number of non-zero latents per token
+    f: Tensor  # [batch, d_sae] latents, detached (for dead-latent tracking)
+
+
+class SAE(nn.Module):
+    """Base class: parameters, init, decode, normalisation folding. Subclasses add `encode` and
+    `loss`; the training loop only ever calls the methods defined here."""
+
+    architecture: ClassVar[str]
+    saelens_architecture: ClassVar[str]  # the name SAELens uses in cfg.json
+
+    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        # Decoder rows: random directions with a fixed norm; W_enc = W_dec^T (Anthropic, April
+        # 2024 update) gives every latent a sensible starting direction and fewer dead latents.
+        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True) * cfg.decoder_init_norm
+        if cfg.init_encoder_as_decoder_transpose:
+            w_enc = w_dec.t().clone()
+        else:
+            bound = 1.0 / d_in**0.5
+            w_enc = (torch.rand(d_in, d_sae, generator=generator) * 2 - 1) * bound
+        self.W_enc = nn.Parameter(w_enc.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(w_dec.contiguous())
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # -- the protocol ------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:  # [batch, d_in] -> [batch, d_sae]
+        raise NotImplementedError
+
+    def decode(self, f: Tensor) -> Tensor:  # [batch, d_sae] -> [batch, d_in]
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+        """Training loss on a batch; `sparsity_scale` in [0, 1] is the sparsity warm-up factor."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to renormalise a unit-norm decoder)."""
+
+    # -- shared ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_b_dec(self, x: Tensor) -> None:
+        """Initialise b_dec from a sample of (normalised) training activations [n, d_in]."""
+        mode = self.cfg.b_dec_init
+        if mode == "mean":
+            self.b_dec.copy_(x.mean(0))
+        elif mode == "geometric_median":
+            self.b_dec.copy_(geometric_median(x))
+
+    @torch.no_grad()
+    def fold_scale(self, scale: float) -> None:
+        """Make an SAE trained on `scale * x` take and return raw x, leaving latents unchanged:
+        pre = (s x - b) W_enc + b_enc = (x - b/s)(s W_enc) + b_enc, x_hat = f (W_dec/s) + b/s."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def decoder_norms(self) -> Tensor:  # [d_sae]
+        return self.W_dec.norm(dim=1)
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        """Fields of cfg.json that SAELens reads for this architecture."""
+        return {"architecture": self.saelens_architecture, "apply_b_dec_to_input": True}
+
+
+def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
+    """||x - x_hat||^2 summed over dimensions: [batch]."""
+    return (x_hat - x).pow(2).sum(dim=-1)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to `points`.
+    Robust to the outlier activations that pull the mean (Anthropic 2023 b_dec init)."""
+    points = points.double()
+    guess = points.mean(0)
+    for _ in range(iters):
+        weights = 1.0 / (points - guess).norm(dim=1).clamp_min(eps)
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        if (new - guess).norm() < eps * (1 + guess.norm()):
+            guess = new
+            break
+        guess = new
+    return guess.float()

@@ -1,0 +1,41 @@
+"""ReLU SAE (Anthropic "Towards Monosemanticity" + April 2024 update; SAELens "standard").
+
+f = ReLU((x - b_dec) W_enc + b_enc). The decoder is free (not unit norm): the penalty is weighted
+by each latent's decoder norm, so shrinking f while growing W_dec cannot cheat the penalty.
+Penalties: l1 = sum_i f_i ||W_dec,i||; sqrt_l1 = sum_i (sqrt(f_i ||W_dec,i|| + eps) - sqrt(eps))
+(the "Sqrt()-ing L1" post: concave, so it pushes small activations to zero harder than large
+ones; eps keeps the gradient finite at 0 and the subtraction makes the penalty 0 there).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saerun.sae.base import SAE, LossOutput, mse_per_token
+
+
+class ReluSAE(SAE):
+    architecture = "relu"
+    saelens_architecture = "standard"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def penalty(self, f: Tensor) -> Tensor:
+        """The unweighted sparsity penalty per token: [batch]."""
+        weighted = f * self.decoder_norms()
+        sparsity = self.cfg.sparsity
+        if sparsity.penalty == "l1":
+            return weighted.sum(-1)
+        eps = sparsity.epsilon
+        return (torch.sqrt(weighted + eps) - eps**0.5).sum(-1)
+
+    def loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        mse = mse_per_token(x, x_hat).mean()
+        sparsity = self.penalty(f).mean()
+        loss = mse + sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        l0 = (f > 0).float().sum(-1).mean()
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())

@@ -1,0 +1,441 @@
+"""The spec schema (the single source of truth) and the YAML loader that reports file:line:field.
+
+A spec is what a researcher writes; a `RunConfig` is one fully resolved job of it (one SAE),
+produced by `plan.py`. Both are frozen pydantic models with `extra="forbid"` and a description on
+every field: `saerun schema` and the README's spec reference are generated from them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from saerun.errors import SpecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        "saerun/tiny-stdlib",
+        description="transformer-lens / Hugging Face model name, a local model directory, or the "
+        "embedded default 'saerun/tiny-stdlib'.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the language model runs in (SAEs always train in float32)."
+    )
+    device: str = Field(
+        "auto",
+        description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+    )
+
+
+class SiteConfig(_Strict):
+    hook_name: str | list[str] = Field(
+        "blocks.1.hook_resid_post",
+        description="transformer-lens hook point(s) to train on, e.g. 'blocks.6.hook_resid_post'. "
+        "A list trains one SAE per site, all fed by the same model forward pass.",
+    )
+
+
+class DataConfig(_Strict):
+    dataset: str = Field(
+        "saerun/stdlib",
+        description="the embedded corpus 'saerun/stdlib', a local .txt/.jsonl/.parquet file, or a "
+        "Hugging Face dataset name.",
+    )
+    text_column: str = Field("text", description="column holding the text (JSONL/parquet/hub).")
+    split: str = Field("train", description="Hugging Face split to read.")
+    context_size: int = Field(128, gt=1, description="tokens per sequence fed to the model.")
+    train_tokens: int = Field(
+        2_000_000, gt=0, description="activation vectors (tokens) each SAE trains on."
+    )
+    eval_tokens: int = Field(
+        32_768, gt=0, description="held-out tokens every evaluation metric is computed over."
+    )
+    eval_fraction: float = Field(
+        0.05, gt=0, lt=1, description="fraction of documents held out for evaluation."
+    )
+    shuffle_buffer_tokens: int = Field(
+        65_536, gt=0, description="activations held in the shuffle buffer (bounds memory)."
+    )
+    shuffle_seed: int = Field(0, description="seed of the activation shuffle (data order).")
+    exclude_special_tokens: bool = Field(
+        True, description="drop BOS/EOS positions from training and evaluation activations."
+    )
+    normalize: Literal["none", "expected_norm"] = Field(
+        "expected_norm",
+        description="'expected_norm' scales activations so that E||x|| = sqrt(d_in) during "
+        "training; the scale is folded into the saved weights.",
+    )
+    lm_batch_sequences: int = Field(
+        32, gt=0, description="sequences per language-model forward pass."
+    )
+
+
+class SparsityConfig(_Strict):
+    penalty: Literal["l1", "sqrt_l1"] = Field(
+        "l1",
+        description="'l1': lambda * sum_i f_i ||W_dec,i||; 'sqrt_l1': lambda * sum_i "
+        "(sqrt(f_i ||W_dec,i|| + epsilon) - sqrt(epsilon)).",
+    )
+    coefficient: float = Field(5.0, ge=0, description="sparsity coefficient lambda.")
+    epsilon: float = Field(
+        1e-4, gt=0, description="sqrt_l1 only: keeps the penalty's gradient finite near 0."
+    )
+
+
+class ReluSAEConfig(_Strict):
+    architecture: Literal["relu"] = Field(description="ReLU SAE (Anthropic / SAELens baseline).")
+    d_in: int | None = Field(
+        None, gt=0, description="input width; taken from the model when omitted (derived)."
+    )
+    d_sae: int | None = Field(
+        None, gt=0, description="number of latents; or give expansion_factor instead."
+    )
+    expansion_factor: float | None = Field(
+        None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
+    )
+    sparsity: SparsityConfig = Field(
+        default_factory=SparsityConfig, description="sparsity penalty and its coefficient."
+    )
+    decoder_init_norm: float = Field(
+        0.1, gt=0, description="norm of every decoder row at initialisation."
+    )
+    init_encoder_as_decoder_transpose: bool = Field(
+        True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update)."
+    )
+    b_dec_init: Literal["zeros", "mean", "geometric_median"] = Field(
+        "geometric_median",
+        description="initial decoder bias: zeros, the activation mean or their geometric median.",
+    )
+
+    @model_validator(mode="after")
+    def _one_width(self) -> ReluSAEConfig:
+        if self.d_sae is not None and self.expansion_factor is not None:
+            raise ValueError("give d_sae or expansion_factor, not both")
+        return self
+
+
+# One entry per architecture; the `architecture` tag picks the member.
+SAEConfig = Annotated[Union[(ReluSAEConfig,)], Field(discriminator="architecture")]  # noqa: UP007
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (peak).")
+    batch_tokens: int = Field(4096, gt=0, description="activation vectors per optimiser step.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam (beta1, beta2).")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear LR warm-up from 0, in steps.")
+    lr_decay: Literal["none", "linear", "cosine"] = Field(
+        "linear", description="LR decay to 0 over the last lr_decay_fraction of training."
+    )
+    lr_decay_fraction: float = Field(
+        0.2, ge=0, le=1, description="fraction of training (at the end) the LR decays over."
+    )
+    sparsity_warmup_fraction: float = Field(
+        0.05, ge=0, le=1, description="linear warm-up of the sparsity coefficient, as a fraction "
+        "of training.",
+    )
+    grad_clip_norm: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm to this value; null disables clipping."
+    )
+    dead_window_tokens: int = Field(
+        500_000, gt=0, description="a latent that fired on none of the last N tokens is dead."
+    )
+    checkpoint_every_tokens: int = Field(
+        1_000_000, gt=0, description="write a resumable checkpoint every N training tokens."
+    )
+    log_every_steps: int = Field(
+        25, gt=0, description="record a training-curve point every N steps."
+    )
+
+
+METRIC_NAMES = (
+    "l0", "mse", "fvu", "explained_variance", "cosine_similarity", "l2_ratio", "shrinkage",
+    "ce_loss_recovered", "delta_lm_loss", "kl", "dead", "dense",
+)  # fmt: skip
+
+
+class EvalConfig(_Strict):
+    metrics: list[Literal[METRIC_NAMES]] = Field(  # type: ignore[valid-type]
+        list(METRIC_NAMES),
+        description="metrics to compute on the held-out tokens. Reconstruction metrics are "
+        "always computed (they are free); ce_loss_recovered, delta_lm_loss and kl need extra "
+        "language-model passes.",
+    )
+
+
+SweepValues = list[Any]
+
+
+class SweepConfig(_Strict):
+    grid: dict[str, SweepValues] = Field(
+        default_factory=dict,
+        description="dotted field path -> values; every combination is a run "
+        "(e.g. {train.lr: [1e-4, 3e-4]}).",
+    )
+    zip: dict[str, SweepValues] = Field(
+        default_factory=dict,
+        description="dotted field path -> values, all lists of one length, varied together.",
+    )
+    seeds: list[int] | None = Field(
+        None, description="repeat every run once per seed (overrides the top-level seed)."
+    )
+
+    @field_validator("grid", "zip")
+    @classmethod
+    def _non_empty(cls, value: dict[str, SweepValues]) -> dict[str, SweepValues]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"sweep axis '{key}' has no values")
+        return value
+
+    @model_validator(mode="after")
+    def _zip_lengths(self) -> SweepConfig:
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"every zip list must have the same length, got {sorted(lengths)}")
+        overlap = set(self.grid) & set(self.zip)
+        if overlap:
+            raise ValueError(f"a path is in both grid and zip: {sorted(overlap)}")
+        return self
+
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class Spec(_Strict):
+    """A saerun experiment: what to train, on what, and how to evaluate it."""
+
+    name: str = Field(
+        description="experiment name (letters, digits, '_', '-', '.').", pattern=_NAME
+    )
+    seed: int = Field(0, description="seed of SAE initialisation (and of everything random).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the language model.")
+    site: SiteConfig = Field(default_factory=SiteConfig, description="where activations come from.")
+    data: DataConfig = Field(default_factory=DataConfig, description="text, tokens, shuffling.")
+    sae: SAEConfig = Field(description="the SAE architecture and its hyperparameters.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="what to vary.")
+
+
+class ResolvedSite(_Strict):
+    hook_name: str = Field(description="the one hook point this SAE trains on.")
+
+
+class RunConfig(_Strict):
+    """One fully resolved job: exactly what determines one SAE (its id is a hash of this)."""
+
+    seed: int = Field(description="seed of SAE initialisation.")
+    model: ModelConfig = Field(description="the language model.")
+    site: ResolvedSite = Field(description="the hook point.")
+    data: DataConfig = Field(description="text, tokens, shuffling.")
+    sae: SAEConfig = Field(description="the SAE, with d_in and d_sae resolved.")
+    train: TrainConfig = Field(description="optimisation.")
+    eval: EvalConfig = Field(description="evaluation.")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML loading with line numbers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-4 as a float (YAML 1.1 needs a dot: '1.0e-4')."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+LineMap = dict[tuple, int]
+
+
+def _line_map(node: yaml.Node, path: tuple = (), out: LineMap | None = None) -> LineMap:
+    """Map every key path of the document to its 1-based line; reject duplicate keys."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise SpecError(
+                    "duplicate key", line=key_node.start_mark.line + 1, field=_dotted(path + (key,))
+                )
+            seen.add(key)
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
+    """safe_load the text; return (data, line map). Any YAML problem is a SpecError."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        if node is None:
+            raise SpecError("the spec is empty", file=file, hint="see `saerun schema`")
+        try:
+            lines = _line_map(node)
+        except SpecError as err:
+            err.file = file
+            raise
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = (err.problem or str(err)).strip()
+        raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from None
+    except yaml.YAMLError as err:  # pragma: no cover - non-marked YAML errors are rare
+        raise SpecError(f"invalid YAML: {err}", file=file) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"the spec must be a mapping of sections, got {type(data).__name__}",
+            file=file,
+            line=1,
+            hint="see `saerun schema`",
+        )
+    return data, lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation errors -> file:line:field
+# ---------------------------------------------------------------------------------------------
+
+_ARCH_TAGS = {"relu"}
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-tag element ('sae', 'relu', 'd_sae') -> ('sae', 'd_sae')."""
+    out = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] == "sae" and part in _ARCH_TAGS:
+            continue
+        if isinstance(part, str) and part.startswith("function-after["):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _model_at(path: tuple, root: type[BaseModel], data: dict) -> type[BaseModel] | None:
+    """The pydantic model class that owns the mapping at `path` (for key suggestions)."""
+    model: Any = root
+    node: Any = data
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        annotation = field.annotation
+        if part == "sae":
+            arch = node.get("architecture") if isinstance(node, dict) else None
+            model = _SAE_CLASSES.get(arch) if arch in _SAE_CLASSES else None
+            continue
+        model = annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model
+    return None
+
+
+def spec_error_from_validation(
+    err: ValidationError,
+    *,
+    file: str,
+    lines: LineMap,
+    data: dict,
+    root: type[BaseModel] = Spec,
+    relocate: dict[tuple, tuple] | None = None,
+    note: str = "",
+) -> SpecError:
+    """Turn the first pydantic error into one SpecError naming file, line and field.
+
+    `relocate` maps a field path that came from somewhere else (a sweep value) to the path whose
+    line should be reported.
+    """
+    error = err.errors()[0]
+    loc = _clean_loc(tuple(error["loc"]))
+    report_path = loc
+    for src, dst in (relocate or {}).items():
+        if loc[: len(src)] == src or src[: len(loc)] == loc:
+            report_path = dst
+            break
+    line = None
+    probe = report_path
+    while probe:
+        if probe in lines:
+            line = lines[probe]
+            break
+        probe = probe[:-1]
+    if line is None:
+        line = lines.get((), 1)
+    field = _dotted(loc)
+    hint = None
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1], root, data)
+        valid = sorted(owner.model_fields) if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        message = f"unknown key '{loc[-1]}'"
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind == "union_tag_invalid":
+        message = f"unknown architecture {error['ctx']['tag']!r}"
+        hint = f"allowed: {', '.join(sorted(_ARCH_TAGS))}"
+    elif kind == "union_tag_not_found":
+        message = "missing 'architecture'"
+        hint = f"allowed: {', '.join(sorted(_ARCH_TAGS))}"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        if "input" in error and not isinstance(error["input"], dict | list):
+            message += f" (got {error['input']!r})"
+    if note:
+        message = f"{message} {note}"
+    return SpecError(message, file=file, line=line, field=field, hint=hint)
+
+
+_SAE_CLASSES: dict[str, type[BaseModel]] = {"relu": ReluSAEConfig}
+
+
+def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
+    """Read and validate a spec file: (spec, raw data, line map, YAML text)."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("spec file not found", file=file) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read the spec: {err}", file=file) from None
+    data, lines = parse_yaml(text, file)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise spec_error_from_validation(err, file=file, lines=lines, data=data) from None
+    return spec, data, lines, text

@@ -1,0 +1,175 @@
+"""The one training loop: N SAEs stepped in lockstep on one shared activation stream.
+
+Read it top to bottom: schedules are pure functions of the step; `Trainer` is one SAE's whole
+loop state (SAE, Adam, step, dead-latent clocks), checkpointed whole; `train_group` feeds every
+batch of the group's stream to every trainer that still needs it. No architecture branches here:
+everything architecture-specific is behind `SAE.loss` / `SAE.after_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun.sae import SAE, build_sae
+from saerun.spec import RunConfig, TrainConfig
+
+# -- schedules (pure) --------------------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, t: TrainConfig) -> float:
+    """Linear warm-up from 0, constant, then decay to 0 over the last lr_decay_fraction."""
+    if t.lr_warmup_steps and step < t.lr_warmup_steps:
+        return t.lr * (step + 1) / t.lr_warmup_steps
+    decay_steps = int(total_steps * t.lr_decay_fraction) if t.lr_decay != "none" else 0
+    decay_start = total_steps - decay_steps
+    if decay_steps > 0 and step >= decay_start:
+        progress = (step - decay_start) / decay_steps  # in [0, 1)
+        if t.lr_decay == "linear":
+            return t.lr * (1.0 - progress)
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return t.lr
+
+
+def sparsity_scale_at(step: int, total_steps: int, t: TrainConfig) -> float:
+    """Linear warm-up of the sparsity coefficient: lets latents find directions before the
+    penalty starts killing them."""
+    warm = int(total_steps * t.sparsity_warmup_fraction)
+    return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+
+# -- one SAE's loop state ----------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    run_id: str
+    config: RunConfig
+    sae: SAE
+    optimizer: torch.optim.Adam
+    total_steps: int
+    step: int = 0
+    tokens: int = 0
+    tokens_since_fired: Tensor = field(default_factory=lambda: torch.zeros(0))
+    curve: list[dict[str, float]] = field(default_factory=list)  # points since the last flush
+
+    @classmethod
+    def create(cls, run_id: str, config: RunConfig, device: str) -> Trainer:
+        sae = build_sae(config.sae, config.seed).to(device)
+        t = config.train
+        optimizer = torch.optim.Adam(sae.parameters(), lr=t.lr, betas=t.adam_betas)
+        total = config.data.train_tokens // t.batch_tokens
+        clocks = torch.zeros(config.sae.d_sae, dtype=torch.long, device=device)
+        return cls(run_id, config, sae, optimizer, total, tokens_since_fired=clocks)
+
+    @property
+    def hook_name(self) -> str:
+        return self.config.site.hook_name
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def dead_mask(self) -> Tensor:
+        return self.tokens_since_fired >= self.config.train.dead_window_tokens
+
+    def train_step(self, x: Tensor) -> None:
+        """One optimiser step on a batch of normalised activations [batch_tokens, d_in]."""
+        t = self.config.train
+        if self.step == 0:
+            self.sae.init_b_dec(x)
+        lr = lr_at(self.step, self.total_steps, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.sae.loss(x, sparsity_scale_at(self.step, self.total_steps, t))
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), t.grad_clip_norm)
+        self.optimizer.step()
+        self.sae.after_step()
+
+        fired = (out.f > 0).any(dim=0)
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[fired] = 0
+        self.step += 1
+        self.tokens += x.shape[0]
+        if self.step % t.log_every_steps == 0 or self.done:
+            # .item() is a device sync: only on logging steps.
+            self.curve.append(
+                {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "loss": out.loss.item(),
+                    "mse": out.mse.item(),
+                    "l0": out.l0.item(),
+                    "dead_fraction": self.dead_mask().float().mean().item(),
+                    "lr": lr,
+                }
+            )
+
+    # -- checkpoint state: everything needed to continue bit-identically -----------------------
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for idx, st in opt["state"].items():
+            for key, value in st.items():
+                tensors[f"adam.{idx}.{key}"] = torch.as_tensor(value)
+        tensors["tokens_since_fired"] = self.tokens_since_fired
+        meta = {"step": self.step, "tokens": self.tokens, "run_id": self.run_id}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        device = self.tokens_since_fired.device
+        sae_state = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
+        self.sae.load_state_dict(sae_state)
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value.to(device)
+        opt["state"] = state
+        self.optimizer.load_state_dict(opt)
+        self.tokens_since_fired = tensors["tokens_since_fired"].to(device)
+        self.step, self.tokens = int(meta["step"]), int(meta["tokens"])
+
+
+# -- the group loop ----------------------------------------------------------------------------
+
+
+def train_group(
+    trainers: list[Trainer],
+    batches: Iterable[dict[str, Tensor]],
+    start_step: int,
+    scales: dict[str, float],
+    on_checkpoint: Callable[[Trainer], None],
+    on_batch: Callable[[int], None] = lambda i: None,
+) -> None:
+    """Step every trainer on every batch of the shared stream, in lockstep.
+
+    `batches` yields {hook_name: [batch_tokens, d_in]} starting at global batch `start_step`; a
+    trainer resumed at a later step sits out the batches it has already seen.
+    """
+    if not trainers:
+        return
+    hooks = sorted({tr.hook_name for tr in trainers})
+    for index, batch in enumerate(batches, start=start_step):
+        # Normalise once per site, not once per SAE.
+        scaled = {h: batch[h] * scales[h] if scales[h] != 1.0 else batch[h] for h in hooks}
+        for tr in trainers:
+            if tr.step != index or tr.done:
+                continue
+            tr.train_step(scaled[tr.hook_name])
+            every = tr.config.train.checkpoint_every_tokens
+            crossed = tr.tokens // every != (tr.tokens - scaled[tr.hook_name].shape[0]) // every
+            if crossed or tr.done:
+                on_checkpoint(tr)
+        on_batch(index + 1)
+        if all(tr.done for tr in trainers):
+            break
