@@ -169,6 +169,8 @@ def build_plan(
                 err, file=file, lines=lines, data=tree, relocate=relocate, note=note
             ) from None
         derived = _derive(partial, tree, lines, file, dims_cache, model_dims)
+        # From here on every default is explicit: the resolved config is the whole truth.
+        tree = partial.model_dump(mode="json", exclude={"name", "sweep"})
         for key, value in derived.items():
             _set(tree, key, value)
         try:
@@ -222,7 +224,7 @@ def _derive(
             field="site.hook_name",
             hint="e.g. blocks.0.hook_resid_post ... "
             f"blocks.{dims.n_layers - 1}.hook_resid_post, blocks.N.hook_mlp_out, "
-            "blocks.N.hook_attn_out; `saerun plan` lists none of this until the name is valid",
+            "blocks.N.hook_attn_out",
         )
     sae = partial.sae
     out: dict[tuple[str, ...], Any] = {}

@@ -1,0 +1,106 @@
+"""The planner: sweep expansion, provenance, stable run ids, grouping, errors at sweep lines."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from saerun.errors import SpecError
+from saerun.plan import ModelDims, build_plan
+from saerun.spec import load_spec
+
+HOOKS = {f"blocks.{i}.hook_resid_post": 64 for i in range(2)} | {"blocks.0.mlp.hook_post": 256}
+
+
+def dims(name: str) -> ModelDims:
+    return ModelDims(n_layers=2, hook_widths=HOOKS, source="test")
+
+
+SPEC = """\
+name: sweep
+seed: 3
+site: {hook_name: [blocks.0.hook_resid_post, blocks.1.hook_resid_post]}
+sae:
+  architecture: relu
+  expansion_factor: 4
+  sparsity: {penalty: l1}
+sweep:
+  grid:
+    sae.sparsity.coefficient: [1, 2]
+    sae.sparsity.penalty: [l1, sqrt_l1]
+  seeds: [0, 1]
+"""
+
+
+def plan_of(tmp_path, text: str, name: str = "s.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    spec, raw, lines, _ = load_spec(path)
+    return build_plan(spec, raw, lines, str(path), dims)
+
+
+def test_expansion_provenance_and_groups(tmp_path):
+    plan = plan_of(tmp_path, SPEC)
+    assert len(plan.jobs) == 2 * 2 * 2 * 2  # sites x coefficients x penalties x seeds
+    assert len(plan.groups) == 1  # same model, data and batch size: one shared stream
+    job = plan.jobs[0]
+    assert job.config.sae.d_in == 64 and job.config.sae.d_sae == 256
+    assert job.provenance["sae.d_sae"] == "derived"
+    assert job.provenance["sae.d_in"] == "derived"
+    assert job.provenance["sae.sparsity.coefficient"] == "sweep"
+    assert job.provenance["seed"] == "sweep"
+    assert job.provenance["train.lr"] == "default"
+    assert job.provenance["sae.architecture"] == "spec"
+    assert {j.config.sae.sparsity.penalty for j in plan.jobs} == {"l1", "sqrt_l1"}
+    assert len({j.run_id for j in plan.jobs}) == len(plan.jobs)
+
+
+def test_run_id_depends_only_on_resolved_config(tmp_path):
+    a = plan_of(tmp_path, SPEC, "a.yaml")
+    # Renamed spec, another file, d_sae spelled out instead of the expansion factor: same runs.
+    b = plan_of(tmp_path, SPEC.replace("name: sweep", "name: other").replace(
+        "expansion_factor: 4", "d_sae: 256"), "b.yaml")
+    assert [j.run_id for j in a.jobs] == [j.run_id for j in b.jobs]
+    c = plan_of(tmp_path, SPEC.replace("seed: 3", "seed: 3\ntrain: {lr: 1e-3}"), "c.yaml")
+    assert not {j.run_id for j in a.jobs} & {j.run_id for j in c.jobs}
+
+
+def test_batch_size_splits_groups(tmp_path):
+    text = SPEC.replace("    sae.sparsity.penalty: [l1, sqrt_l1]", "    train.batch_tokens: [64, 128]")
+    assert len(plan_of(tmp_path, text).groups) == 2
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (SPEC.replace("sae.sparsity.coefficient: [1, 2]", "sae.sparsity.coefficent: [1, 2]"),
+         "error: s.yaml:10: sae.sparsity.coefficent: unknown key 'coefficent' (from the sweep) (did you mean "
+         "'coefficient'?)"),
+        (SPEC.replace("sae.sparsity.coefficient: [1, 2]", "sae.sparsity.coefficient: [1, -2]"),
+         "error: s.yaml:10: sae.sparsity.coefficient: Input should be greater than or equal to 0 "
+         "(got -2) (from the sweep)"),
+        (SPEC.replace("blocks.1.hook_resid_post]", "blocks.7.hook_resid_post]"),
+         "error: s.yaml:3: site.hook_name: unknown hook name 'blocks.7.hook_resid_post' for model "
+         "'saerun/tiny-stdlib' (2 layers) (e.g. blocks.0.hook_resid_post ... "
+         "blocks.1.hook_resid_post, blocks.N.hook_mlp_out, blocks.N.hook_attn_out)"),
+        (SPEC.replace("expansion_factor: 4", "expansion_factor: 4\n  d_in: 32"),
+         "error: s.yaml:7: sae.d_in: d_in 32 does not match the model's width 64 at "
+         "'blocks.0.hook_resid_post' (omit d_in to take it from the model)"),
+        (SPEC.replace("  seeds: [0, 1]", "  seeds: [0, 0]"),
+         "error: s.yaml:8: sweep: the sweep produces the same run twice: sweep[site.hook_name="
+         "blocks.0.hook_resid_post,sparsity.coefficient=1,sparsity.penalty=l1,seed=0] and "
+         "sweep[site.hook_name=blocks.0.hook_resid_post,sparsity.coefficient=1,sparsity.penalty=l1,"
+         "seed=0] (remove the repeated value)"),
+    ],
+)
+def test_plan_errors_point_at_the_right_line(tmp_path, text, expected):
+    with pytest.raises(SpecError) as info:
+        plan_of(tmp_path, text)
+    assert str(info.value).replace(str(tmp_path / "s.yaml"), "s.yaml") == expected
+
+
+def test_width_follows_the_hook(tmp_path):
+    text = SPEC.replace("blocks.1.hook_resid_post]", "blocks.0.mlp.hook_post]")
+    widths = {j.config.site.hook_name: j.config.sae.d_in for j in plan_of(tmp_path, text).jobs}
+    assert widths == {"blocks.0.hook_resid_post": 64, "blocks.0.mlp.hook_post": 256}
