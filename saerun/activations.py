@@ -1,0 +1,199 @@
+"""The language model, its hooks, tokens and shuffled activation batches.
+
+The only module that imports transformer-lens (lazily, so `saerun --help` stays instant). Models
+load through `TransformerBridge.boot_transformers`, the same code path for the embedded default
+and for hub names. Numerics mode: raw Hugging Face (no `enable_compatibility_mode()`): the
+legacy hook names (blocks.N.hook_resid_post, ...) resolve as aliases, and the logits equal the
+HF model's to float precision, so an SAE trained here splices into the HF model unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun import data as data_mod
+from saerun.models import layer_of, model_info
+
+NUMERICS_MODE = "transformer_bridge/raw_hf"
+
+
+class LanguageModel:
+    def __init__(self, name: str, bridge: Any, device: str) -> None:
+        self.name = name
+        self.bridge = bridge
+        self.device = device
+        self.tokenizer = bridge.tokenizer
+        self.numerics_mode = NUMERICS_MODE
+        self.n_layers = bridge.cfg.n_layers
+        self.d_model = bridge.cfg.d_model
+        self.bos_id = self.tokenizer.bos_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+
+    @classmethod
+    def load(cls, name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        import logging
+
+        from transformer_lens.model_bridge import TransformerBridge
+
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        info = model_info(name)
+        bridge = TransformerBridge.boot_transformers(info.source, device=device, dtype=dtype)
+        bridge.eval()
+        return cls(name, bridge, device)
+
+    def special_mask(self, tokens: Tensor) -> Tensor:
+        """[b, T] True where the token is special (BOS/EOS/pad)."""
+        return torch.isin(tokens, self.special_ids.to(tokens.device))
+
+    @staticmethod
+    def _flat(act: Tensor) -> Tensor:
+        # attn.hook_z is [b, T, n_heads, d_head]; SAEs see it as one [b, T, d_model] vector.
+        return act.flatten(2) if act.dim() == 4 else act
+
+    @torch.no_grad()
+    def capture(self, tokens: Tensor, hook_names: list[str]) -> dict[str, Tensor]:
+        """Activations at the hooks, running the model only up to the deepest block needed."""
+        layers = [layer_of(h) for h in hook_names]
+        stop = max(layer if layer is not None else -1 for layer in layers) + 1
+        wanted = set(hook_names)
+        _, cache = self.bridge.run_with_cache(
+            tokens.to(self.device), names_filter=lambda n: n in wanted,
+            stop_at_layer=stop if stop < self.n_layers else None,
+        )
+        return {h: self._flat(cache[h]) for h in hook_names}
+
+    @torch.no_grad()
+    def forward_with_capture(self, tokens: Tensor, hook_names: list[str]):
+        """(logits [b, T, V], activations) from one full forward pass."""
+        wanted = set(hook_names)
+        logits, cache = self.bridge.run_with_cache(
+            tokens.to(self.device), names_filter=lambda n: n in wanted
+        )
+        return logits, {h: self._flat(cache[h]) for h in hook_names}
+
+    @torch.no_grad()
+    def logits_patched(
+        self, tokens: Tensor, hook_name: str, patch: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """Logits with the hook's activation replaced by patch(activation) (flat view)."""
+
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            return patch(self._flat(act)).reshape(act.shape).to(act.dtype)
+
+        return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=[(hook_name, hook)])
+
+
+def token_batches(lm: LanguageModel, data: Any, split: str) -> Iterator[Tensor]:
+    """Packed rows [n, context_size]: documents joined by EOS, each row starting with BOS.
+    The train split cycles (epochs) until the consumer stops; eval stops at data.eval_tokens."""
+    n = data.context_size - 1
+    rows: list[list[int]] = []
+    stream: list[int] = []
+    counted = 0
+    while True:
+        empty = True
+        for text in data_mod.iter_documents(data, split):
+            empty = False
+            stream.extend(lm.tokenizer.encode(text))
+            stream.append(lm.eos_id)
+            while len(stream) >= n:
+                rows.append([lm.bos_id] + stream[:n])
+                stream = stream[n:]
+                counted += n
+                if len(rows) == data.lm_batch_sequences:
+                    yield torch.tensor(rows)
+                    rows = []
+                if split == "eval" and counted >= data.eval_tokens:
+                    if rows:
+                        yield torch.tensor(rows)
+                    return
+        if empty:
+            raise RuntimeError(f"the {split} split of {data.dataset!r} has no documents")
+        if split == "eval":  # the held-out split is smaller than eval_tokens: use all of it
+            if rows:
+                yield torch.tensor(rows)
+            return
+
+
+def eval_token_batches(lm: LanguageModel, data: Any) -> list[Tensor]:
+    return list(token_batches(lm, data, "eval"))
+
+
+class ActivationStream:
+    """Shuffled training activations for every hook of a group, from ONE forward per batch.
+
+    Yields {hook: [batch_tokens, d]} (float32), special-token positions dropped, mixed through a
+    buffer of data.shuffle_buffer_tokens vectors (one permutation shared by every hook so rows
+    stay aligned); stops after data.train_tokens vectors.
+    """
+
+    def __init__(self, lm: LanguageModel, data: Any, hook_names: list[str], batch_tokens: int,
+                 device: str = "cpu") -> None:
+        self.lm, self.data, self.hooks = lm, data, list(hook_names)
+        self.batch_tokens, self.device = batch_tokens, device
+        self.n_batches = data.train_tokens // batch_tokens
+        self._skip = 0
+
+    def skip(self, n_batches: int) -> None:
+        """Resume: regenerate the stream deterministically and drop its first n batches."""
+        self._skip = n_batches
+
+    def _vectors(self) -> Iterator[dict[str, Tensor]]:
+        for tokens in token_batches(self.lm, self.data, "train"):
+            acts = self.lm.capture(tokens, self.hooks)
+            keep = (~self.lm.special_mask(tokens) if self.data.exclude_special_tokens
+                    else torch.ones_like(tokens, dtype=torch.bool)).to(self.lm.device)
+            yield {h: acts[h][keep].float() for h in self.hooks}
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        g = torch.Generator().manual_seed(self.data.shuffle_seed)
+        capacity = max(self.data.shuffle_buffer_tokens, 2 * self.batch_tokens)
+        buffer: dict[str, Tensor] | None = None
+        produced = 0
+        source = self._vectors()
+        while produced < self.n_batches:
+            # Refill to capacity, shuffle, emit the first half; the rest mixes with new data.
+            filled = 0 if buffer is None else buffer[self.hooks[0]].shape[0]
+            parts: list[dict[str, Tensor]] = [buffer] if buffer is not None else []
+            while filled < capacity:
+                chunk = next(source)
+                parts.append(chunk)
+                filled += chunk[self.hooks[0]].shape[0]
+            merged = {h: torch.cat([p[h] for p in parts]) for h in self.hooks}
+            perm = torch.randperm(filled, generator=g).to(merged[self.hooks[0]].device)
+            merged = {h: v[perm] for h, v in merged.items()}
+            n_out = max(self.batch_tokens, (filled // 2) // self.batch_tokens * self.batch_tokens)
+            for start in range(0, n_out, self.batch_tokens):
+                if produced >= self.n_batches:
+                    return
+                if produced >= self._skip:
+                    yield {h: merged[h][start:start + self.batch_tokens].to(self.device)
+                           for h in self.hooks}
+                produced += 1
+            buffer = {h: v[n_out:] for h, v in merged.items()}
+
+
+@torch.no_grad()
+def estimate_norm_scale(lm: LanguageModel, data: Any, hook_names: list[str],
+                        n_tokens: int = 32_768) -> dict[str, float]:
+    """s with E||s x|| = sqrt(d_in) on training activations (special tokens excluded): puts
+    every site on one scale, so one sparsity coefficient means the same thing everywhere."""
+    sums = dict.fromkeys(hook_names, 0.0)
+    count = 0
+    widths: dict[str, int] = {}
+    for tokens in token_batches(lm, data, "train"):
+        acts = lm.capture(tokens, hook_names)
+        keep = ~lm.special_mask(tokens).to(lm.device)
+        for h in hook_names:
+            x = acts[h][keep].float()
+            sums[h] += x.norm(dim=-1).double().sum().item()
+            widths[h] = x.shape[-1]
+        count += int(keep.sum())
+        if count >= n_tokens:
+            break
+    return {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}

@@ -1,0 +1,221 @@
+"""Text sources and the deterministic train/eval split (no model, no transformer-lens here).
+
+A dataset is the embedded corpus ``saerun/stdlib``, a local ``.txt``/``.jsonl``/``.parquet`` file,
+or a Hugging Face dataset name. Every source becomes a stream of documents (strings) in a stable
+order; a document belongs to the eval split iff a hash of (its index, its text) falls below
+``eval_fraction``, so the split never depends on batch size, seeds or the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Protocol
+
+from saerun.errors import SaerunError
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+EMBEDDED_DATASETS: dict[str, Path] = {"saerun/stdlib": EMBEDDED_DIR / "corpus" / "stdlib.jsonl"}
+FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
+OFFLINE_HINT = "use the embedded default 'saerun/stdlib' or a local .txt/.jsonl/.parquet file"
+
+
+class DataSource(Protocol):
+    """The attributes of the spec's data section this module reads (spec.DataConfig has them)."""
+
+    dataset: str
+    text_column: str
+    split: str
+    context_size: int
+    train_tokens: int
+    eval_tokens: int
+    eval_fraction: float
+    shuffle_buffer_tokens: int
+    shuffle_seed: int
+    exclude_special_tokens: bool
+    lm_batch_sequences: int
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    kind: Literal["embedded", "file", "hub"]
+    name: str  # what the spec said
+    path: Path | None = None  # embedded and file kinds
+
+
+def _looks_local(dataset: str) -> bool:
+    # Hub names are "owner/name" (one slash, no suffix); anything else path-like is a file the
+    # user meant, and a typo in it must say "not found", not try the network.
+    return (
+        dataset.endswith(FILE_SUFFIXES)
+        or dataset.startswith((".", "/", "~"))
+        or "\\" in dataset
+        or dataset.count("/") > 1
+    )
+
+
+def _hub_dataset_cached(name: str) -> bool:
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
+
+
+@lru_cache(maxsize=1)
+def hub_unreachable_reason() -> str | None:
+    """Why the hub cannot be used right now (offline env or no route), or None; asked once."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+    except OSError:
+        return "no network"
+    return None
+
+
+def resolve_dataset(dataset: str) -> DatasetRef:
+    """Where the documents of `dataset` come from; fails fast (no network wait) when unusable."""
+    if dataset in EMBEDDED_DATASETS:
+        path = EMBEDDED_DATASETS[dataset]
+        if not path.is_file():
+            raise SaerunError(
+                f"embedded corpus {path} is missing",
+                hint="rebuild it with `python scripts/build_embedded.py`",
+            )
+        return DatasetRef("embedded", dataset, path)
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        if not path.name.endswith(FILE_SUFFIXES):
+            raise SaerunError(f"unsupported dataset file type: {dataset} (use {FILE_SUFFIXES})")
+        return DatasetRef("file", dataset, path)
+    if _looks_local(dataset) or path.exists():
+        raise SaerunError(f"dataset file not found: {dataset}")
+    if not _hub_dataset_cached(dataset):
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise SaerunError(
+                f"dataset '{dataset}' is not available offline ({reason} and not in the local "
+                f"Hugging Face cache)",
+                hint=OFFLINE_HINT,
+            )
+    return DatasetRef("hub", dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+# ---------------------------------------------------------------------------------------------
+
+
+def _missing_column(data: DataSource, columns: list[str]) -> SaerunError:
+    return SaerunError(
+        f"text column '{data.text_column}' not found in dataset {data.dataset}; "
+        f"available columns: {', '.join(sorted(columns)) or '(none)'}"
+    )
+
+
+def _read_jsonl(path: Path, data: DataSource) -> Iterator[str]:
+    # JSON lines is one json.loads per line: read directly, streaming, with no arrow cache.
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SaerunError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or data.text_column not in record:
+                columns = list(record) if isinstance(record, dict) else []
+                raise _missing_column(data, columns)
+            yield str(record[data.text_column])
+
+
+def _read_txt(path: Path) -> Iterator[str]:
+    # A plain-text file holds documents separated by blank lines (paragraphs), so that a split
+    # by document is meaningful; a file with no blank lines is one document per line.
+    text = path.read_text(encoding="utf-8")
+    sep = "\n\n" if "\n\n" in text else "\n"
+    yield from text.split(sep)
+
+
+def _read_with_datasets(data: DataSource, ref: DatasetRef) -> Iterator[str]:
+    import datasets
+
+    if ref.kind == "file":
+        ds = datasets.load_dataset(
+            "parquet", data_files=str(ref.path), split="train", streaming=True
+        )
+    else:
+        ds = datasets.load_dataset(ref.name, split=data.split, streaming=True)
+    columns = list(ds.column_names or (ds.features or {}).keys())
+    if columns and data.text_column not in columns:
+        raise _missing_column(data, columns)
+    for record in ds:
+        if data.text_column not in record:
+            raise _missing_column(data, list(record))
+        yield str(record[data.text_column])
+
+
+def _all_documents(data: DataSource) -> Iterator[str]:
+    ref = resolve_dataset(data.dataset)
+    assert ref.path is not None or ref.kind == "hub"
+    if ref.kind != "hub" and ref.path.name.endswith(".jsonl"):
+        return _read_jsonl(ref.path, data)
+    if ref.kind != "hub" and ref.path.name.endswith(".txt"):
+        return _read_txt(ref.path)
+    return _read_with_datasets(data, ref)
+
+
+def in_eval_split(index: int, text: str, eval_fraction: float) -> bool:
+    """Stable across machines and runs: blake2b of (index, text), read as a number in [0, 1)."""
+    digest = hashlib.blake2b(f"{index}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < eval_fraction
+
+
+def iter_documents(data: DataSource, split: Literal["train", "eval"]) -> Iterator[str]:
+    """The non-empty documents of one split, in source order."""
+    want_eval = split == "eval"
+    for index, text in enumerate(_all_documents(data)):
+        if text.strip() and in_eval_split(index, text, data.eval_fraction) == want_eval:
+            yield text
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprint
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    # Keyed by mtime and size so a run re-hashes a multi-GB file only when it changed.
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hub_revision(name: str) -> str:
+    # The commit the local cache resolved `main` to, when there is one; else just the name.
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}" / "refs" / "main"
+    return ref.read_text().strip() if ref.is_file() else "unknown-revision"
+
+
+def fingerprint(data: DataSource) -> str:
+    """sha256 of what a run read: the source bytes (or hub revision) plus column and split."""
+    ref = resolve_dataset(data.dataset)
+    if ref.path is not None:
+        st = os.stat(ref.path)
+        source = "file:" + _file_sha256(str(ref.path.resolve()), st.st_mtime_ns, st.st_size)
+    else:
+        source = f"hub:{ref.name}@{_hub_revision(ref.name)}"
+    key = json.dumps([source, data.text_column, data.split, data.eval_fraction],
+                     separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()

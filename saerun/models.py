@@ -1,0 +1,133 @@
+"""Model names -> where the weights are and how wide each hook is, without loading weights.
+
+No transformer-lens import here (that lives in activations.py): the planner needs widths and
+layer counts offline, from a model's config.json or from a small table of well-known models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from saerun.errors import SaerunError
+
+EMBEDDED_MODELS = {
+    "saerun/tiny-stdlib": Path(__file__).resolve().parent / "embedded" / "tiny-stdlib",
+}
+DEFAULT_MODEL = "saerun/tiny-stdlib"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # local directory, or the hub name
+    d_model: int
+    d_mlp: int
+    n_layers: int
+    n_ctx: int
+    embedded: bool = False
+
+
+# Published configs of models the paper recipes use, so `saerun plan` works offline on them.
+KNOWN_MODELS = {
+    "gpt2": (768, 3072, 12, 1024),
+    "gpt2-small": (768, 3072, 12, 1024),
+    "gpt2-medium": (1024, 4096, 24, 1024),
+    "gelu-1l": (512, 2048, 1, 1024),
+    "NeelNanda/GELU_1L512W_C4_Code": (512, 2048, 1, 1024),
+    "EleutherAI/pythia-70m-deduped": (512, 2048, 6, 2048),
+    "EleutherAI/pythia-160m-deduped": (768, 3072, 12, 2048),
+    "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048),
+    "google/gemma-2-2b": (2304, 9216, 26, 8192),
+    "google/gemma-7b": (3072, 24576, 28, 8192),
+}
+
+
+def known_dims(name: str) -> ModelInfo | None:
+    if name in EMBEDDED_MODELS:
+        return model_info(name)
+    if name not in KNOWN_MODELS:
+        return None
+    d_model, d_mlp, n_layers, n_ctx = KNOWN_MODELS[name]
+    return ModelInfo(name, name, d_model, d_mlp, n_layers, n_ctx)
+
+
+def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelInfo:
+    def first(*keys: str, default: int | None = None) -> int:
+        for key in keys:
+            if config.get(key) is not None:
+                return int(config[key])
+        if default is None:
+            raise SaerunError(f"cannot read {keys[0]} from the config of model {name!r}")
+        return default
+
+    d_model = first("n_embd", "hidden_size", "d_model")
+    return ModelInfo(
+        name=name,
+        source=source,
+        d_model=d_model,
+        d_mlp=first("n_inner", "intermediate_size", "d_mlp", default=4 * d_model),
+        n_layers=first("n_layer", "num_hidden_layers", "n_layers"),
+        n_ctx=first("n_positions", "max_position_embeddings", "n_ctx", default=2048),
+        embedded=embedded,
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
+def model_info(name: str) -> ModelInfo:
+    """Find a model by name: embedded, a local directory, the HF cache, or the hub."""
+    if name in EMBEDDED_MODELS:
+        path = EMBEDDED_MODELS[name]
+        return _from_config(name, str(path), json.loads((path / "config.json").read_text()), True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SaerunError(f"model directory {name!r} has no config.json")
+        return _from_config(name, str(path), json.loads((path / "config.json").read_text()), False)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return _from_config(name, name, json.loads(Path(cached).read_text()), False)
+    from saerun.data import hub_unreachable_reason
+
+    if _offline() or hub_unreachable_reason() is not None:
+        raise SaerunError(
+            f"model {name!r} is not available offline (no network and not in the local Hugging "
+            "Face cache)",
+            hint=f"use the embedded default '{DEFAULT_MODEL}' or a local model directory",
+        )
+    from huggingface_hub import hf_hub_download
+
+    config_path = hf_hub_download(name, "config.json")
+    return _from_config(name, name, json.loads(Path(config_path).read_text()), False)
+
+
+# transformer-lens hook names (our vocabulary); each is checked against TransformerBridge in
+# tests/test_activations.py.
+_PER_LAYER = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+              "hook_mlp_out", "attn.hook_z", "mlp.hook_post")
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_names(info: ModelInfo) -> list[str]:
+    names = ["hook_embed", "hook_pos_embed"]
+    for i in range(info.n_layers):
+        names += [f"blocks.{i}.{h}" for h in _PER_LAYER]
+    return names
+
+
+def hook_width(info: ModelInfo, hook: str) -> int:
+    return info.d_mlp if hook.endswith("mlp.hook_post") else info.d_model
+
+
+def layer_of(hook: str) -> int | None:
+    """The block a hook lives in (None for embeddings): the model runs only up to it."""
+    m = _LAYER.match(hook)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,1 @@
+"""Reports computed from the registry: Markdown tables and PNG plots."""
