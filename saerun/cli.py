@@ -107,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(console: Any, summary: Any, registry: Path) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from saerun.registry import Registry
@@ -119,7 +120,7 @@ def _print_summary(console: Any, summary: Any, registry: Path) -> None:
             run = reg.get_run(job.run_id) or {}
             m = run.get("metrics") or {}
             table.add_row(
-                job.run_id[:10], job.name, run.get("status", "?"),
+                job.run_id[:10], escape(job.name), run.get("status", "?"),
                 _fmt(m.get("l0")), _fmt(m.get("fvu")), _fmt(m.get("ce_loss_recovered")),
                 _fmt(100 * m["dead_fraction"] if "dead_fraction" in m else None),
             )
@@ -147,6 +148,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     console = _console()
+    from rich.markup import escape
     from rich.table import Table
 
     groups = plan.groups
@@ -162,7 +164,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                       f"{tokens:,} tokens through the model, ~{mem_mb:.0f} MB of SAE state, "
                       f"~{buffer_mb:.0f} MB shuffle buffer per site")
         for job in jobs:
-            console.print(f"  {job.run_id}  {job.name}")
+            console.print(f"  {job.run_id}  {escape(job.name)}")
     console.print()
     first_job = plan.jobs[0]
     table = Table(title=f"resolved values (first run; sweep axes vary): {first_job.name}")

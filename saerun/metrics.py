@@ -3,6 +3,10 @@
 Evaluation streams over batches, so `MetricAccumulator` keeps float64 sufficient statistics and
 `result()` applies the formulas once at the end; `tests/test_metrics.py` checks it against the
 one-shot formulas on hand-made data.
+
+Degenerate ratios (0/0, e.g. CE_zero == CE_orig when ablating the site changes nothing, or an
+eval set whose tokens are all identical so FVU has no variance to explain) are NaN, never an
+exception and never a made-up 0 or 1: a report shows them as "-".
 """
 
 from __future__ import annotations
@@ -12,116 +16,178 @@ import math
 import torch
 from torch import Tensor
 
+# Keys of MetricAccumulator.update_lm, in the order result() reports them.
+LM_KEYS = ("ce_orig", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero")
+
 
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Next-token cross-entropy (nats) at every position but the last: [b, T-1]."""
+    """Next-token cross-entropy (nats) at every position but the last.
+
+    logits [b, T, V], tokens [b, T] -> [b, T-1]; position t scores tokens[:, t+1]. Same numbers as
+    `F.cross_entropy(..., reduction="none")`. log_softmax in float32 is stable (it subtracts the
+    max), and float64 would double the memory of the largest tensor in evaluation.
+    """
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     return -logp.gather(-1, tokens[:, 1:, None].to(logp.device)).squeeze(-1)
 
 
 def per_token_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """KL(P || Q) per position for next-token distributions: [b, T-1] (last position dropped to
-    align with per_token_ce)."""
+    """KL(P || Q) in nats of the next-token distributions: [b, T, V] x2 -> [b, T-1].
+
+    The last position is dropped, like per_token_ce, so one mask indexes both. Terms with P = 0
+    count 0 (the 0 log 0 convention): logits masked to -inf give 0, not NaN.
+    """
     logp = torch.log_softmax(logits_p[:, :-1].float(), dim=-1)
     logq = torch.log_softmax(logits_q[:, :-1].float(), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
 def _ratio(num: float, den: float) -> float:
-    """num / den, NaN when the denominator is 0 (e.g. ablating the site changes nothing)."""
+    """num / den, NaN when the denominator is 0 (see the module docstring)."""
     return num / den if den != 0 else math.nan
 
 
 def pareto_mask(l0: list[float], loss: list[float], higher_is_better: bool = False) -> list[bool]:
-    """True for points no other point dominates (L0 <= and loss at least as good, one strict)."""
-    sign = -1.0 if higher_is_better else 1.0
-    pts = [(a, sign * b) for a, b in zip(l0, loss, strict=True)]
+    """True for each point no other point dominates.
+
+    q dominates p when q.l0 <= p.l0 and q.loss is at least as good, one of them strictly. Points
+    with a missing or NaN coordinate are never on the frontier and dominate nothing. Equal
+    points do not dominate each other (both are kept). O(n^2): sweeps hold hundreds of runs.
+    """
+    sign = -1.0 if higher_is_better else 1.0  # turn "higher is better" into "lower is better"
+    pts = [
+        (float(a), sign * float(b)) if _finite(a) and _finite(b) else None
+        for a, b in zip(l0, loss, strict=True)
+    ]
     out = []
-    for i, (a, b) in enumerate(pts):
+    for i, p in enumerate(pts):
+        if p is None:
+            out.append(False)
+            continue
+        a, b = p
         dominated = any(
-            (c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(pts) if j != i
+            q is not None and q[0] <= a and q[1] <= b and (q[0] < a or q[1] < b)
+            for j, q in enumerate(pts)
+            if j != i
         )
         out.append(not dominated)
     return out
 
 
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
 class MetricAccumulator:
-    """Sufficient statistics over eval batches; `result()` gives every metric by name."""
+    """Sufficient statistics over eval batches; `result()` gives every metric by name.
+
+    Statistics stay float64 tensors on the batches' device, so `update_*` never syncs with the
+    GPU (no `.item()` per batch); `result()` reads them once.
+    """
 
     def __init__(self) -> None:
-        self.n = 0
-        self.sse = 0.0  # sum_n ||x - x_hat||^2
-        self.sum_x: Tensor | None = None  # sum_n x (for the eval-set mean x_bar)
-        self.sum_x2 = 0.0  # sum_n ||x||^2
-        self.sum_xhat2 = 0.0  # sum_n ||x_hat||^2
-        self.sum_dot = 0.0  # sum_n x . x_hat
-        self.sum_cos = 0.0
-        self.sum_l2_ratio = 0.0
-        self.sum_l0 = 0.0
+        self.n = 0  # tokens seen by update_reconstruction
+        self.sse: Tensor | float = 0.0  # sum_n ||x - x_hat||^2
+        # FVU denominator sum_n ||x_n - x_bar||^2 by Chan's parallel update (running mean + M2)
+        # rather than sum||x||^2 - N||x_bar||^2: residual streams have a large mean, and the
+        # subtraction of two big numbers would lose the digits we want.
+        self.mean: Tensor | None = None  # [d] running mean of x
+        self.m2: Tensor | float = 0.0  # sum_n ||x_n - mean||^2 so far
+        self.sum_xhat2: Tensor | float = 0.0  # sum_n ||x_hat||^2 (shrinkage numerator)
+        self.sum_dot: Tensor | float = 0.0  # sum_n x . x_hat (shrinkage denominator)
+        self.sum_cos: Tensor | float = 0.0
+        self.sum_l2_ratio: Tensor | float = 0.0
+        self.sum_l0: Tensor | float = 0.0  # sum_n #{i: f_i != 0}
         self.fires: Tensor | None = None  # [d_sae] tokens on which each latent was > 0
-        self.lm: dict[str, float] = {}
-        self.n_lm = 0
+        self.lm: dict[str, Tensor | float] = {}
+        self.n_lm = 0  # positions seen by update_lm (may differ from n: no target at the end)
 
     def update_reconstruction(self, x: Tensor, x_hat: Tensor, f: Tensor) -> None:
+        """One batch: x, x_hat [n, d_in] in the original activation space, f [n, d_sae]."""
+        if x.shape != x_hat.shape or x.shape[0] != f.shape[0]:
+            raise ValueError(f"shapes disagree: x {tuple(x.shape)}, x_hat {tuple(x_hat.shape)}, "
+                             f"f {tuple(f.shape)}")
+        n_b = x.shape[0]
+        if n_b == 0:
+            return
         x, x_hat = x.double(), x_hat.double()
-        self.n += x.shape[0]
-        self.sse += (x - x_hat).pow(2).sum().item()
-        s = x.sum(0)
-        self.sum_x = s if self.sum_x is None else self.sum_x + s
+        self.sse = self.sse + (x - x_hat).pow(2).sum()
+        mean_b = x.mean(0)
+        m2_b = (x - mean_b).pow(2).sum()
+        if self.mean is None:
+            self.mean, self.m2 = mean_b, m2_b
+        else:
+            n_a, n = self.n, self.n + n_b
+            delta = mean_b - self.mean
+            self.m2 = self.m2 + m2_b + delta.pow(2).sum() * (n_a * n_b / n)
+            self.mean = self.mean + delta * (n_b / n)
+        self.n += n_b
         x_norm, xh_norm = x.norm(dim=-1), x_hat.norm(dim=-1)
-        self.sum_x2 += x_norm.pow(2).sum().item()
-        self.sum_xhat2 += xh_norm.pow(2).sum().item()
         dot = (x * x_hat).sum(-1)
-        self.sum_dot += dot.sum().item()
-        self.sum_cos += (dot / (x_norm * xh_norm).clamp_min(1e-12)).sum().item()
-        self.sum_l2_ratio += (xh_norm / x_norm.clamp_min(1e-12)).sum().item()
-        active = f != 0
-        self.sum_l0 += active.sum().item()
-        fires = (f > 0).sum(0).double()
+        self.sum_xhat2 = self.sum_xhat2 + x_hat.pow(2).sum()  # not norm^2: exact
+        self.sum_dot = self.sum_dot + dot.sum()
+        # A zero vector has no direction: its cosine counts as 0 (the clamp avoids 0/0).
+        self.sum_cos = self.sum_cos + (dot / (x_norm * xh_norm).clamp_min(1e-12)).sum()
+        self.sum_l2_ratio = self.sum_l2_ratio + (xh_norm / x_norm.clamp_min(1e-12)).sum()
+        self.sum_l0 = self.sum_l0 + (f != 0).sum(dtype=torch.float64)
+        fires = (f > 0).sum(0, dtype=torch.float64)
         self.fires = fires if self.fires is None else self.fires + fires
 
-    def update_lm(self, *, ce_orig: Tensor, ce_sae: Tensor, ce_zero: Tensor, ce_mean: Tensor,
+    def update_lm(self, ce_orig: Tensor, ce_sae: Tensor, ce_zero: Tensor, ce_mean: Tensor,
                   kl_sae: Tensor, kl_zero: Tensor) -> None:
-        """Per-token values at the counted positions (all 1-D tensors of one length)."""
-        self.n_lm += ce_orig.numel()
-        for name, value in (("ce_orig", ce_orig), ("ce_sae", ce_sae), ("ce_zero", ce_zero),
-                            ("ce_mean", ce_mean), ("kl_sae", kl_sae), ("kl_zero", kl_zero)):
-            self.lm[name] = self.lm.get(name, 0.0) + value.double().sum().item()
+        """Per-token values (nats) at the counted positions, all 1-D tensors of one length.
+
+        ce_*: next-token CE with the clean model, the SAE spliced in, the site zero-ablated and
+        mean-ablated; kl_*: KL(P_clean || P_patched) with the SAE spliced in / zero-ablated.
+        """
+        values = dict(zip(LM_KEYS, (ce_orig, ce_sae, ce_zero, ce_mean, kl_sae, kl_zero),
+                          strict=True))
+        n_b = ce_orig.numel()
+        if any(v.numel() != n_b for v in values.values()):
+            raise ValueError("update_lm: all per-token tensors must have the same length")
+        self.n_lm += n_b
+        for name, value in values.items():
+            self.lm[name] = self.lm.get(name, 0.0) + value.double().sum()
 
     def feature_density(self) -> Tensor:
-        """Fraction of tokens on which each latent fired: [d_sae]."""
-        assert self.fires is not None, "no reconstruction batches were added"
-        return (self.fires / max(self.n, 1)).float()
+        """Fraction of eval tokens on which each latent fired (f_i > 0): [d_sae], float32."""
+        if self.fires is None:
+            raise ValueError("no reconstruction batches were added")
+        return (self.fires / self.n).float().cpu()
 
     def result(self) -> dict[str, float]:
+        """Every metric of DESIGN.md §5 by name; LM keys only when update_lm was called."""
         n = self.n
-        assert n > 0 and self.sum_x is not None, "no reconstruction batches were added"
-        x_bar = self.sum_x / n
-        total_var = self.sum_x2 - n * x_bar.pow(2).sum().item()  # sum_n ||x_n - x_bar||^2
-        fvu = _ratio(self.sse, total_var)
-        density = self.feature_density()
+        if n == 0 or self.fires is None:
+            raise ValueError("no reconstruction batches were added")
+
+        def v(t: Tensor | float) -> float:  # the one CPU-GPU sync per statistic
+            return float(t)
+
+        fvu = _ratio(v(self.sse), v(self.m2))
+        density = self.fires / n
         out = {
             "n_tokens": float(n),
-            "l0": self.sum_l0 / n,
-            "mse": self.sse / n,
+            "l0": v(self.sum_l0) / n,
+            "mse": v(self.sse) / n,
             "fvu": fvu,
             "explained_variance": 1.0 - fvu,
-            "cosine_similarity": self.sum_cos / n,
-            "l2_ratio": self.sum_l2_ratio / n,
-            "shrinkage": _ratio(self.sum_xhat2, self.sum_dot),
-            "dead_fraction": (density == 0).float().mean().item(),
-            "dense_fraction": (density > 0.01).float().mean().item(),
-            "dense_fraction_10pct": (density > 0.10).float().mean().item(),
+            "cosine_similarity": v(self.sum_cos) / n,
+            "l2_ratio": v(self.sum_l2_ratio) / n,
+            "shrinkage": _ratio(v(self.sum_xhat2), v(self.sum_dot)),
+            # Dead: fired on none of the N eval tokens; dense: fired on more than 1% / 10%.
+            "dead_fraction": v((density == 0).double().mean()),
+            "dense_fraction": v((density > 0.01).double().mean()),
+            "dense_fraction_10pct": v((density > 0.10).double().mean()),
         }
         if self.n_lm:
-            m = {k: v / self.n_lm for k, v in self.lm.items()}
+            m = {k: v(self.lm[k]) / self.n_lm for k in LM_KEYS}
             out.update(m)
-            out["ce_loss_recovered"] = _ratio(
-                m["ce_zero"] - m["ce_sae"], m["ce_zero"] - m["ce_orig"]
-            )
-            out["ce_loss_recovered_mean_ablation"] = _ratio(
-                m["ce_mean"] - m["ce_sae"], m["ce_mean"] - m["ce_orig"]
-            )
+            out["ce_loss_recovered"] = _ratio(m["ce_zero"] - m["ce_sae"],
+                                              m["ce_zero"] - m["ce_orig"])
+            out["ce_loss_recovered_mean_ablation"] = _ratio(m["ce_mean"] - m["ce_sae"],
+                                                            m["ce_mean"] - m["ce_orig"])
             out["delta_lm_loss"] = m["ce_sae"] - m["ce_orig"]
             out["kl_score"] = _ratio(m["kl_zero"] - m["kl_sae"], m["kl_zero"])
         return out

@@ -1,17 +1,25 @@
 """The SQLite registry: every spec, run, metric and training curve (the only SQLite import).
 
-WAL journal plus a busy timeout so several saerun processes can share one file; every write is
-one transaction (`db.atomic()`); the schema is versioned with `PRAGMA user_version` and
-migrated forward on open. A finished run's row is never rewritten by re-running its spec.
+One file, `registry/saerun.db` by default, with each run's artifacts under
+`registry/runs/<run_id>/`. WAL journal plus a 30 s busy timeout so several saerun processes can
+share the file; every write is one short `BEGIN IMMEDIATE` transaction. The schema is versioned
+with `PRAGMA user_version` and migrated forward on open.
+
+A run moves planned -> running -> done | failed (failed -> running on retry, running -> running
+on resume). A finished run's row is never rewritten by re-running its spec; only
+`reset_to_planned` touches a done run.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +29,13 @@ import sqlite_utils
 from saerun.errors import SaerunError
 
 STATUSES = ("planned", "running", "done", "failed")
+CURVE_COLUMNS = ("step", "tokens", "loss", "mse", "l0", "dead_fraction", "lr")
 
-# Each entry upgrades the schema by one version; never edit a released entry, append one.
-MIGRATIONS = [
+# Each entry upgrades the schema by one version. Never edit a released entry: append one.
+# (sqlite-utils' `Migrations` helper is not used: it decides what is pending outside its write
+# transaction, so two processes opening a fresh file at once would both try to create the
+# tables. Here the version is re-read after `BEGIN IMMEDIATE`, and a newer file is refused.)
+MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE specs (
         spec_hash TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT, yaml_text TEXT NOT NULL,
@@ -52,12 +64,23 @@ MIGRATIONS = [
     );
     CREATE INDEX runs_status ON runs(status);
     """,
-]
+    # v2: the spec that first asked for a run (its `spec_name` in results); backfilled from the
+    # oldest linked spec.
+    """
+    ALTER TABLE runs ADD COLUMN spec_hash TEXT REFERENCES specs(spec_hash);
+    UPDATE runs SET spec_hash = (
+        SELECT sr.spec_hash FROM spec_runs sr JOIN specs s USING (spec_hash)
+        WHERE sr.run_id = runs.run_id ORDER BY s.created_at, sr.spec_hash LIMIT 1
+    );
+    CREATE INDEX spec_runs_run ON spec_runs(run_id);
+    """,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
-_RUN_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_RUN_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 def default_registry_path() -> Path:
+    """`$SAERUN_REGISTRY` if set, else `registry/saerun.db` relative to the working directory."""
     return Path(os.environ.get("SAERUN_REGISTRY") or "registry/saerun.db")
 
 
@@ -66,10 +89,12 @@ def _now() -> str:
 
 
 def _json(obj: Any) -> str:
+    # Sorted keys, no spaces: the same config is always the same bytes.
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'sae': {'d_sae': 8}} -> {'sae.d_sae': 8}; lists stay values."""
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
         for key, value in obj.items():
@@ -79,38 +104,74 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class Registry:
+    """One registry file. Use as a context manager; every public write is one transaction."""
+
     def __init__(self, path: Path | str, must_exist: bool = False) -> None:
         self.path = Path(path)
-        if must_exist and not self.path.exists():
+        if must_exist and not self.path.is_file():
             raise SaerunError(
                 f"no registry at {self.path}", hint="run a spec first, or pass --registry PATH"
             )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=30.0)
+            # isolation_level=None: no implicit transactions; ours are explicit (see _write).
+            conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
             self.db = sqlite_utils.Database(conn)
+        except (OSError, sqlite3.Error) as err:
+            raise SaerunError(f"cannot open the registry {self.path}: {err}") from None
+        try:
             self.db.execute("PRAGMA busy_timeout = 30000")
             self.db.execute("PRAGMA foreign_keys = ON")
-            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self.db.enable_wal()
+            self._check_version()  # before any write: a newer file is left untouched
+            self.db.enable_wal()
             self._migrate()
         except sqlite3.Error as err:
+            self.db.close()
             raise SaerunError(f"cannot open the registry {self.path}: {err}") from None
+        except BaseException:
+            self.db.close()
+            raise
 
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+    def _check_version(self) -> int:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise SaerunError(
                 f"the registry {self.path} has schema version {version}, newer than this saerun "
                 f"understands ({SCHEMA_VERSION})",
                 hint="upgrade saerun; the registry was left untouched",
             )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self.db.atomic():
+        return version
+
+    def _migrate(self) -> None:
+        if self._check_version() == SCHEMA_VERSION:
+            return  # the common case: no write, no lock
+        with self._write():
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            for target in range(self._check_version() + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target - 1].split(";"):
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One transaction that takes the write lock up front (waits up to the busy timeout)."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err):
+                raise
+            raise SaerunError(
+                f"the registry {self.path} stayed locked for 30 s ({err})",
+                hint="another saerun process is writing to it; retry when it is idle",
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if self.db.conn.in_transaction:  # an error may already have ended it
+                self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -123,123 +184,226 @@ class Registry:
 
     # -- writes ------------------------------------------------------------------------------
     def add_spec(self, name: str, path: str, yaml_text: str) -> str:
+        """Record a spec file; returns sha256(yaml_text). Re-adding it changes nothing."""
         spec_hash = hashlib.sha256(yaml_text.encode()).hexdigest()
-        with self.db.atomic():
+        with self._write():
             self.db.execute(
-                "INSERT OR IGNORE INTO specs VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO specs (spec_hash, name, path, yaml_text, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (spec_hash) DO NOTHING",
                 [spec_hash, name, path, yaml_text, _now()],
             )
         return spec_hash
 
     def ensure_runs(self, spec_hash: str, jobs: list[dict[str, Any]]) -> dict[str, str]:
-        """Insert missing runs as 'planned'; existing rows stay byte-identical."""
-        with self.db.atomic():
-            for job in jobs:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, name, group_key, status, config, "
-                    "created_at) VALUES (?, ?, ?, 'planned', ?, ?)",
-                    [job["run_id"], job["name"], job["group_key"], _json(job["config"]), _now()],
-                )
-                self.db.execute(
-                    "INSERT OR IGNORE INTO spec_runs VALUES (?, ?)", [spec_hash, job["run_id"]]
-                )
-        ids = [job["run_id"] for job in jobs]
-        rows = self.db.execute(
-            f"SELECT run_id, status FROM runs WHERE run_id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall()
-        return dict(rows)
+        """Insert missing runs as 'planned' and link them to the spec; returns {run_id: status}.
 
-    def mark_running(self, run_id: str, environment: dict, data_fingerprint: str) -> None:
-        with self.db.atomic():
+        Existing runs stay byte-identical (only a missing spec link is added). Each job is a
+        dict with run_id, name, group_key and config (the fully resolved job config).
+        """
+        now = _now()  # one moment per call: runs of a spec sort by run_id among themselves
+        with self._write():
+            known = self.db.execute("SELECT 1 FROM specs WHERE spec_hash=?", [spec_hash])
+            if known.fetchone() is None:
+                raise SaerunError(f"unknown spec hash {spec_hash!r}", hint="call add_spec first")
+            for job in jobs:
+                # ON CONFLICT (not INSERT OR IGNORE): only an existing id is skipped; a missing
+                # name or config still fails loudly.
+                self.db.execute(
+                    "INSERT INTO runs (run_id, spec_hash, name, group_key, status, config, "
+                    "created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?) "
+                    "ON CONFLICT (run_id) DO NOTHING",
+                    [job["run_id"], spec_hash, job["name"], job["group_key"],
+                     _json(job["config"]), now],
+                )
+                self.db.execute(
+                    "INSERT INTO spec_runs (spec_hash, run_id) VALUES (?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    [spec_hash, job["run_id"]],
+                )
+            return {job["run_id"]: self._status(job["run_id"]) for job in jobs}
+
+    def _status(self, run_id: str) -> str:
+        row = self.db.execute("SELECT status FROM runs WHERE run_id=?", [run_id]).fetchone()
+        if row is None:
+            raise SaerunError(f"no run with id {run_id!r} in {self.path}")
+        return str(row[0])
+
+    def _transition(self, run_id: str, allowed: tuple[str, ...], target: str) -> bool:
+        """Check a status change inside a write; False when the run is already done.
+
+        A done run is left alone rather than raising: another process may have finished it.
+        """
+        status = self._status(run_id)
+        if status == "done":
+            return False
+        if status not in allowed:
+            raise SaerunError(f"run {run_id} is {status}; it cannot become {target}")
+        return True
+
+    def mark_running(self, run_id: str, environment: dict[str, Any],
+                     data_fingerprint: str) -> bool:
+        """planned | running (resume) | failed (retry) -> running; started_at = latest start."""
+        with self._write():
+            if not self._transition(run_id, ("planned", "running", "failed"), "running"):
+                return False
             self.db.execute(
-                "UPDATE runs SET status='running', started_at=?, environment=?, "
-                "data_fingerprint=?, error=NULL WHERE run_id=? AND status != 'done'",
+                "UPDATE runs SET status='running', started_at=?, finished_at=NULL, environment=?, "
+                "data_fingerprint=?, error=NULL WHERE run_id=?",
                 [_now(), _json(environment), data_fingerprint, run_id],
             )
+        return True
 
     def mark_done(self, run_id: str, metrics: dict[str, float], train_seconds: float,
-                  eval_seconds: float, tokens_trained: int) -> None:
-        """Metrics and the status change land together or not at all."""
-        with self.db.atomic():
+                  eval_seconds: float, tokens_trained: int) -> bool:
+        """running -> done; the metrics and the status change land together or not at all."""
+        with self._write():
+            if not self._transition(run_id, ("running",), "done"):
+                return False
             self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
             self.db["metrics"].insert_all(
-                [{"run_id": run_id, "name": k, "value": float(v)} for k, v in metrics.items()]
+                {"run_id": run_id, "name": str(k), "value": float(v)}
+                for k, v in sorted(metrics.items())
             )
             self.db.execute(
                 "UPDATE runs SET status='done', finished_at=?, train_seconds=?, eval_seconds=?, "
                 "tokens_trained=?, error=NULL WHERE run_id=?",
-                [_now(), train_seconds, eval_seconds, tokens_trained, run_id],
+                [_now(), float(train_seconds), float(eval_seconds), int(tokens_trained), run_id],
             )
+        return True
 
-    def mark_failed(self, run_id: str, error: str) -> None:
-        with self.db.atomic():
+    def mark_failed(self, run_id: str, error: str) -> bool:
+        """planned | running | failed -> failed, with the reason."""
+        with self._write():
+            if not self._transition(run_id, ("planned", "running", "failed"), "failed"):
+                return False
             self.db.execute(
                 "UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?",
                 [_now(), error, run_id],
             )
+        return True
 
-    def add_curve(self, run_id: str, points: list[dict[str, float]]) -> None:
-        if not points:
-            return
-        with self.db.atomic():
-            self.db["curves"].upsert_all(
-                [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
+    def reset_to_planned(self, run_id: str) -> None:
+        """Any status -> planned: clears timings, environment, error, metrics and curve.
+
+        The one way to redo a done run. Artifacts on disk are the caller's business.
+        """
+        with self._write():
+            self._status(run_id)
+            self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
+            self.db.execute("DELETE FROM curves WHERE run_id=?", [run_id])
+            self.db.execute(
+                "UPDATE runs SET status='planned', started_at=NULL, finished_at=NULL, "
+                "train_seconds=NULL, eval_seconds=NULL, tokens_trained=NULL, environment=NULL, "
+                "data_fingerprint=NULL, error=NULL WHERE run_id=?",
+                [run_id],
             )
+
+    def add_curve(self, run_id: str, points: list[dict[str, float]]) -> bool:
+        """Upsert training-curve points by (run_id, step); False (no write) for a done run."""
+        for point in points:
+            extra = set(point) - set(CURVE_COLUMNS)
+            if extra or "step" not in point:
+                raise ValueError(f"curve point {point} needs 'step' and only {CURVE_COLUMNS}")
+        with self._write():
+            if self._status(run_id) == "done":
+                return False
+            if points:
+                self.db["curves"].upsert_all(
+                    [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
+                )
+        return True
 
     # -- reads -------------------------------------------------------------------------------
-    def _resolve(self, run_id: str) -> str | None:
+    def _resolve(self, prefix: str) -> str | None:
+        """A full run id from a unique prefix; None when nothing matches."""
+        prefix = prefix.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):
+            return None
         rows = self.db.execute(
-            "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id", [f"{run_id}%"]
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 11",
+            [len(prefix), prefix],
         ).fetchall()
         if len(rows) > 1:
+            shown = ", ".join(r[0] for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
             raise SaerunError(
-                f"run id prefix {run_id!r} is ambiguous",
-                hint="candidates: " + ", ".join(r[0] for r in rows[:10]),
+                f"run id prefix {prefix!r} is ambiguous", hint=f"candidates: {shown}"
             )
-        return rows[0][0] if rows else None
+        return str(rows[0][0]) if rows else None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        if not re.fullmatch(r"[0-9a-f]{1,64}", run_id):
-            return None
+        """One run by id or unique prefix: every column, config/environment parsed, metrics,
+        spec_name (the spec that first asked for it) and spec_names (every spec that did)."""
         full = self._resolve(run_id)
         if full is None:
             return None
         run = dict(self.db["runs"].get(full))
         run["config"] = json.loads(run["config"])
         run["environment"] = json.loads(run["environment"]) if run["environment"] else None
-        run["metrics"] = dict(
-            self.db.execute("SELECT name, value FROM metrics WHERE run_id=? ORDER BY name", [full])
-        )
-        run["spec_names"] = self._spec_names(full)
+        run["metrics"] = self._metrics(full)
+        run["spec_name"] = self._spec_name(run["spec_hash"])
+        run["spec_names"] = [r[0] for r in self.db.execute(
+            "SELECT DISTINCT s.name FROM spec_runs sr JOIN specs s USING (spec_hash) "
+            "WHERE sr.run_id=? ORDER BY s.name", [full])]
         return run
 
-    def _spec_names(self, run_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT s.name FROM spec_runs sr JOIN specs s USING (spec_hash) "
-            "WHERE sr.run_id=? ORDER BY s.name", [run_id])]
+    def _metrics(self, run_id: str) -> dict[str, float | None]:
+        return dict(self.db.execute(
+            "SELECT name, value FROM metrics WHERE run_id=? ORDER BY name", [run_id]))
 
-    def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
-        where, args = ("WHERE status=?", [status]) if status else ("", [])
-        rows = self.db.execute(
-            f"SELECT run_id, name, status, created_at, finished_at, error FROM runs {where} "
-            "ORDER BY created_at, run_id", args
+    def _spec_name(self, spec_hash: str | None) -> str | None:
+        row = self.db.execute("SELECT name FROM specs WHERE spec_hash=?", [spec_hash]).fetchone()
+        return str(row[0]) if row else None
+
+    def list_runs(self, status: str | None = None,
+                  spec_name: str | None = None) -> list[dict[str, Any]]:
+        """Run summaries (no config), oldest first; optionally one status / runs of one spec."""
+        if status is not None and status not in STATUSES:
+            raise SaerunError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
+        where, args = [], []
+        if status is not None:
+            where.append("r.status = ?")
+            args.append(status)
+        if spec_name is not None:
+            where.append("r.run_id IN (SELECT sr.run_id FROM spec_runs sr JOIN specs s "
+                         "USING (spec_hash) WHERE s.name = ?)")
+            args.append(spec_name)
+        sql = (
+            "SELECT r.run_id, r.name, s.name AS spec_name, r.group_key, r.status, r.created_at, "
+            "r.started_at, r.finished_at, r.train_seconds, r.eval_seconds, r.tokens_trained, "
+            "r.error FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
+            + ("WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY r.created_at, r.run_id"
         )
-        cols = ("run_id", "name", "status", "created_at", "finished_at", "error")
-        return [dict(zip(cols, row, strict=True)) for row in rows]
+        return list(self.db.query(sql, args))
 
     def results(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """One flat dict per done run: config as dotted keys, convenience keys, every metric."""
-        out = []
-        for run_id, name, config_text in self.db.execute(
-            "SELECT run_id, name, config FROM runs WHERE status='done' ORDER BY run_id"
-        ):
+        """One flat dict per done run, sorted by run_id: the config as dotted keys
+        (`sae.d_sae`), convenience keys (model, hook_name, architecture, penalty,
+        sparsity_coefficient, d_sae, lr, seed, train_tokens), timings and every metric by name.
+
+        filters: {key: value} kept when str(row[key]) == value, or numerically equal when both
+        parse as numbers. A key no row has is an error that suggests the closest one.
+        """
+        with self.db.atomic():  # one read snapshot for both queries
+            runs = list(self.db.execute(
+                "SELECT r.run_id, r.name, s.name, r.config, r.train_seconds, r.eval_seconds, "
+                "r.tokens_trained, r.finished_at FROM runs r "
+                "LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
+                "WHERE r.status = 'done' ORDER BY r.run_id"))
+            metrics: dict[str, dict[str, Any]] = {}
+            for run_id, name, value in self.db.execute(
+                "SELECT m.run_id, m.name, m.value FROM metrics m JOIN runs r USING (run_id) "
+                "WHERE r.status = 'done' ORDER BY m.run_id, m.name"
+            ):
+                metrics.setdefault(run_id, {})[name] = value
+        rows = []
+        for run_id, name, spec_name, config_text, train_s, eval_s, tokens, finished in runs:
             config = json.loads(config_text)
             sae = config["sae"]
             sparsity = sae.get("sparsity") or {}
-            row: dict[str, Any] = {"run_id": run_id, "name": name, **_flatten(config)}
-            specs = self._spec_names(run_id)
+            row: dict[str, Any] = {"run_id": run_id, "name": name, "spec_name": spec_name,
+                                   "status": "done", **_flatten(config)}
             row.update(
-                spec_name=specs[0] if specs else None,
                 model=config["model"]["name"],
                 hook_name=config["site"]["hook_name"],
                 architecture=sae["architecture"],
@@ -249,26 +413,42 @@ class Registry:
                 lr=config["train"]["lr"],
                 seed=config["seed"],
                 train_tokens=config["data"]["train_tokens"],
+                train_seconds=train_s,
+                eval_seconds=eval_s,
+                tokens_trained=tokens,
+                finished_at=finished,
             )
-            row.update(dict(self.db.execute(
-                "SELECT name, value FROM metrics WHERE run_id=?", [run_id])))
-            if all(_matches(row.get(k), v) for k, v in (filters or {}).items()):
-                out.append(row)
-        return out
+            row.update(metrics.get(run_id, {}))
+            rows.append(row)
+        for key in filters or {}:
+            known = sorted({k for row in rows for k in row})
+            if rows and key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                raise SaerunError(
+                    f"no run has a result key {key!r}",
+                    hint=f"did you mean {close[0]!r}?" if close else "see `saerun show RUN --json`",
+                )
+        return [r for r in rows if all(_matches(r.get(k), v) for k, v in (filters or {}).items())]
 
     def curve(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self.db["curves"].rows_where("run_id = ?", [run_id], order_by="step"))
+        """The training curve of one run (full id), by step."""
+        return list(self.db.query(
+            "SELECT step, tokens, loss, mse, l0, dead_fraction, lr FROM curves "
+            "WHERE run_id = ? ORDER BY step", [run_id]))
 
     def artifacts_dir(self, run_id: str) -> Path:
-        """<registry dir>/runs/<run_id>; the id is checked to be hex so no path can escape."""
-        if not _RUN_ID.match(run_id):
-            raise SaerunError(f"invalid run id {run_id!r}")
+        """<registry dir>/runs/<run_id>; the id must be lowercase hex, so no path can escape."""
+        if not _RUN_ID.fullmatch(run_id):
+            raise SaerunError(f"invalid run id {run_id!r}", hint="8-64 lowercase hex characters")
         return self.path.parent / "runs" / run_id
 
 
 def _matches(value: Any, wanted: str) -> bool:
+    """A filter test: None matches 'none'/'null'/'', bools 'true'/'false', numbers numerically."""
     if value is None:
-        return wanted in ("None", "null", "")
+        return wanted.strip().lower() in ("none", "null", "")
+    if isinstance(value, bool):
+        return str(value).lower() == wanted.strip().lower()
     try:
         return float(value) == float(wanted)
     except (TypeError, ValueError):
