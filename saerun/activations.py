@@ -38,9 +38,11 @@ class LanguageModel:
     def load(cls, name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
         import logging
 
+        import transformers
         from transformer_lens.model_bridge import TransformerBridge
 
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        transformers.utils.logging.disable_progress_bar()  # our own progress display suffices
         info = model_info(name)
         bridge = TransformerBridge.boot_transformers(info.source, device=device, dtype=dtype)
         bridge.eval()

@@ -211,7 +211,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = reg.get_run(args.run_id)
         if run is None:
             raise SaerunError(f"no run with id {args.run_id!r}", hint="see `saerun ls`")
-        run["artifacts"] = str(reg.artifacts_dir(run["run_id"]))
+        run["artifacts"] = str(reg.artifacts_dir(run["run_id"]).resolve())
     if args.json:
         print(json.dumps(run, indent=2, sort_keys=True, default=str))
         return 0

@@ -32,6 +32,7 @@ class ModelDims:
     n_layers: int
     hook_widths: dict[str, int]  # hook name -> activation width there (d_in of an SAE)
     source: str  # where the numbers came from, shown by `saerun plan`
+    n_ctx: int | None = None  # longest context the model was built for
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,14 @@ def _derive(
             hint="e.g. blocks.0.hook_resid_post ... "
             f"blocks.{dims.n_layers - 1}.hook_resid_post, blocks.N.hook_mlp_out, "
             "blocks.N.hook_attn_out",
+        )
+    if dims.n_ctx is not None and partial.data.context_size > dims.n_ctx:
+        raise SpecError(
+            f"context_size {partial.data.context_size} is longer than model {name!r} supports",
+            file=file,
+            line=lines.get(("data", "context_size"), lines.get(("data",), 1)),
+            field="data.context_size",
+            hint=f"at most {dims.n_ctx}",
         )
     sae = partial.sae
     out: dict[tuple[str, ...], Any] = {}

@@ -48,7 +48,7 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
         info = models.model_info(name)
         source = f"config of {info.source}"
     widths = {hook: models.hook_width(info, hook) for hook in models.hook_names(info)}
-    return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source)
+    return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source, n_ctx=info.n_ctx)
 
 
 def prepare(path: str | Path, offline_dims: bool = False) -> Prepared:

@@ -67,7 +67,9 @@ def test_run_id_depends_only_on_resolved_config(tmp_path):
 
 
 def test_batch_size_splits_groups(tmp_path):
-    text = SPEC.replace("    sae.sparsity.penalty: [l1, sqrt_l1]", "    train.batch_tokens: [64, 128]")
+    text = SPEC.replace(
+        "    sae.sparsity.penalty: [l1, sqrt_l1]", "    train.batch_tokens: [64, 128]"
+    )
     assert len(plan_of(tmp_path, text).groups) == 2
 
 
@@ -75,8 +77,8 @@ def test_batch_size_splits_groups(tmp_path):
     "text, expected",
     [
         (SPEC.replace("sae.sparsity.coefficient: [1, 2]", "sae.sparsity.coefficent: [1, 2]"),
-         "error: s.yaml:10: sae.sparsity.coefficent: unknown key 'coefficent' (from the sweep) (did you mean "
-         "'coefficient'?)"),
+         "error: s.yaml:10: sae.sparsity.coefficent: unknown key 'coefficent' (from the sweep) "
+         "(did you mean 'coefficient'?)"),
         (SPEC.replace("sae.sparsity.coefficient: [1, 2]", "sae.sparsity.coefficient: [1, -2]"),
          "error: s.yaml:10: sae.sparsity.coefficient: Input should be greater than or equal to 0 "
          "(got -2) (from the sweep)"),

@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+from pydantic import ValidationError
 
 from saerun.errors import SpecError
 from saerun.spec import Spec, load_spec
@@ -39,7 +40,7 @@ def test_good_spec_and_yaml11_exponent(tmp_path):
     assert spec.train.lr == pytest.approx(1e-4) and isinstance(spec.train.lr, float)
     assert spec.sae.sparsity.penalty == "sqrt_l1"
     assert lines[("train", "lr")] == 7
-    with pytest.raises(Exception):  # frozen: configs never mutate
+    with pytest.raises(ValidationError):  # frozen: configs never mutate
         spec.train.lr = 1.0  # type: ignore[misc]
 
 

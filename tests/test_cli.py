@@ -1,0 +1,130 @@
+"""End to end through the real CLI on the embedded model, and every bad input's one-line error."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+name: tiny
+model: {name: saerun/tiny-stdlib}
+site: {hook_name: blocks.1.hook_resid_post}
+data: {context_size: 64, train_tokens: 16384, eval_tokens: 2048, shuffle_buffer_tokens: 4096,
+       lm_batch_sequences: 16}
+sae: {architecture: relu, d_sae: 256, sparsity: {penalty: l1, coefficient: 1}}
+train: {lr: 5e-3, batch_tokens: 512, checkpoint_every_tokens: 4096, log_every_steps: 4}
+sweep:
+  zip: {sae.sparsity.penalty: [l1, l1, sqrt_l1], sae.sparsity.coefficient: [0.3, 3, 0.1]}
+"""
+
+
+def saerun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "saerun.cli", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def dump(db: Path) -> list:
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return [(t, conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()) for t in tables]
+
+
+def test_run_rerun_ls_show_report(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    first = saerun("tiny.yaml", "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    db = tmp_path / "registry" / "saerun.db"
+    runs = json.loads(saerun("ls", "--json", cwd=tmp_path).stdout)
+    assert len(runs) == 3 and {r["status"] for r in runs} == {"done"}
+
+    by_coef = {}
+    for run in runs:
+        shown = json.loads(saerun("show", run["run_id"][:8], "--json", cwd=tmp_path).stdout)
+        m = shown["metrics"]
+        assert 0 < m["fvu"] < 1 and 0 < m["ce_loss_recovered"] <= 1 and m["l0"] > 0
+        assert shown["environment"]["numerics_mode"] == "transformer_bridge/raw_hf"
+        folder = Path(shown["artifacts"])
+        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "run.yaml"):
+            assert (folder / name).exists(), name
+        sparsity = shown["config"]["sae"]["sparsity"]
+        by_coef[(sparsity["penalty"], sparsity["coefficient"])] = m
+    # The real trade-off: a larger coefficient gives a lower L0 and a higher FVU.
+    low, high = by_coef[("l1", 0.3)], by_coef[("l1", 3)]
+    assert high["l0"] < low["l0"] and high["fvu"] > low["fvu"]
+
+    before = dump(db)
+    again = saerun("tiny.yaml", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and "already done; nothing to train" in again.stdout
+    assert dump(db) == before
+
+    report = saerun("report", "--frontier", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "reports" / "frontier.md").read_text()
+    assert "blocks.1.hook_resid_post" in text and "relu/sqrt_l1" in text
+    assert list((tmp_path / "reports" / "frontier").glob("*.png"))
+    empty = saerun("report", "--frontier", "architecture=gated", cwd=tmp_path)
+    assert empty.returncode == 2 and "no finished runs match" in empty.stderr
+
+
+BAD = [
+    ("train: {lr: 5e-3, batch_tokens: 512,", "train: {lrr: 5e-3, batch_tokens: 512,",
+     "error: bad.yaml:7: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"),
+    ("d_sae: 256", "d_sae: many",
+     "error: bad.yaml:6: sae.d_sae: Input should be a valid integer, unable to parse string as "
+     "an integer (got 'many')"),
+    ("lr: 5e-3", "lr: -5e-3",
+     "error: bad.yaml:7: train.lr: Input should be greater than 0 (got -0.005)"),
+    ("blocks.1.hook_resid_post", "blocks.9.hook_resid_post",
+     "error: bad.yaml:3: site.hook_name: unknown hook name 'blocks.9.hook_resid_post' for model "
+     "'saerun/tiny-stdlib' (4 layers) (e.g. blocks.0.hook_resid_post ... "
+     "blocks.3.hook_resid_post, blocks.N.hook_mlp_out, blocks.N.hook_attn_out)"),
+    ("data: {context_size: 64,", "data: {dataset: ./missing.jsonl, context_size: 64,",
+     "error: bad.yaml:4: data.dataset: dataset file not found: ./missing.jsonl"),
+    ("saerun/tiny-stdlib", "gpt2",
+     "error: bad.yaml:2: model.name: model 'gpt2' is not available offline (no network and not "
+     "in the local Hugging Face cache) (use the embedded default 'saerun/tiny-stdlib' or a local "
+     "model directory)"),
+    ("data: {context_size: 64,", "data: {dataset: NeelNanda/pile-10k, context_size: 64,",
+     "error: bad.yaml:4: data.dataset: dataset 'NeelNanda/pile-10k' is not available offline "
+     "(HF_HUB_OFFLINE is set and not in the local Hugging Face cache) (use the embedded default "
+     "'saerun/stdlib' or a local .txt/.jsonl/.parquet file)"),
+]
+
+
+@pytest.mark.parametrize("old, new, expected", BAD, ids=[b[1][:24] for b in BAD])
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, old, new, expected):
+    assert old in TINY
+    (tmp_path / "bad.yaml").write_text(TINY.replace(old, new))
+    result = saerun("bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == expected
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "registry").exists()
+
+
+def test_plan_shows_provenance(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    out = json.loads(saerun("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout)
+    assert len(out) == 3 and len({job["group"] for job in out}) == 1
+    prov = out[0]["provenance"]
+    assert prov["sae.d_in"] == "derived" and prov["sae.sparsity.coefficient"] == "sweep"
+    assert prov["train.lr"] == "spec" and prov["train.adam_betas"] == "default"
+    assert not (tmp_path / "registry").exists()
+
+
+def test_schema_and_help_are_instant_and_light(tmp_path):
+    code = ("import sys, saerun.cli as c; c.main(['schema']) if False else None; "
+            "print('torch' in sys.modules, 'transformer_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False False"
+    schema = json.loads(saerun("schema", cwd=tmp_path).stdout)
+    assert "sae" in schema["properties"]
+
+
