@@ -98,8 +98,9 @@ class SparsityConfig(_Strict):
     )
 
 
-class ReluSAEConfig(_Strict):
-    architecture: Literal["relu"] = Field(description="ReLU SAE (Anthropic / SAELens baseline).")
+class _SAECommon(_Strict):
+    """Options every architecture shares (DESIGN.md §4), stated once."""
+
     d_in: int | None = Field(
         None, gt=0, description="input width; taken from the model when omitted (derived)."
     )
@@ -108,9 +109,6 @@ class ReluSAEConfig(_Strict):
     )
     expansion_factor: float | None = Field(
         None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
-    )
-    sparsity: SparsityConfig = Field(
-        default_factory=SparsityConfig, description="sparsity penalty and its coefficient."
     )
     decoder_init_norm: float = Field(
         0.1, gt=0, description="norm of every decoder row at initialisation."
@@ -124,10 +122,17 @@ class ReluSAEConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_width(self) -> ReluSAEConfig:
+    def _one_width(self) -> _SAECommon:
         if self.d_sae is not None and self.expansion_factor is not None:
             raise ValueError("give d_sae or expansion_factor, not both")
         return self
+
+
+class ReluSAEConfig(_SAECommon):
+    architecture: Literal["relu"] = Field(description="ReLU SAE (Anthropic / SAELens baseline).")
+    sparsity: SparsityConfig = Field(
+        default_factory=SparsityConfig, description="sparsity penalty and its coefficient."
+    )
 
 
 # One entry per architecture; the `architecture` tag picks the member.

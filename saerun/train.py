@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saerun.sae import SAE, build_sae
+from saerun.sae import SAE, StepInfo, build_sae
 from saerun.spec import RunConfig, TrainConfig
 
 # -- schedules (pure) --------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def lr_at(step: int, total_steps: int, t: TrainConfig) -> float:
     return t.lr
 
 
-def sparsity_scale_at(step: int, total_steps: int, t: TrainConfig) -> float:
+def sparsity_at(step: int, total_steps: int, t: TrainConfig) -> float:
     """Linear warm-up of the sparsity coefficient: lets latents find directions before the
     penalty starts killing them."""
     warm = int(total_steps * t.sparsity_warmup_fraction)
@@ -86,7 +86,8 @@ class Trainer:
         lr = lr_at(self.step, self.total_steps, t)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.sae.loss(x, sparsity_scale_at(self.step, self.total_steps, t))
+        info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask())
+        out = self.sae.loss(x, info)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if t.grad_clip_norm is not None:

@@ -9,8 +9,12 @@ import torch
 
 from saerun import artifacts
 from saerun.sae import SAE_CLASSES, build_sae
-from saerun.sae.base import geometric_median
+from saerun.sae.base import StepInfo, geometric_median
 from saerun.spec import ReluSAEConfig, SparsityConfig
+
+
+def step(scale: float, d_sae: int = 3) -> StepInfo:
+    return StepInfo(scale, torch.zeros(d_sae, dtype=torch.bool))
 
 
 def relu_cfg(penalty: str = "l1", coefficient: float = 0.5, **kw) -> ReluSAEConfig:
@@ -38,18 +42,18 @@ def test_relu_forward_and_l1_loss_by_hand():
     assert f.tolist() == [[1.0, 1.5, 0.0]]
     assert sae.decode(f).tolist() == [[1.0, 3.0]]
     assert torch.equal(sae(X), sae.decode(sae.encode(X)))
-    out = sae.loss(X, sparsity_scale=1.0)
+    out = sae.loss(X, step(1.0))
     assert out.mse.item() == pytest.approx(1.0)  # (1-1)^2 + (3-2)^2
     assert out.sparsity.item() == pytest.approx(4.0)  # 1*1 + 1.5*2
     assert out.loss.item() == pytest.approx(1.0 + 0.5 * 4.0)
     assert out.l0.item() == 2.0
-    assert sae.loss(X, sparsity_scale=0.5).loss.item() == pytest.approx(1.0 + 0.25 * 4.0)
+    assert sae.loss(X, step(0.5)).loss.item() == pytest.approx(1.0 + 0.25 * 4.0)
 
 
 def test_relu_gradients_equal_the_formulas():
     sae = build_sae(relu_cfg(), seed=0)
     hand_set(sae)
-    sae.loss(X, 1.0).loss.backward()
+    sae.loss(X, step(1.0)).loss.backward()
     # dL/dx_hat = 2 (x_hat - x) = [0, 2]; dL/df = W_dec dL/dx_hat + lambda ||W_dec,i||
     #           = [0, 4, 2] + 0.5 [1, 2, sqrt2]; ReLU passes latents 0 and 1 only.
     assert sae.b_enc.grad.tolist() == pytest.approx([0.5, 5.0, 0.0])
@@ -73,7 +77,7 @@ def test_sqrt_l1_penalty_by_hand():
         architecture="relu", d_in=2, d_sae=3,
         sparsity=SparsityConfig(penalty="sqrt_l1", coefficient=0.5, epsilon=eps)), seed=0)
     hand_set(sae)
-    out = sae.loss(X, 1.0)
+    out = sae.loss(X, step(1.0))
     expected = (math.sqrt(1.0 + eps) - math.sqrt(eps)) + (math.sqrt(3.0 + eps) - math.sqrt(eps))
     assert out.sparsity.item() == pytest.approx(expected, rel=1e-6)
     # Zero latents cost exactly nothing.

@@ -7,7 +7,7 @@ import torch
 
 from saerun import artifacts
 from saerun.spec import RunConfig, TrainConfig
-from saerun.train import Trainer, lr_at, sparsity_scale_at, train_group
+from saerun.train import Trainer, lr_at, sparsity_at, train_group
 
 
 def config(**train) -> RunConfig:
@@ -40,8 +40,8 @@ def test_lr_schedule_by_hand():
 
 def test_sparsity_warmup_by_hand():
     t = TrainConfig(sparsity_warmup_fraction=0.2)
-    assert [sparsity_scale_at(s, 20, t) for s in (0, 1, 3, 4, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
-    assert sparsity_scale_at(0, 20, TrainConfig(sparsity_warmup_fraction=0.0)) == 1.0
+    assert [sparsity_at(s, 20, t) for s in (0, 1, 3, 4, 10)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert sparsity_at(0, 20, TrainConfig(sparsity_warmup_fraction=0.0)) == 1.0
 
 
 def run(trainers, data, start=0, on_checkpoint=lambda tr: None):

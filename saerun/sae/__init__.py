@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from saerun.sae.base import SAE, LossOutput
+from saerun.sae.base import SAE, LossOutput, StepInfo
 from saerun.sae.relu import ReluSAE
 
 SAE_CLASSES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (ReluSAE,)}
@@ -18,4 +18,4 @@ def build_sae(cfg: Any, seed: int) -> SAE:
     return SAE_CLASSES[cfg.architecture](cfg, generator)
 
 
-__all__ = ["SAE", "SAE_CLASSES", "LossOutput", "build_sae"]
+__all__ = ["SAE", "SAE_CLASSES", "LossOutput", "StepInfo", "build_sae"]

@@ -21,6 +21,13 @@ class LossOutput(NamedTuple):
     f: Tensor  # [batch, d_sae] latents, detached (for dead-latent tracking)
 
 
+class StepInfo(NamedTuple):
+    """What the training loop tells an SAE about the current step."""
+
+    sparsity_scale: float  # sparsity warm-up factor in [0, 1]
+    dead_mask: Tensor  # [d_sae] bool: latents that fired on none of the last dead-window tokens
+
+
 class SAE(nn.Module):
     """Base class: parameters, init, decode, normalisation folding. Subclasses add `encode` and
     `loss`; the training loop only ever calls the methods defined here."""
@@ -56,8 +63,9 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
-    def loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
-        """Training loss on a batch; `sparsity_scale` in [0, 1] is the sparsity warm-up factor."""
+    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        """Training loss on a batch of (normalised) activations [batch, d_in]. Auxiliary terms
+        that need training state (AuxK on dead latents, say) read it from `step`."""
         raise NotImplementedError
 
     def after_step(self) -> None:

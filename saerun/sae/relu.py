@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saerun.sae.base import SAE, LossOutput, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
 
 
 class ReluSAE(SAE):
@@ -31,11 +31,11 @@ class ReluSAE(SAE):
         eps = sparsity.epsilon
         return (torch.sqrt(weighted + eps) - eps**0.5).sum(-1)
 
-    def loss(self, x: Tensor, sparsity_scale: float) -> LossOutput:
+    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
         f = self.encode(x)
         x_hat = self.decode(f)
         mse = mse_per_token(x, x_hat).mean()
         sparsity = self.penalty(f).mean()
-        loss = mse + sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
         l0 = (f > 0).float().sum(-1).mean()
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
