@@ -135,8 +135,9 @@ class ReluSAEConfig(_SAECommon):
     )
 
 
-# One entry per architecture; the `architecture` tag picks the member.
-SAEConfig = Annotated[Union[(ReluSAEConfig,)], Field(discriminator="architecture")]  # noqa: UP007
+# One entry per architecture; the `architecture` tag picks the member. Add new configs HERE only.
+SAE_CONFIGS: tuple[type[_SAECommon], ...] = (ReluSAEConfig,)
+SAEConfig = Annotated[Union[SAE_CONFIGS], Field(discriminator="architecture")]  # noqa: UP007
 
 
 class TrainConfig(_Strict):
@@ -331,7 +332,12 @@ def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
 # Validation errors -> file:line:field
 # ---------------------------------------------------------------------------------------------
 
-_ARCH_TAGS = {"relu"}
+def _tag(cls: type[BaseModel]) -> str:
+    return cls.model_fields["architecture"].annotation.__args__[0]  # Literal["relu"] -> "relu"
+
+
+_SAE_CLASSES: dict[str, type[BaseModel]] = {_tag(cls): cls for cls in SAE_CONFIGS}
+_ARCH_TAGS = set(_SAE_CLASSES)
 
 
 def _clean_loc(loc: tuple) -> tuple:
@@ -423,9 +429,6 @@ def spec_error_from_validation(
     if note:
         message = f"{message} {note}"
     return SpecError(message, file=file, line=line, field=field, hint=hint)
-
-
-_SAE_CLASSES: dict[str, type[BaseModel]] = {"relu": ReluSAEConfig}
 
 
 def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
