@@ -2,7 +2,7 @@
 
 A dataset is the embedded corpus ``saerun/stdlib``, a local ``.txt``/``.jsonl``/``.parquet`` file,
 or a Hugging Face dataset name. Every source becomes a stream of documents (strings) in a stable
-order; a document belongs to the eval split iff a hash of (its index, its text) falls below
+order; a document belongs to the eval split iff a hash of its text falls below
 ``eval_fraction``, so the split never depends on batch size, seeds or the machine.
 """
 
@@ -171,17 +171,18 @@ def _all_documents(data: DataSource) -> Iterator[str]:
     return _read_with_datasets(data, ref)
 
 
-def in_eval_split(index: int, text: str, eval_fraction: float) -> bool:
-    """Stable across machines and runs: blake2b of (index, text), read as a number in [0, 1)."""
-    digest = hashlib.blake2b(f"{index}\0{text}".encode(), digest_size=8).digest()
+def in_eval_split(text: str, eval_fraction: float) -> bool:
+    """Stable across machines and runs: blake2b of the text, read as a number in [0, 1). By
+    content, not position, so duplicate documents never straddle the split (no leak)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < eval_fraction
 
 
 def iter_documents(data: DataSource, split: Literal["train", "eval"]) -> Iterator[str]:
     """The non-empty documents of one split, in source order."""
     want_eval = split == "eval"
-    for index, text in enumerate(_all_documents(data)):
-        if text.strip() and in_eval_split(index, text, data.eval_fraction) == want_eval:
+    for text in _all_documents(data):
+        if text.strip() and in_eval_split(text, data.eval_fraction) == want_eval:
             yield text
 
 

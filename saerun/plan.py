@@ -172,7 +172,7 @@ def build_plan(
         derived = _derive(partial, tree, lines, file, dims_cache, model_dims)
         # From here on every default is explicit: the resolved config is the whole truth.
         tree = partial.model_dump(mode="json", exclude={"name", "sweep"})
-        for key, value in derived.items():
+        for key, (value, _) in derived.items():
             _set(tree, key, value)
         try:
             config = RunConfig.model_validate(tree)
@@ -204,8 +204,9 @@ def _derive(
     file: str,
     cache: dict[str, ModelDims],
     model_dims: Callable[[str], ModelDims],
-) -> dict[tuple[str, ...], Any]:
-    """Values computed from other values: d_in from the model, d_sae from the expansion factor."""
+) -> dict[tuple[str, ...], tuple[Any, str]]:
+    """Values computed from other values, with how: d_in from the model, d_sae from the
+    expansion factor."""
     name = partial.model.name
     if name not in cache:
         try:
@@ -236,7 +237,7 @@ def _derive(
             hint=f"at most {dims.n_ctx}",
         )
     sae = partial.sae
-    out: dict[tuple[str, ...], Any] = {}
+    out: dict[tuple[str, ...], tuple[Any, str]] = {}
     d_in = sae.d_in
     width = dims.hook_widths[hook]
     if d_in is not None and d_in != width:
@@ -249,11 +250,12 @@ def _derive(
         )
     if d_in is None:
         d_in = width
-        out[("sae", "d_in")] = d_in
+        out[("sae", "d_in")] = (d_in, f"width of {hook} ({dims.source})")
     if sae.d_sae is None:
         factor = sae.expansion_factor or DEFAULT_EXPANSION_FACTOR
-        out[("sae", "d_sae")] = max(1, round(factor * d_in))
-        out[("sae", "expansion_factor")] = None
+        how = "expansion_factor" if sae.expansion_factor else "default expansion factor"
+        out[("sae", "d_sae")] = (max(1, round(factor * d_in)), f"{how} {factor:g} x d_in {d_in}")
+        out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
     return out
 
 
@@ -264,7 +266,7 @@ def _provenance(
     out = {}
     for path, _ in sorted(flat.items(), key=lambda kv: kv[0]):
         if path in derived:
-            source = "derived"
+            source = f"derived: {derived[path][1]}"
         elif any(path[: len(k)] == k for k in point):
             source = "sweep"
         elif _get(raw, path)[0]:

@@ -69,6 +69,8 @@ def build_corpus() -> int:
         if chunk.strip():
             records.append({"text": chunk, "source": str(rel)})
             size += len(chunk)
+    seen: set[str] = set()  # identical chunks (boilerplate) once only
+    records = [r for r in records if not (r["text"] in seen or seen.add(r["text"]))]
     CORPUS.parent.mkdir(parents=True, exist_ok=True)
     with open(CORPUS, "w", encoding="utf-8") as fh:
         for rec in records:

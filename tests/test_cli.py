@@ -114,7 +114,8 @@ def test_plan_shows_provenance(tmp_path):
     out = json.loads(saerun("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout)
     assert len(out) == 3 and len({job["group"] for job in out}) == 1
     prov = out[0]["provenance"]
-    assert prov["sae.d_in"] == "derived" and prov["sae.sparsity.coefficient"] == "sweep"
+    assert prov["sae.d_in"].startswith("derived: width of blocks.1.hook_resid_post")
+    assert prov["sae.sparsity.coefficient"] == "sweep"
     assert prov["train.lr"] == "spec" and prov["train.adam_betas"] == "default"
     assert not (tmp_path / "registry").exists()
 

@@ -46,8 +46,8 @@ def test_expansion_provenance_and_groups(tmp_path):
     assert len(plan.groups) == 1  # same model, data and batch size: one shared stream
     job = plan.jobs[0]
     assert job.config.sae.d_in == 64 and job.config.sae.d_sae == 256
-    assert job.provenance["sae.d_sae"] == "derived"
-    assert job.provenance["sae.d_in"] == "derived"
+    assert job.provenance["sae.d_sae"] == "derived: expansion_factor 4 x d_in 64"
+    assert job.provenance["sae.d_in"] == "derived: width of blocks.0.hook_resid_post (test)"
     assert job.provenance["sae.sparsity.coefficient"] == "sweep"
     assert job.provenance["seed"] == "sweep"
     assert job.provenance["train.lr"] == "default"
