@@ -137,9 +137,15 @@ def _sweep_line_path(key: tuple[str, ...], spec: Spec) -> tuple:
 def _label(spec: Spec, point: dict[tuple[str, ...], Any]) -> str:
     if not point:
         return spec.name
-    parts = [
-        f"{'.'.join(k).removeprefix('sae.').removeprefix('train.')}={v}" for k, v in point.items()
-    ]
+    def show(value: Any) -> str:  # a swept sub-section (e.g. a whole `sae`) reads as k=v pairs
+        if isinstance(value, dict):
+            return ",".join(f"{'.'.join(map(str, k))}={v}" for k, v in _flatten(value).items())
+        return str(value)
+
+    parts = []
+    for key, value in point.items():
+        name = ".".join(key).removeprefix("sae.").removeprefix("train.")
+        parts.append(show(value) if name == "sae" else f"{name}={show(value)}")
     return f"{spec.name}[{','.join(parts)}]"
 
 
