@@ -72,7 +72,7 @@ def write_sae(
         "metadata": metadata,
         **sae.saelens_cfg(),
     }
-    weights = {name: p for name, p in sae.named_parameters()}
+    weights = sae.export_tensors()  # SAELens names (e.g. gated b_gate, jumprelu threshold)
     write_tensors(folder / "sae_weights.safetensors", weights)
     if density is not None:
         log_density = density.clamp_min(1e-10).log10()

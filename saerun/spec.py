@@ -87,15 +87,27 @@ class DataConfig(_Strict):
 
 
 class SparsityConfig(_Strict):
-    penalty: Literal["l1", "sqrt_l1"] = Field(
+    penalty: Literal["l1", "sqrt_l1", "tanh"] = Field(
         "l1",
         description="'l1': lambda * sum_i f_i ||W_dec,i||; 'sqrt_l1': lambda * sum_i "
-        "(sqrt(f_i ||W_dec,i|| + epsilon) - sqrt(epsilon)).",
+        "(sqrt(f_i ||W_dec,i|| + epsilon) - sqrt(epsilon)); 'tanh' (Anthropic, Jan 2025): "
+        "lambda * sum_i tanh(tanh_scale * f_i ||W_dec,i||).",
     )
     coefficient: float = Field(5.0, ge=0, description="sparsity coefficient lambda.")
     epsilon: float = Field(
         1e-4, gt=0, description="sqrt_l1 only: keeps the penalty's gradient finite near 0."
     )
+    tanh_scale: float = Field(
+        4.0, gt=0, description="tanh only: c in tanh(c * f_i ||W_dec,i||); the penalty "
+        "saturates once f_i ||W_dec,i|| is well above 1/c.",
+    )
+
+
+# Architecture defaults tuned on the embedded model (see the tests and README).
+GATED_DEFAULT_COEFFICIENT = 5.0
+JUMPRELU_DEFAULT_COEFFICIENT = 0.5  # for the default sparsity_mode, tanh
+JUMPRELU_DEFAULT_INIT_THRESHOLD = 0.001
+JUMPRELU_DEFAULT_BANDWIDTH = 0.001
 
 
 class _SAECommon(_Strict):
@@ -110,8 +122,16 @@ class _SAECommon(_Strict):
     expansion_factor: float | None = Field(
         None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
     )
-    decoder_init_norm: float = Field(
-        0.1, gt=0, description="norm of every decoder row at initialisation."
+    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+        "norm_weighted",
+        description="'norm_weighted': the decoder is free and every sparsity term weights latent "
+        "i by ||W_dec,i|| (so shrinking f while growing W_dec cannot dodge it); 'unit_norm': "
+        "every decoder row is held at norm 1 (gradient projected off the row before the step, "
+        "row renormalised after it) and the terms are unweighted.",
+    )
+    decoder_init_norm: float | None = Field(
+        None, gt=0, description="norm of every decoder row at initialisation; null: 0.1 with "
+        "norm_weighted, 1 with unit_norm (which admits only 1).",
     )
     init_encoder_as_decoder_transpose: bool = Field(
         True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update)."
@@ -121,8 +141,21 @@ class _SAECommon(_Strict):
         description="initial decoder bias: zeros, the activation mean or their geometric median.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _init_norm_follows_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("decoder_init_norm") is None:
+            mode = data.get("decoder_mode", cls.model_fields["decoder_mode"].default)
+            data = {**data, "decoder_init_norm": 1.0 if mode == "unit_norm" else 0.1}
+        return data
+
     @model_validator(mode="after")
     def _one_width(self) -> _SAECommon:
+        if self.decoder_mode == "unit_norm" and self.decoder_init_norm != 1.0:
+            raise ValueError(
+                f"decoder_mode 'unit_norm' holds every decoder row at norm 1, so "
+                f"decoder_init_norm must be 1 (or omitted), got {self.decoder_init_norm}"
+            )
         if self.d_sae is not None and self.expansion_factor is not None:
             raise ValueError("give d_sae or expansion_factor, not both")
         return self
@@ -135,8 +168,160 @@ class ReluSAEConfig(_SAECommon):
     )
 
 
+class _TopKCommon(_SAECommon):
+    """Options of the TopK family (topk, batchtopk, matryoshka), stated once."""
+
+    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+        "unit_norm", description="as for every SAE; the TopK family has no sparsity penalty, "
+        "and the default unit norm (Gao et al. 2024) removes the free f <-> W_dec scale.",
+    )
+    k: int = Field(
+        32, gt=0, description="latents kept per token (topk), or k * batch_tokens over the "
+        "batch (batchtopk, matryoshka: k per token on average); at most d_sae.",
+    )
+    aux_k: int | None = Field(
+        None, gt=0, description="AuxK: number of dead latents that reconstruct the residual; "
+        "null: d_in // 2 (Gao et al. 2024); capped at d_sae.",
+    )
+    aux_coefficient: float = Field(
+        1 / 32, ge=0, description="weight of AuxK = min(n_dead / aux_k, 1) * mean ||e - e_hat||^2, "
+        "e = x - x_hat (sparsify's normalisation in the main loss's units); 0 turns it off.",
+    )
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> _TopKCommon:
+        if self.d_sae is not None and self.k > self.d_sae:
+            raise ValueError(f"k ({self.k}) must be at most d_sae ({self.d_sae})")
+        if self.d_sae is not None and self.aux_k is not None and self.aux_k > self.d_sae:
+            raise ValueError(f"aux_k ({self.aux_k}) must be at most d_sae ({self.d_sae})")
+        return self
+
+
+class TopKSAEConfig(_TopKCommon):
+    architecture: Literal["topk"] = Field(
+        description="TopK SAE (Gao et al. 2024): f = ReLU(TopK_k(pre)), exactly k latents per "
+        "token, no sparsity penalty; AuxK revives dead latents."
+    )
+
+
+class _BatchTopKCommon(_TopKCommon):
+    threshold_ema: float = Field(
+        0.9, ge=0, lt=1, description="decay of the EMA of the smallest activation kept per "
+        "training batch: the global threshold theta used at inference.",
+    )
+
+
+class BatchTopKSAEConfig(_BatchTopKCommon):
+    architecture: Literal["batchtopk"] = Field(
+        description="BatchTopK SAE (Bussmann et al. 2024): trains on the top k * batch "
+        "activations of the batch; infers as a JumpReLU with one global threshold."
+    )
+
+
+class MatryoshkaSAEConfig(_BatchTopKCommon):
+    architecture: Literal["matryoshka"] = Field(
+        description="Matryoshka BatchTopK SAE (Bussmann et al. 2025): the loss sums the "
+        "reconstruction error of nested prefixes of the dictionary; infers as batchtopk."
+    )
+    prefix_widths: list[int] | None = Field(
+        None, description="nested prefix widths m_1 < ... < m_n, the last equal to d_sae; "
+        "null: d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped).",
+    )
+    prefix_weights: list[float] | None = Field(
+        None, description="weight of each prefix's reconstruction loss (one per prefix width, "
+        ">= 0); null: 1/n each.",
+    )
+
+    @model_validator(mode="after")
+    def _nested(self) -> MatryoshkaSAEConfig:
+        widths, weights = self.prefix_widths, self.prefix_weights
+        if widths is not None:
+            increasing = all(a < b for a, b in zip(widths[:-1], widths[1:], strict=True))
+            if not widths or widths[0] < 1 or not increasing:
+                raise ValueError(
+                    f"prefix_widths must be positive and strictly increasing, got {widths}"
+                )
+            if self.d_sae is not None and widths[-1] != self.d_sae:
+                raise ValueError(
+                    f"the last prefix width must equal d_sae ({self.d_sae}), got {widths[-1]}"
+                )
+        if weights is not None:
+            if widths is None or len(weights) != len(widths):
+                raise ValueError("prefix_weights needs prefix_widths, one weight per width")
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"prefix_weights must be >= 0 and not all 0, got {weights}")
+        return self
+
+
+class GatedSAEConfig(_SAECommon):
+    architecture: Literal["gated"] = Field(
+        description="Gated SAE (Rajamanoharan et al. 2024): a gate path picks the latents, a "
+        "magnitude path (shared weights, rescaled by exp(r_mag)) sets their values."
+    )
+    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+        "unit_norm", description="as for every SAE; gated defaults to unit_norm as in the paper: "
+        "the auxiliary term's decoder is detached, so with a free decoder the penalty alone "
+        "shrinks ||W_dec||, W_gate grows to compensate and b_gate can no longer close gates "
+        "(L0 near d_sae/2 at any lambda, seen on the embedded model).",
+    )
+    sparsity: SparsityConfig = Field(
+        default_factory=lambda: SparsityConfig(coefficient=GATED_DEFAULT_COEFFICIENT),
+        description="L1 penalty on ReLU(pi_gate), decoder-norm weighted (only penalty 'l1' "
+        f"applies; the gated default coefficient is {GATED_DEFAULT_COEFFICIENT}).",
+    )
+
+    @field_validator("sparsity")
+    @classmethod
+    def _l1_only(cls, value: SparsityConfig) -> SparsityConfig:
+        if value.penalty != "l1":
+            raise ValueError("the gated SAE supports only sparsity.penalty 'l1'")
+        return value
+
+
+class JumpReLUSAEConfig(_SAECommon):
+    architecture: Literal["jumprelu"] = Field(
+        description="JumpReLU SAE (Rajamanoharan et al. 2024b; Anthropic Jan 2025): f = pre * "
+        "H(pre - theta) with a learned threshold per latent, trained by straight-through "
+        "estimators."
+    )
+    sparsity_mode: Literal["l0", "tanh", "target_l0"] = Field(
+        "tanh",
+        description="'tanh' (Anthropic Jan 2025): lambda * sum_i tanh(tanh_scale * f_i "
+        "||W_dec,i||); 'l0' (the paper): lambda * sum_i H(pre_i - theta_i); 'target_l0': "
+        "lambda * (L0_batch / target_l0 - 1)^2. l0 and target_l0 act through theta alone, which "
+        "Adam moves about lr per step in log space: they need long runs and a smaller lambda.",
+    )
+    coefficient: float = Field(JUMPRELU_DEFAULT_COEFFICIENT, ge=0,
+                               description="sparsity coefficient lambda.")
+    tanh_scale: float = Field(4.0, gt=0, description="tanh mode only: c in the tanh penalty.")
+    target_l0: float | None = Field(
+        None, gt=0, description="target_l0 mode only (required there): the L0 to steer towards."
+    )
+    init_threshold: float = Field(
+        JUMPRELU_DEFAULT_INIT_THRESHOLD, gt=0,
+        description="initial threshold theta of every latent (theta = exp(log_threshold)).",
+    )
+    bandwidth: float = Field(
+        JUMPRELU_DEFAULT_BANDWIDTH, gt=0, description="width eps of the rectangle kernel of the "
+        "straight-through estimators (the threshold learns from pre within eps/2 of it).",
+    )
+    pre_act_coefficient: float = Field(
+        0.0, ge=0, description="Anthropic Jan 2025 pre-activation loss coefficient: "
+        "sum_i ReLU(theta_i - pre_i) ||W_dec,i||, which revives dead latents; 0 turns it off.",
+    )
+
+    @model_validator(mode="after")
+    def _target_given(self) -> JumpReLUSAEConfig:
+        if self.sparsity_mode == "target_l0" and self.target_l0 is None:
+            raise ValueError("sparsity_mode 'target_l0' needs target_l0")
+        return self
+
+
 # One entry per architecture; the `architecture` tag picks the member. Add new configs HERE only.
-SAE_CONFIGS: tuple[type[_SAECommon], ...] = (ReluSAEConfig,)
+SAE_CONFIGS: tuple[type[_SAECommon], ...] = (
+    ReluSAEConfig, GatedSAEConfig, JumpReLUSAEConfig,
+    TopKSAEConfig, BatchTopKSAEConfig, MatryoshkaSAEConfig,
+)
 SAEConfig = Annotated[Union[SAE_CONFIGS], Field(discriminator="architecture")]  # noqa: UP007
 
 

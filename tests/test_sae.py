@@ -6,15 +6,21 @@ import math
 
 import pytest
 import torch
+from pydantic import TypeAdapter
 
 from saerun import artifacts
 from saerun.sae import SAE_CLASSES, build_sae
 from saerun.sae.base import StepInfo, geometric_median
-from saerun.spec import ReluSAEConfig, SparsityConfig
+from saerun.spec import ReluSAEConfig, SAEConfig, SparsityConfig
 
 
 def step(scale: float, d_sae: int = 3) -> StepInfo:
     return StepInfo(scale, torch.zeros(d_sae, dtype=torch.bool))
+
+
+def arch_cfg(architecture: str, **kw):
+    """Each architecture's own config class, with its defaults, picked by the tag."""
+    return TypeAdapter(SAEConfig).validate_python({"architecture": architecture, **kw})
 
 
 def relu_cfg(penalty: str = "l1", coefficient: float = 0.5, **kw) -> ReluSAEConfig:
@@ -81,12 +87,13 @@ def test_sqrt_l1_penalty_by_hand():
     expected = (math.sqrt(1.0 + eps) - math.sqrt(eps)) + (math.sqrt(3.0 + eps) - math.sqrt(eps))
     assert out.sparsity.item() == pytest.approx(expected, rel=1e-6)
     # Zero latents cost exactly nothing.
-    assert sae.penalty(torch.zeros(1, 3)).item() == 0.0
+    assert sae.penalty(torch.zeros(1, 3), sae.W_dec).item() == 0.0
 
 
 @pytest.mark.parametrize("architecture", sorted(SAE_CLASSES))
 def test_init_shapes_and_encoder_transpose(architecture):
-    cfg = ReluSAEConfig(architecture=architecture, d_in=8, d_sae=32, decoder_init_norm=0.1)
+    cfg = arch_cfg(architecture, d_in=8, d_sae=32, decoder_mode="norm_weighted",
+                   decoder_init_norm=0.1)
     sae = build_sae(cfg, seed=1)
     assert sae.W_enc.shape == (8, 32) and sae.W_dec.shape == (32, 8)
     assert sae.b_enc.shape == (32,) and sae.b_dec.shape == (8,)
@@ -97,8 +104,45 @@ def test_init_shapes_and_encoder_transpose(architecture):
 
 
 @pytest.mark.parametrize("architecture", sorted(SAE_CLASSES))
+def test_unit_norm_decoder_projects_the_gradient_and_renormalises(architecture):
+    cfg = arch_cfg(architecture, d_in=8, d_sae=32, k=4, decoder_mode="unit_norm") if (
+        architecture in ("topk", "batchtopk", "matryoshka")
+    ) else arch_cfg(architecture, d_in=8, d_sae=32, decoder_mode="unit_norm")
+    sae = build_sae(cfg, seed=0)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32))
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)) * 3.0
+    sae.loss(x, step(1.0, 32)).loss.backward()
+    grad = sae.W_dec.grad
+    assert grad.abs().sum() > 0
+    # No gradient component along any decoder row: the step cannot change the rows' norms
+    # to first order.
+    along = (grad * sae.W_dec).sum(dim=1)
+    assert along.abs().max() < 1e-5 * grad.norm(dim=1).max()
+    with torch.no_grad():
+        sae.W_dec.add_(torch.randn(32, 8, generator=torch.Generator().manual_seed(2)) * 0.1)
+    sae.after_step()
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32))
+
+
+def test_unit_norm_admits_only_norm_one():
+    with pytest.raises(ValueError, match="decoder_init_norm must be 1"):
+        arch_cfg("relu", decoder_mode="unit_norm", decoder_init_norm=0.1)
+    assert arch_cfg("relu").decoder_init_norm == 0.1
+    assert arch_cfg("relu", decoder_mode="unit_norm").decoder_init_norm == 1.0
+    assert arch_cfg("gated").decoder_mode == "unit_norm"
+
+
+def test_norm_weighted_decoder_is_left_alone_after_a_step():
+    sae = build_sae(relu_cfg(), seed=0)
+    hand_set(sae)
+    before = sae.W_dec.detach().clone()
+    sae.after_step()
+    assert torch.equal(sae.W_dec, before)
+
+
+@pytest.mark.parametrize("architecture", sorted(SAE_CLASSES))
 def test_folding_the_scale_leaves_outputs_unchanged(architecture):
-    cfg = ReluSAEConfig(architecture=architecture, d_in=8, d_sae=32)
+    cfg = arch_cfg(architecture, d_in=8, d_sae=32)
     sae = build_sae(cfg, seed=0)
     with torch.no_grad():
         sae.b_dec.normal_()
@@ -113,7 +157,7 @@ def test_folding_the_scale_leaves_outputs_unchanged(architecture):
 
 @pytest.mark.parametrize("architecture", sorted(SAE_CLASSES))
 def test_save_and_reload_is_exact(tmp_path, architecture):
-    cfg = ReluSAEConfig(architecture=architecture, d_in=8, d_sae=32)
+    cfg = arch_cfg(architecture, d_in=8, d_sae=32)
     sae = build_sae(cfg, seed=0)
     artifacts.write_sae(tmp_path, sae, {"hook_name": "h"}, torch.rand(32))
     weights = artifacts.read_weights(tmp_path)

@@ -55,9 +55,11 @@ def test_good_spec_and_yaml11_exponent(tmp_path):
         (GOOD.replace("  lr: 1e-4", "  lr: -1e-4"),
          "error: s.yaml:7: train.lr: Input should be greater than 0 (got -0.0001)"),
         (GOOD.replace("architecture: relu", "architecture: gatd"),
-         "error: s.yaml:2: sae: unknown architecture 'gatd' (allowed: relu)"),
+         "error: s.yaml:2: sae: unknown architecture 'gatd' (allowed: batchtopk, gated, jumprelu, "
+         "matryoshka, relu, topk)"),
         (GOOD.replace("penalty: sqrt_l1", "penalty: l2"),
-         "error: s.yaml:5: sae.sparsity.penalty: Input should be 'l1' or 'sqrt_l1' (got 'l2')"),
+         "error: s.yaml:5: sae.sparsity.penalty: Input should be 'l1', 'sqrt_l1' or 'tanh' (got "
+         "'l2')"),
         (GOOD.replace("  d_sae: 512", "  d_sae: 512\n  expansion_factor: 4"),
          "error: s.yaml:2: sae: give d_sae or expansion_factor, not both"),
         ("name: t\n", "error: s.yaml:1: sae: required field is missing"),

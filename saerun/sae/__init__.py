@@ -7,9 +7,17 @@ from typing import Any
 import torch
 
 from saerun.sae.base import SAE, LossOutput, StepInfo
+from saerun.sae.batchtopk import BatchTopKSAE
+from saerun.sae.gated import GatedSAE
+from saerun.sae.jumprelu import JumpReLUSAE
+from saerun.sae.matryoshka import MatryoshkaSAE
 from saerun.sae.relu import ReluSAE
+from saerun.sae.topk import TopKSAE
 
-SAE_CLASSES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (ReluSAE,)}
+SAE_CLASSES: dict[str, type[SAE]] = {
+    cls.architecture: cls
+    for cls in (ReluSAE, GatedSAE, JumpReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE)
+}
 
 
 def build_sae(cfg: Any, seed: int) -> SAE:

@@ -68,8 +68,12 @@ class SAE(nn.Module):
         that need training state (AuxK on dead latents, say) read it from `step`."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def after_step(self) -> None:
-        """Called after every optimiser step (e.g. to renormalise a unit-norm decoder)."""
+        """Called after every optimiser step: a unit-norm decoder's rows are put back at norm 1,
+        undoing the small drift of Adam's update (its gradient was already projected)."""
+        if self.cfg.decoder_mode == "unit_norm":
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     # -- shared ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -89,12 +93,35 @@ class SAE(nn.Module):
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
 
-    def decoder_norms(self) -> Tensor:  # [d_sae]
-        return self.W_dec.norm(dim=1)
+    # -- decoder mode (stated once for every architecture) --------------------------------------
+    def train_decoder(self) -> Tensor:
+        """W_dec as a training loss must use it. norm_weighted: W_dec itself. unit_norm:
+        W_dec / ||W_dec||_row, whose value equals W_dec (rows are at norm 1 whenever a loss
+        runs, thanks to `after_step`) and whose gradient w.r.t. W_dec is (I - w w^T) g for the
+        unit row w: the gradient with its component along the row removed (SAELens's
+        remove_gradient_parallel_to_decoder_directions), which clipping and Adam then see."""
+        if self.cfg.decoder_mode == "unit_norm":
+            return self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return self.W_dec
+
+    def penalty_weights(self, w_dec: Tensor) -> Tensor:  # [d_sae]
+        """Per-latent weight of every sparsity term, given `train_decoder()`: ||W_dec,i|| for a
+        free decoder (so shrinking f_i while growing W_dec,i cannot dodge the penalty), 1 for a
+        unit-norm one (its rows' norms are 1, with no gradient)."""
+        if self.cfg.decoder_mode == "unit_norm":
+            return w_dec.new_ones(w_dec.shape[0])
+        return w_dec.norm(dim=1)
 
     def saelens_cfg(self) -> dict[str, Any]:
         """Fields of cfg.json that SAELens reads for this architecture."""
         return {"architecture": self.saelens_architecture, "apply_b_dec_to_input": True}
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """The tensors of sae_weights.safetensors, named as SAELens names them for this
+        architecture. Default: the parameters as they are. An architecture that renames or
+        derives tensors here must accept the exported names back in `load_state_dict` (with a
+        load_state_dict pre-hook), so an exported file still loads into a fresh SAE."""
+        return {name: p.detach() for name, p in self.named_parameters()}
 
 
 def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:

@@ -1,10 +1,13 @@
 """ReLU SAE (Anthropic "Towards Monosemanticity" + April 2024 update; SAELens "standard").
 
 f = ReLU((x - b_dec) W_enc + b_enc). The decoder is free (not unit norm): the penalty is weighted
-by each latent's decoder norm, so shrinking f while growing W_dec cannot cheat the penalty.
+by each latent's decoder norm, so shrinking f while growing W_dec cannot cheat the penalty
+(decoder_mode 'norm_weighted', the default; 'unit_norm' holds the rows at 1 instead).
 Penalties: l1 = sum_i f_i ||W_dec,i||; sqrt_l1 = sum_i (sqrt(f_i ||W_dec,i|| + eps) - sqrt(eps))
 (the "Sqrt()-ing L1" post: concave, so it pushes small activations to zero harder than large
-ones; eps keeps the gradient finite at 0 and the subtraction makes the penalty 0 there).
+ones; eps keeps the gradient finite at 0 and the subtraction makes the penalty 0 there);
+tanh = sum_i tanh(c f_i ||W_dec,i||) (Anthropic, Jan 2025: saturates, so a latent pays about
+lambda for firing at all and little for firing strongly: an L0-like penalty without shrinkage).
 """
 
 from __future__ import annotations
@@ -22,20 +25,23 @@ class ReluSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
 
-    def penalty(self, f: Tensor) -> Tensor:
-        """The unweighted sparsity penalty per token: [batch]."""
-        weighted = f * self.decoder_norms()
+    def penalty(self, f: Tensor, w_dec: Tensor) -> Tensor:
+        """The sparsity penalty per token, before lambda: [batch]."""
+        weighted = f * self.penalty_weights(w_dec)
         sparsity = self.cfg.sparsity
         if sparsity.penalty == "l1":
             return weighted.sum(-1)
+        if sparsity.penalty == "tanh":
+            return torch.tanh(sparsity.tanh_scale * weighted).sum(-1)
         eps = sparsity.epsilon
         return (torch.sqrt(weighted + eps) - eps**0.5).sum(-1)
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
         f = self.encode(x)
-        x_hat = self.decode(f)
+        w_dec = self.train_decoder()
+        x_hat = f @ w_dec + self.b_dec
         mse = mse_per_token(x, x_hat).mean()
-        sparsity = self.penalty(f).mean()
+        sparsity = self.penalty(f, w_dec).mean()
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
         l0 = (f > 0).float().sum(-1).mean()
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())

@@ -1,0 +1,50 @@
+"""AuxK (Gao et al. 2024, appendix B.1), stated once for the TopK family (topk, batchtopk,
+matryoshka): the top `aux_k` dead latents are asked to reconstruct the main model's residual, so
+a dead latent gets a gradient towards a direction the live latents miss, and comes back.
+
+    e     = x - x_hat                                (detached: AuxK must not move x_hat)
+    e_hat = ReLU(TopK_{k_aux}(pre restricted to dead latents)) W_dec       (no b_dec, as Gao)
+    AuxK  = min(n_dead / aux_k, 1) * mean_batch ||e - e_hat||^2,  k_aux = min(aux_k, d_sae)
+
+The normalisation, exactly: sparsify (EleutherAI) computes scale * sum||e - e_hat||^2 / TV with
+TV = sum||x - mean(x)||^2, and its main loss is sum||x - x_hat||^2 / TV (the FVU). TV is common
+to both terms, so with saerun's main loss (sum||x - x_hat||^2 / B, `mse_per_token`) the same
+relative weight (and so the same meaning of aux_coefficient = 1/32) is the residual MSE above in
+the same units. The factor min(n_dead / aux_k, 1) (sparsify) shrinks the term while only a few
+latents are dead; with no dead latent it is 0, and so is the loss (exactly, not NaN).
+
+Written without a host sync (no int(dead_mask.sum())): top-aux_k is always taken and the slots
+that landed on live latents (value -inf) are zeroed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun.sae.base import mse_per_token
+
+
+def resolve_aux_k(cfg: Any) -> int:
+    """aux_k, defaulting (lazily: d_in is resolved late) to d_in // 2 (Gao et al.), capped at
+    d_sae so the top-k is always defined."""
+    aux_k = cfg.aux_k if cfg.aux_k is not None else max(1, cfg.d_in // 2)
+    return min(aux_k, cfg.d_sae)
+
+
+def auxk_loss(
+    pre: Tensor, residual: Tensor, w_dec: Tensor, dead_mask: Tensor, aux_k: int
+) -> Tensor:
+    """pre [B, d_sae] pre-activations, residual [B, d_in] = x - x_hat (detached here),
+    w_dec [d_sae, d_in], dead_mask [d_sae] bool -> scalar AuxK (see the module docstring)."""
+    dead = dead_mask.to(pre.device)
+    masked = torch.where(dead, torch.relu(pre), float("-inf"))
+    values, indices = masked.topk(aux_k, dim=-1, sorted=False)
+    # -inf (a live latent, when fewer than aux_k are dead) -> 0; clamp_min's gradient there is 0.
+    values = values.clamp_min(0.0)
+    f_aux = torch.zeros_like(pre).scatter(-1, indices, values)
+    e_hat = f_aux @ w_dec
+    scale = (dead.sum().float() / aux_k).clamp(max=1.0)
+    return scale * mse_per_token(residual.detach(), e_hat).mean()

@@ -1,0 +1,82 @@
+"""Gated SAE (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated SAEs").
+
+Two paths share one encoder matrix (the base's W_enc serves as W_gate; the base's b_enc is b_gate):
+    pi_gate = (x - b_dec) W_gate + b_gate                  decides WHICH latents fire
+    pi_mag  = (x - b_dec) (W_gate * exp(r_mag)) + b_mag    decides HOW MUCH they fire
+    f = 1[pi_gate > 0] * ReLU(pi_mag)
+Separating the two removes the L1 shrinkage of the ReLU SAE: the sparsity penalty acts on the
+gate path only, never on the magnitudes that reconstruct x.
+
+Loss = ||x - x_hat||^2 + lambda * sum_i ReLU(pi_gate)_i ||W_dec,i||
+       + ||x - (ReLU(pi_gate) W_dec.detach() + b_dec.detach())||^2.
+The Heaviside gate passes no gradient (by design), so the gate learns only through the two last
+terms; the auxiliary reconstruction uses stop-gradient decoder copies so it trains the gate to be
+a good reconstruction without pulling the decoder towards the (shrunk) gate activations.
+
+Decoder: unit_norm by default, as in the paper (see GatedSAEConfig.decoder_mode for why a free
+decoder fails here); with norm_weighted the penalty is weighted by ||W_dec,i||.
+
+Normalisation folding needs nothing beyond the base: both paths are linear in (x - b_dec) through
+W_gate, so scaling W_enc (= W_gate), W_dec and b_dec leaves pi_gate, pi_mag, r_mag, b_mag, b_gate
+and hence f unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+
+
+class GatedSAE(SAE):
+    architecture = "gated"
+    saelens_architecture = "gated"
+
+    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        # r_mag = 0 and b_mag = 0 start the magnitude path equal to the gate path (b_gate = 0).
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        # Exported files use SAELens's name b_gate for our b_enc; accept it back on load.
+        self.register_load_state_dict_pre_hook(_b_gate_to_b_enc)
+
+    def pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pi_gate, pi_mag), each [batch, d_sae]."""
+        centred = x - self.b_dec
+        pi_gate = centred @ self.W_enc + self.b_enc
+        pi_mag = centred @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        return pi_gate, pi_mag
+
+    def encode(self, x: Tensor) -> Tensor:
+        pi_gate, pi_mag = self.pre_acts(x)
+        # A comparison has no gradient: the gate is a true Heaviside step in the backward pass.
+        return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+
+    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        pi_gate, pi_mag = self.pre_acts(x)
+        f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        w_dec = self.train_decoder()
+        x_hat = f @ w_dec + self.b_dec
+        mse = mse_per_token(x, x_hat).mean()
+        gate = torch.relu(pi_gate)
+        sparsity = (gate * self.penalty_weights(w_dec)).sum(-1).mean()
+        x_hat_frozen = gate @ w_dec.detach() + self.b_dec.detach()
+        aux = mse_per_token(x, x_hat_frozen).mean()
+        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity + aux
+        l0 = (f > 0).float().sum(-1).mean()
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """SAELens's GatedSAE names: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_enc)."""
+        tensors = super().export_tensors()
+        tensors["b_gate"] = tensors.pop("b_enc")
+        return tensors
+
+
+def _b_gate_to_b_enc(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    key = prefix + "b_gate"
+    if key in state_dict:
+        state_dict[prefix + "b_enc"] = state_dict.pop(key)

@@ -1,0 +1,135 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024b, "Jumping Ahead"; Anthropic circuits update, Jan 2025).
+
+pre = (x - b_dec) W_enc + b_enc, theta = exp(log_threshold) > 0 per latent,
+f = pre * H(pre - theta).
+A latent either is off or fires with at least theta, so small noisy activations cost nothing in
+reconstruction yet are removed, and the sparsity term can be the L0 itself. H has zero gradient
+almost everywhere, so theta is trained with straight-through estimators: the step is replaced,
+in the backward pass only, by a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth eps:
+    d/dtheta [pre * H(pre - theta)] := -(theta / eps) K((pre - theta) / eps)
+    d/dtheta H(pre - theta)         := -(1 / eps) K((pre - theta) / eps)
+and d/dpre is the exact H(pre - theta) for the output and 0 for the step (the paper's L0 mode:
+the encoder learns sparsity only through theta and the reconstruction).
+
+Sparsity modes: l0 = sum_i H(pre_i - theta_i); tanh = sum_i tanh(c f_i ||W_dec,i||);
+target_l0 = (L0_batch / target - 1)^2. The decoder is free by default (decoder_mode
+norm_weighted): the L0 is invariant to the f <-> W_dec rescaling, so it needs no weighting, and the
+tanh and pre-activation terms carry ||W_dec,i|| (as in Anthropic's update; 1 with unit_norm).
+
+Normalisation folding needs nothing beyond the base: folding leaves pre unchanged, so theta is too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+
+
+def rectangle(u: Tensor) -> Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+def _sum_to_theta(grad: Tensor, theta: Tensor) -> Tensor:
+    """Reduce a [..., d_sae] gradient to theta's [d_sae] (theta is broadcast over the batch)."""
+    return grad.reshape(-1, theta.shape[-1]).sum(0)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """pre * H(pre - theta) with d/dpre = H(pre - theta), d/dtheta = -(theta/eps) K(.)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_pre = (pre > theta).to(pre.dtype) * grad
+        grad_theta = -(theta / eps) * rectangle((pre - theta) / eps) * grad
+        return grad_pre, _sum_to_theta(grad_theta, theta), None
+
+
+class StepFn(torch.autograd.Function):
+    """H(pre - theta) with d/dpre = 0, d/dtheta = -(1/eps) K(.)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_theta = -(1.0 / eps) * rectangle((pre - theta) / eps) * grad
+        return torch.zeros_like(pre), _sum_to_theta(grad_theta, theta), None
+
+
+class JumpReLUSAE(SAE):
+    architecture = "jumprelu"
+    saelens_architecture = "jumprelu"
+
+    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        # theta is trained in log space: it stays positive, and steps are relative to its size.
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.init_threshold)))
+        # Exported files hold SAELens's `threshold` = exp(log_threshold); accept it back on load.
+        self.register_load_state_dict_pre_hook(_threshold_to_log)
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        return JumpReLUFn.apply(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
+
+    def penalty(self, pre: Tensor, f: Tensor, theta: Tensor, weights: Tensor) -> Tensor:
+        """The unweighted sparsity penalty (scalar, averaged over the batch)."""
+        cfg = self.cfg
+        if cfg.sparsity_mode == "tanh":
+            return torch.tanh(cfg.tanh_scale * f * weights).sum(-1).mean()
+        l0 = StepFn.apply(pre, theta, cfg.bandwidth).sum(-1).mean()
+        if cfg.sparsity_mode == "l0":
+            return l0
+        return (l0 / cfg.target_l0 - 1.0) ** 2  # target_l0: only the batch mean is steered
+
+    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        cfg = self.cfg
+        pre, theta = self.pre_acts(x), self.threshold
+        f = JumpReLUFn.apply(pre, theta, cfg.bandwidth)
+        w_dec = self.train_decoder()
+        weights = self.penalty_weights(w_dec)
+        mse = mse_per_token(x, f @ w_dec + self.b_dec).mean()
+        sparsity = self.penalty(pre, f, theta, weights)
+        loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
+        if cfg.pre_act_coefficient > 0:
+            # Anthropic Jan 2025: pull latents below threshold up towards it, so latents that
+            # never fire (and so get no reconstruction gradient) are revived.
+            pre_act = (torch.relu(theta - pre) * weights).sum(-1).mean()
+            loss = loss + cfg.pre_act_coefficient * pre_act
+        l0 = (f > 0).float().sum(-1).mean()
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """SAELens's JumpReLUSAE names: W_enc, b_enc, W_dec, b_dec, threshold."""
+        tensors = super().export_tensors()
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
+        return tensors
+
+
+def _threshold_to_log(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    key = prefix + "threshold"
+    if key in state_dict:
+        state_dict[prefix + "log_threshold"] = state_dict.pop(key).log()

@@ -1,0 +1,59 @@
+"""Matryoshka BatchTopK SAE (Bussmann, Nabeshima, Karvonen & Nanda 2025).
+
+Encoder, selection, threshold, AuxK and decoder constraint: exactly `batchtopk`. The loss makes
+every prefix of the dictionary a dictionary of its own: with nested widths m_1 < ... < m_n =
+d_sae and weights w_j,
+    recon = sum_j w_j * mean_batch ||x - (f[:, :m_j] W_dec[:m_j] + b_dec)||^2,
+so the first latents must reconstruct x on their own and learn general features, while later
+ones add detail; this counters feature absorption and splitting. AuxK reconstructs the residual
+of the full dictionary (j = n). Prefix reconstructions are built incrementally, one group of
+latents at a time, so the loss costs about one decode.
+
+Defaults (resolved here, lazily, since d_sae may come from expansion_factor): widths
+d_sae/64, d_sae/16, d_sae/4, d_sae (rounded down, widths < 1 and repeats dropped); weights 1/n
+each, so the term is on the scale of one reconstruction loss and aux_coefficient keeps its
+meaning. Inference never looks at the prefixes: the SAE exports as batchtopk does (SAELens
+jumprelu with the global threshold).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun.sae.base import mse_per_token
+from saerun.sae.batchtopk import BatchTopKSAE
+
+
+def resolve_prefixes(cfg: Any) -> tuple[list[int], list[float]]:
+    """(widths, weights) of the nested prefixes, defaults filled in."""
+    if cfg.prefix_widths is not None:
+        widths = list(cfg.prefix_widths)
+    else:
+        widths = sorted({w for w in (cfg.d_sae // 64, cfg.d_sae // 16, cfg.d_sae // 4) if w >= 1})
+        widths = [w for w in widths if w < cfg.d_sae] + [cfg.d_sae]
+    if cfg.prefix_weights is not None:
+        weights = list(cfg.prefix_weights)
+    else:
+        weights = [1.0 / len(widths)] * len(widths)
+    return widths, weights
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    architecture = "matryoshka"
+
+    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        self.prefix_widths, self.prefix_weights = resolve_prefixes(cfg)
+
+    def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        x_hat = self.b_dec.expand_as(x)
+        recon = x.new_zeros(())
+        start = 0
+        for width, weight in zip(self.prefix_widths, self.prefix_weights, strict=True):
+            x_hat = x_hat + f[:, start:width] @ w_dec[start:width]
+            recon = recon + weight * mse_per_token(x, x_hat).mean()
+            start = width
+        return recon, x_hat  # x_hat: the full dictionary's reconstruction

@@ -1,0 +1,66 @@
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+pre = (x - b_dec) W_enc + b_enc, f = ReLU(TopK_k(pre)): every token keeps its k largest
+pre-activations, so the L0 is k by construction (exactly k whenever those k are positive; ties
+have measure zero) and there is no sparsity penalty, hence no shrinkage. Loss = ||x - x_hat||^2
+(summed over dimensions, mean over the batch) + aux_coefficient * AuxK (`sae.auxk`), which
+revives dead latents.
+
+Decoder: unit norm by default (decoder_mode, stated once in `sae.base`), as in the paper: with
+no penalty the scale of f is free, so fixing ||W_dec,i|| removes a useless degree of freedom and
+makes activations comparable across latents. Evaluation and export use the stored W_dec with
+the plain `decode` (rows at 1, or 1 / scale once the normalisation scale is folded in).
+
+Subclasses (batchtopk, matryoshka) replace `select` / `train_select`, matryoshka `reconstruction`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun.sae.auxk import auxk_loss, resolve_aux_k
+from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+
+
+class TopKSAE(SAE):
+    architecture = "topk"
+    saelens_architecture = "topk"
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def select(self, pre: Tensor) -> Tensor:
+        """Latents from pre-activations: per token, ReLU of the k largest, zeros elsewhere."""
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+    def train_select(self, pre: Tensor) -> Tensor:
+        """The selection the training loss uses (batchtopk selects by batch here)."""
+        return self.select(pre)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.select(self.pre_acts(x))
+
+    def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """(the reconstruction term of the loss, x_hat) for latents f decoded with w_dec."""
+        x_hat = f @ w_dec + self.b_dec
+        return mse_per_token(x, x_hat).mean(), x_hat
+
+    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        pre = self.pre_acts(x)
+        f = self.train_select(pre)
+        w_dec = self.train_decoder()
+        recon, x_hat = self.reconstruction(x, f, w_dec)
+        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, resolve_aux_k(self.cfg))
+        # No sparsity penalty, so no warm-up applies: `sparsity` reports the unweighted AuxK.
+        loss = recon + self.cfg.aux_coefficient * aux
+        with torch.no_grad():  # the full reconstruction (matryoshka's term is a weighted sum)
+            mse = mse_per_token(x, x_hat).mean()
+        l0 = (f > 0).float().sum(-1).mean()
+        return LossOutput(loss, mse, aux.detach(), l0.detach(), f.detach())
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        return {**super().saelens_cfg(), "k": self.cfg.k}
