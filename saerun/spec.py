@@ -166,6 +166,12 @@ class ReluSAEConfig(_SAECommon):
     sparsity: SparsityConfig = Field(
         default_factory=SparsityConfig, description="sparsity penalty and its coefficient."
     )
+    ghost_grads: bool = Field(
+        False, description="ghost grads (Anthropic, Feb 2024): dead latents, through "
+        "exp(pre-activation), are trained to reconstruct the residual x - x_hat, at the scale of "
+        "the main reconstruction loss. Defined for the ReLU SAE only (TopK has AuxK, JumpReLU "
+        "its pre-activation loss).",
+    )
 
 
 class _TopKCommon(_SAECommon):
@@ -325,6 +331,27 @@ SAE_CONFIGS: tuple[type[_SAECommon], ...] = (
 SAEConfig = Annotated[Union[SAE_CONFIGS], Field(discriminator="architecture")]  # noqa: UP007
 
 
+class ResampleConfig(_Strict):
+    """Neuron resampling (Anthropic, "Towards Monosemanticity", 2023)."""
+
+    every_tokens: int = Field(
+        gt=0, description="resample the latents that are dead (train.dead_window_tokens) every N "
+        "training tokens.",
+    )
+    stop_fraction: float = Field(
+        0.5, gt=0, le=1, description="no resampling after this fraction of training, so the "
+        "last latents revived have time to settle.",
+    )
+    encoder_scale: float = Field(
+        0.2, gt=0, description="a revived latent's encoder row is its input direction times "
+        "this times the mean norm of the alive latents' encoder rows.",
+    )
+    lr_rewarmup_steps: int = Field(
+        50, ge=0, description="after each resampling the LR warms up again linearly over N steps "
+        "(the fresh Adam state of the revived latents would otherwise take full-size steps).",
+    )
+
+
 class TrainConfig(_Strict):
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (peak).")
     batch_tokens: int = Field(4096, gt=0, description="activation vectors per optimiser step.")
@@ -345,6 +372,10 @@ class TrainConfig(_Strict):
     )
     dead_window_tokens: int = Field(
         500_000, gt=0, description="a latent that fired on none of the last N tokens is dead."
+    )
+    resample: ResampleConfig | None = Field(
+        None, description="neuron resampling: dead latents re-initialised from inputs sampled by "
+        "squared reconstruction error, their Adam state reset; null: off.",
     )
     checkpoint_every_tokens: int = Field(
         1_000_000, gt=0, description="write a resumable checkpoint every N training tokens."

@@ -16,14 +16,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saerun.resample import resample_dead_latents
 from saerun.sae import SAE, StepInfo, build_sae
 from saerun.spec import RunConfig, TrainConfig
 
 # -- schedules (pure) --------------------------------------------------------------------------
 
 
-def lr_at(step: int, total_steps: int, t: TrainConfig) -> float:
-    """Linear warm-up from 0, constant, then decay to 0 over the last lr_decay_fraction."""
+def lr_at(step: int, total_steps: int, t: TrainConfig, resampled_at: int | None = None) -> float:
+    """Linear warm-up from 0, constant, then decay to 0 over the last lr_decay_fraction; after a
+    resampling (at step `resampled_at`) the LR warms up again over resample.lr_rewarmup_steps."""
+    rewarm = t.resample.lr_rewarmup_steps if t.resample is not None else 0
+    factor = 1.0
+    if resampled_at is not None and rewarm and 0 <= step - resampled_at < rewarm:
+        factor = (step - resampled_at + 1) / rewarm
+    return factor * _base_lr_at(step, total_steps, t)
+
+
+def _base_lr_at(step: int, total_steps: int, t: TrainConfig) -> float:
     if t.lr_warmup_steps and step < t.lr_warmup_steps:
         return t.lr * (step + 1) / t.lr_warmup_steps
     decay_steps = int(total_steps * t.lr_decay_fraction) if t.lr_decay != "none" else 0
@@ -57,6 +67,8 @@ class Trainer:
     tokens: int = 0
     tokens_since_fired: Tensor = field(default_factory=lambda: torch.zeros(0))
     curve: list[dict[str, float]] = field(default_factory=list)  # points since the last flush
+    resampled_at: int | None = None  # step of the last neuron resampling (LR re-warm-up)
+    resampled_total: int = 0  # latents revived so far
 
     @classmethod
     def create(cls, run_id: str, config: RunConfig, device: str) -> Trainer:
@@ -83,7 +95,7 @@ class Trainer:
         t = self.config.train
         if self.step == 0:
             self.sae.init_b_dec(x)
-        lr = lr_at(self.step, self.total_steps, t)
+        lr = lr_at(self.step, self.total_steps, t, self.resampled_at)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask())
@@ -100,6 +112,7 @@ class Trainer:
         self.tokens_since_fired[fired] = 0
         self.step += 1
         self.tokens += x.shape[0]
+        self.maybe_resample(x)
         if self.step % t.log_every_steps == 0 or self.done:
             # .item() is a device sync: only on logging steps.
             self.curve.append(
@@ -114,6 +127,22 @@ class Trainer:
                 }
             )
 
+    def maybe_resample(self, x: Tensor) -> None:
+        """Neuron resampling when this step crossed a multiple of resample.every_tokens (and
+        training is not past resample.stop_fraction); see `saerun.resample`."""
+        r = self.config.train.resample
+        if r is None or self.tokens > r.stop_fraction * self.total_steps * x.shape[0]:
+            return
+        if self.tokens // r.every_tokens == (self.tokens - x.shape[0]) // r.every_tokens:
+            return
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        idx = resample_dead_latents(
+            self.sae, self.optimizer, x, self.dead_mask(), r.encoder_scale, generator
+        )
+        self.tokens_since_fired[idx] = 0  # a fresh dead-latent window for the revived
+        self.resampled_at = self.step
+        self.resampled_total += idx.numel()
+
     # -- checkpoint state: everything needed to continue bit-identically -----------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
@@ -122,7 +151,10 @@ class Trainer:
             for key, value in st.items():
                 tensors[f"adam.{idx}.{key}"] = torch.as_tensor(value)
         tensors["tokens_since_fired"] = self.tokens_since_fired
-        meta = {"step": self.step, "tokens": self.tokens, "run_id": self.run_id}
+        meta = {
+            "step": self.step, "tokens": self.tokens, "run_id": self.run_id,
+            "resampled_at": self.resampled_at, "resampled_total": self.resampled_total,
+        }
         return tensors, meta
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -139,6 +171,8 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.tokens_since_fired = tensors["tokens_since_fired"].to(device)
         self.step, self.tokens = int(meta["step"]), int(meta["tokens"])
+        self.resampled_at = meta.get("resampled_at")
+        self.resampled_total = int(meta.get("resampled_total", 0))
 
 
 # -- the group loop ----------------------------------------------------------------------------

@@ -34,6 +34,9 @@ class SAE(nn.Module):
 
     architecture: ClassVar[str]
     saelens_architecture: ClassVar[str]  # the name SAELens uses in cfg.json
+    # Parameter name -> the axis that indexes latents: what resampling re-initialises and whose
+    # Adam state it resets. Architectures with per-latent parameters of their own add them.
+    LATENT_AXES: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 
     def __init__(self, cfg: Any, generator: torch.Generator) -> None:
         super().__init__()
@@ -74,6 +77,15 @@ class SAE(nn.Module):
         undoing the small drift of Adam's update (its gradient was already projected)."""
         if self.cfg.decoder_mode == "unit_norm":
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, enc_rows: Tensor, dec_rows: Tensor) -> None:
+        """Give latents `idx` new encoder directions enc_rows [n, d_in] and decoder rows
+        dec_rows [n, d_in], encoder bias 0 (resampling). Subclasses reset their own per-latent
+        parameters (and call this)."""
+        self.W_enc[:, idx] = enc_rows.t()
+        self.b_enc[idx] = 0.0
+        self.W_dec[idx] = dec_rows
 
     # -- shared ------------------------------------------------------------------------------
     @torch.no_grad()

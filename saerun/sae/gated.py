@@ -43,6 +43,14 @@ class GatedSAE(SAE):
         # Exported files use SAELens's name b_gate for our b_enc; accept it back on load.
         self.register_load_state_dict_pre_hook(_b_gate_to_b_enc)
 
+    LATENT_AXES = {**SAE.LATENT_AXES, "r_mag": 0, "b_mag": 0}
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, enc_rows: Tensor, dec_rows: Tensor) -> None:
+        super().reinit_latents(idx, enc_rows, dec_rows)
+        self.r_mag[idx] = 0.0  # the magnitude path starts equal to the gate path again
+        self.b_mag[idx] = 0.0
+
     def pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag), each [batch, d_sae]."""
         centred = x - self.b_dec

@@ -85,6 +85,13 @@ class JumpReLUSAE(SAE):
         # Exported files hold SAELens's `threshold` = exp(log_threshold); accept it back on load.
         self.register_load_state_dict_pre_hook(_threshold_to_log)
 
+    LATENT_AXES = {**SAE.LATENT_AXES, "log_threshold": 0}
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, enc_rows: Tensor, dec_rows: Tensor) -> None:
+        super().reinit_latents(idx, enc_rows, dec_rows)
+        self.log_threshold[idx] = math.log(self.cfg.init_threshold)
+
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()

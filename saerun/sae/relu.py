@@ -16,14 +16,18 @@ import torch
 from torch import Tensor
 
 from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.ghost import ghost_grads_loss
 
 
 class ReluSAE(SAE):
     architecture = "relu"
     saelens_architecture = "standard"
 
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
     def encode(self, x: Tensor) -> Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(self.pre_acts(x))
 
     def penalty(self, f: Tensor, w_dec: Tensor) -> Tensor:
         """The sparsity penalty per token, before lambda: [batch]."""
@@ -37,11 +41,14 @@ class ReluSAE(SAE):
         return (torch.sqrt(weighted + eps) - eps**0.5).sum(-1)
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        f = self.encode(x)
+        pre = self.pre_acts(x)
+        f = torch.relu(pre)
         w_dec = self.train_decoder()
         x_hat = f @ w_dec + self.b_dec
         mse = mse_per_token(x, x_hat).mean()
         sparsity = self.penalty(f, w_dec).mean()
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        if self.cfg.ghost_grads:
+            loss = loss + ghost_grads_loss(pre, x, x_hat, w_dec, step.dead_mask)
         l0 = (f > 0).float().sum(-1).mean()
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
