@@ -407,8 +407,9 @@ class Registry:
                 model=config["model"]["name"],
                 hook_name=config["site"]["hook_name"],
                 architecture=sae["architecture"],
-                penalty=sparsity.get("penalty"),
-                sparsity_coefficient=sparsity.get("coefficient"),
+                # relu/gated name a penalty, jumprelu a sparsity mode: one column for both.
+                penalty=sparsity.get("penalty") or sae.get("sparsity_mode"),
+                sparsity_coefficient=sparsity.get("coefficient", sae.get("coefficient")),
                 d_sae=sae["d_sae"],
                 lr=config["train"]["lr"],
                 seed=config["seed"],

@@ -193,9 +193,12 @@ def test_jumprelu_target_l0_mode_by_hand():
 def test_jumprelu_pre_activation_loss_by_hand():
     base = jumprelu(sparsity_mode="l0", coefficient=0.5).loss(XJ, step()).loss.item()
     with_pre = jumprelu(sparsity_mode="l0", coefficient=0.5, pre_act_coefficient=0.1)
-    # ReLU(theta - pre) ||W_dec||: token 0 [0, 0.1, 1.5] . [sqrt2, 2, 1] = 1.7; token 1
-    # [0, 1.1, 0] . [sqrt2, 2, 1] = 2.2; mean 1.95.
-    assert with_pre.loss(XJ, step()).loss.item() == pytest.approx(base + 0.1 * 1.95, rel=1e-6)
+    # Only dead latents pay: with none dead the term is 0.
+    assert with_pre.loss(XJ, step()).loss.item() == pytest.approx(base, rel=1e-6)
+    # Latents 1 and 2 dead. ReLU(theta - pre) ||W_dec||: token 0 [0, 0.1, 1.5] . [0, 2, 1] =
+    # 1.7; token 1 [0, 1.1, 0] . [0, 2, 1] = 2.2; mean 1.95.
+    dead = StepInfo(1.0, torch.tensor([False, True, True]))
+    assert with_pre.loss(XJ, dead).loss.item() == pytest.approx(base + 0.1 * 1.95, rel=1e-6)
 
 
 # -- shared: folding, saving -------------------------------------------------------------------

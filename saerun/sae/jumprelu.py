@@ -122,9 +122,11 @@ class JumpReLUSAE(SAE):
         sparsity = self.penalty(pre, f, theta, weights)
         loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
         if cfg.pre_act_coefficient > 0:
-            # Anthropic Jan 2025: pull latents below threshold up towards it, so latents that
-            # never fire (and so get no reconstruction gradient) are revived.
-            pre_act = (torch.relu(theta - pre) * weights).sum(-1).mean()
+            # Anthropic Jan 2025: pull the pre-activations of dead latents (which get no
+            # reconstruction gradient) up towards their thresholds, so they fire again. Applied
+            # to dead latents only: on live ones it would fight the sparsity penalty.
+            dead = step.dead_mask.to(pre.device, pre.dtype)
+            pre_act = (torch.relu(theta - pre) * (weights * dead)).sum(-1).mean()
             loss = loss + cfg.pre_act_coefficient * pre_act
         l0 = (f > 0).float().sum(-1).mean()
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
