@@ -212,7 +212,7 @@ def _derive(
     model_dims: Callable[[str], ModelDims],
 ) -> dict[tuple[str, ...], tuple[Any, str]]:
     """Values computed from other values, with how: d_in from the model, d_sae from the
-    expansion factor."""
+    expansion factor or a compute match."""
     name = partial.model.name
     if name not in cache:
         try:
@@ -257,12 +257,43 @@ def _derive(
     if d_in is None:
         d_in = width
         out[("sae", "d_in")] = (d_in, f"width of {hook} ({dims.source})")
-    if sae.d_sae is None:
+    if sae.compute_matched_to is not None:
+        out[("sae", "d_sae")] = _compute_matched(sae, d_in, lines, file)
+        out[("sae", "compute_matched_to")] = (None, "resolved into d_sae")
+    elif sae.d_sae is None:
         factor = sae.expansion_factor or DEFAULT_EXPANSION_FACTOR
         how = "expansion_factor" if sae.expansion_factor else "default expansion factor"
         out[("sae", "d_sae")] = (max(1, round(factor * d_in)), f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
     return out
+
+
+def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[int, str]:
+    """(d_sae, how) for `compute_matched_to`: the width whose training step costs as many FLOPs
+    per token as the reference architecture's (with its defaults) at the reference width."""
+    from saerun.sae import cost  # imports torch: only specs that ask for matching pay for it
+
+    match = sae.compute_matched_to
+    ref_d_sae = match.d_sae or max(
+        1, round((match.expansion_factor or DEFAULT_EXPANSION_FACTOR) * d_in)
+    )
+    try:
+        ref = cost.reference_config(match.architecture, d_in, ref_d_sae)
+    except ValidationError as err:
+        raise SpecError(
+            f"the reference {match.architecture} SAE at d_sae {ref_d_sae} is invalid: "
+            f"{err.errors()[0]['msg'].removeprefix('Value error, ')}",
+            file=file,
+            line=lines.get(("sae", "compute_matched_to"), lines.get(("sae",), 1)),
+            field="sae.compute_matched_to",
+        ) from None
+    cfg = sae.model_copy(update={"d_in": d_in})
+    d_sae = cost.compute_matched_d_sae(cfg, ref, ref_d_sae)
+    mine, theirs = cost.step_flops_per_token(cfg, d_sae), cost.step_flops_per_token(ref, ref_d_sae)
+    return d_sae, (
+        f"compute-matched to {match.architecture} at d_sae {ref_d_sae}: "
+        f"{mine:,.0f} vs {theirs:,.0f} FLOPs/token per step"
+    )
 
 
 def _provenance(

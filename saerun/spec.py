@@ -110,6 +110,37 @@ JUMPRELU_DEFAULT_INIT_THRESHOLD = 0.001
 JUMPRELU_DEFAULT_BANDWIDTH = 0.001
 
 
+class ComputeMatch(_Strict):
+    """A reference SAE whose training step this SAE's width must cost the same as (the Gated SAE
+    paper's compute-matched baselines); the planner resolves it into d_sae (`sae.cost`)."""
+
+    architecture: str = Field(
+        description="architecture tag of the reference SAE, with its default options "
+        "(relu, gated, jumprelu, topk, batchtopk or matryoshka).",
+    )
+    d_sae: int | None = Field(
+        None, gt=0, description="latents of the reference SAE; or give expansion_factor."
+    )
+    expansion_factor: float | None = Field(
+        None, gt=0, description="reference d_sae = round(expansion_factor * d_in); with neither "
+        "given, the default expansion factor.",
+    )
+
+    @field_validator("architecture")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        allowed = sorted(_tag(c) for c in SAE_CONFIGS)  # defined below; read at validation time
+        if value not in allowed:
+            raise ValueError(f"unknown architecture (allowed: {', '.join(allowed)})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_width(self) -> ComputeMatch:
+        if self.d_sae is not None and self.expansion_factor is not None:
+            raise ValueError("give the reference's d_sae or expansion_factor, not both")
+        return self
+
+
 class _SAECommon(_Strict):
     """Options every architecture shares (DESIGN.md §4), stated once."""
 
@@ -121,6 +152,10 @@ class _SAECommon(_Strict):
     )
     expansion_factor: float | None = Field(
         None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
+    )
+    compute_matched_to: ComputeMatch | None = Field(
+        None, description="instead of d_sae: the width whose training step costs the same FLOPs "
+        "per token as this reference SAE's (derived; see `saerun plan`).",
     )
     decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
         "norm_weighted",
@@ -156,8 +191,9 @@ class _SAECommon(_Strict):
                 f"decoder_mode 'unit_norm' holds every decoder row at norm 1, so "
                 f"decoder_init_norm must be 1 (or omitted), got {self.decoder_init_norm}"
             )
-        if self.d_sae is not None and self.expansion_factor is not None:
-            raise ValueError("give d_sae or expansion_factor, not both")
+        given = [self.d_sae, self.expansion_factor, self.compute_matched_to]
+        if sum(v is not None for v in given) > 1:
+            raise ValueError("give one of d_sae, expansion_factor, compute_matched_to")
         return self
 
 
@@ -313,7 +349,8 @@ class JumpReLUSAEConfig(_SAECommon):
     )
     pre_act_coefficient: float = Field(
         0.0, ge=0, description="Anthropic Jan 2025 pre-activation loss coefficient: "
-        "sum_i ReLU(theta_i - pre_i) ||W_dec,i||, which revives dead latents; 0 turns it off.",
+        "sum_{i dead} ReLU(theta_i - pre_i) ||W_dec,i||, which revives dead latents; 0 turns it "
+        "off.",
     )
 
     @model_validator(mode="after")

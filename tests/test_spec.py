@@ -61,7 +61,7 @@ def test_good_spec_and_yaml11_exponent(tmp_path):
          "error: s.yaml:5: sae.sparsity.penalty: Input should be 'l1', 'sqrt_l1' or 'tanh' (got "
          "'l2')"),
         (GOOD.replace("  d_sae: 512", "  d_sae: 512\n  expansion_factor: 4"),
-         "error: s.yaml:2: sae: give d_sae or expansion_factor, not both"),
+         "error: s.yaml:2: sae: give one of d_sae, expansion_factor, compute_matched_to"),
         ("name: t\n", "error: s.yaml:1: sae: required field is missing"),
         ("name: t\nsae: {architecture: relu}\nsae: {architecture: relu}\n",
          "error: s.yaml:3: sae: duplicate key"),

@@ -1,0 +1,114 @@
+"""The cost of one SAE training step, and the width at which it matches a reference SAE's.
+
+Compute matching (the Gated SAE paper compared a gated SAE of 2^17 latents with ReLU SAEs of
+3 * 2^16, a gated step costing more per latent): give an SAE the width whose training step costs
+as many FLOPs per token as a reference architecture's at a given width.
+
+What is counted: the FLOPs that `torch.utils.flop_counter.FlopCounterMode` counts, i.e. the
+matrix products, of `sae.loss(x, step)` and `loss.backward()` on a freshly built SAE. Everything
+else of a step (activations, norms, top-k, scatter, the optimiser update) is elementwise or a
+reduction, O(d_sae) or O(d_in) per token against the O(d_in d_sae) products, and not counted.
+Every product of every architecture has d_sae as one of its dimensions and d_in as another, so
+
+    cost(d_sae) = a + b * d_sae   FLOPs per token
+
+holds exactly (a = 0 today; it is fitted anyway). It is measured at the real d_in on two small
+widths (64 and 128 latents; k capped at the width for the TopK family) with a batch of 16
+tokens, which fixes a and b exactly, since every product is per token. The matched width solves
+cost(d) = cost_ref(d_ref): d = round((cost_ref(d_ref) - a) / b), at least 1.
+
+Auxiliary dead-latent losses are INCLUDED, because the trainer pays for them every step: AuxK
+(`sae.auxk`) is written without a host sync, so its top-k, decode and backward run whatever the
+dead mask holds, and a factor min(n_dead / aux_k, 1) = 0 merely zeroes the term while no latent
+is dead. The step is measured with an all-False dead mask (a fresh SAE has no dead latent), and
+the count does not depend on the mask (a test checks it). The gated SAE's auxiliary
+reconstruction is part of its loss and counted likewise. Only shapes decide the count, so it is
+deterministic; it runs on the CPU, offline, in milliseconds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter
+from torch.utils.flop_counter import FlopCounterMode
+
+from saerun.sae.base import StepInfo
+
+PROBE_WIDTHS = (64, 128)  # two widths fix a and b of a + b * d_sae
+PROBE_TOKENS = 16
+
+
+def reference_config(architecture: str, d_in: int, d_sae: int) -> Any:
+    """The `sae` config of the reference: `architecture` with its defaults, at d_in x d_sae.
+    Raises pydantic's ValidationError when the defaults do not fit (topk's k > d_sae, say)."""
+    from saerun.spec import SAEConfig
+
+    data = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae}
+    return TypeAdapter(SAEConfig).validate_python(data)
+
+
+def _probe_config(cfg: Any, width: int) -> Any:
+    """cfg at `width` latents, with every width-bound option made to fit it."""
+    update: dict[str, Any] = {"d_sae": width, "expansion_factor": None}
+    if hasattr(cfg, "compute_matched_to"):
+        update["compute_matched_to"] = None
+    if hasattr(cfg, "k"):
+        update["k"] = min(cfg.k, width)
+    if getattr(cfg, "aux_k", None) is not None:
+        update["aux_k"] = min(cfg.aux_k, width)
+    if hasattr(cfg, "prefix_widths"):
+        # The prefixes' products sum to one decode of d_sae latents, so the defaults count the
+        # same as any nesting the spec gives (which names widths of the full d_sae).
+        update["prefix_widths"] = None
+        update["prefix_weights"] = None
+    return cfg.model_copy(update=update)
+
+
+def _step_flops(cfg: Any) -> int:
+    """FLOPs counted in one training step (loss forward + backward) of a fresh SAE for cfg."""
+    from saerun.sae import build_sae
+
+    # On the meta device every op yields shapes without computing: only shapes count FLOPs.
+    sae = build_sae(cfg, seed=0).to("meta")
+    x = torch.empty(PROBE_TOKENS, cfg.d_in, device="meta")
+    dead = torch.zeros(cfg.d_sae, dtype=torch.bool, device="meta")
+    step = StepInfo(sparsity_scale=1.0, dead_mask=dead)
+    with FlopCounterMode(display=False) as counter:
+        sae.loss(x, step).loss.backward()
+    return counter.get_total_flops()
+
+
+@lru_cache(maxsize=256)
+def _fit_json(cfg_json: str) -> tuple[float, float]:
+    from saerun.spec import SAEConfig
+
+    cfg = TypeAdapter(SAEConfig).validate_json(cfg_json)
+    (w0, w1), (c0, c1) = PROBE_WIDTHS, [_step_flops(_probe_config(cfg, w)) for w in PROBE_WIDTHS]
+    b = (c1 - c0) / (w1 - w0)
+    return (c0 - b * w0) / PROBE_TOKENS, b / PROBE_TOKENS
+
+
+def cost_line(sae_cfg: Any) -> tuple[float, float]:
+    """(a, b) of cost(d_sae) = a + b * d_sae FLOPs per token for this config (d_in set)."""
+    if sae_cfg.d_in is None:
+        raise ValueError("the step cost needs d_in")
+    # Cached on everything but the width, which the probes replace.
+    probe = _probe_config(sae_cfg, PROBE_WIDTHS[0])
+    return _fit_json(probe.model_dump_json())
+
+
+def step_flops_per_token(sae_cfg: Any, d_sae: int) -> float:
+    """FLOPs per token of one training step (loss forward + backward) at d_sae latents."""
+    a, b = cost_line(sae_cfg)
+    return a + b * d_sae
+
+
+def compute_matched_d_sae(cfg: Any, reference_cfg: Any, reference_d_sae: int) -> int:
+    """The d_sae at which cfg's training step costs what reference_cfg's costs at
+    reference_d_sae (FLOPs per token), rounded to the nearest width, at least 1."""
+    a, b = cost_line(cfg)
+    target = step_flops_per_token(reference_cfg, reference_d_sae)
+    return max(1, round((target - a) / b))
