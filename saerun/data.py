@@ -62,7 +62,10 @@ def _looks_local(dataset: str) -> bool:
 def _hub_dataset_cached(name: str) -> bool:
     from huggingface_hub import constants
 
-    return (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
+    try:
+        return (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
+    except OSError:  # a folder name too long (hub names have at most 96 characters): not cached
+        return False
 
 
 @lru_cache(maxsize=1)
@@ -89,12 +92,18 @@ def resolve_dataset(dataset: str) -> DatasetRef:
                 hint="rebuild it with `python scripts/build_embedded.py`",
             )
         return DatasetRef("embedded", dataset, path)
-    path = Path(dataset).expanduser()
-    if path.is_file():
+    try:
+        path = Path(dataset).expanduser()
+        is_file, exists = path.is_file(), path.exists()
+    except RuntimeError:  # "~someone/..." for a user this machine does not know: no such file
+        path, is_file, exists = Path(dataset), False, False
+    except OSError as err:  # a name too long to be a path, a folder we may not look into
+        raise SaerunError(f"cannot look for dataset file {dataset!r}: {err.strerror}") from None
+    if is_file:
         if not path.name.endswith(FILE_SUFFIXES):
             raise SaerunError(f"unsupported dataset file type: {dataset} (use {FILE_SUFFIXES})")
         return DatasetRef("file", dataset, path)
-    if _looks_local(dataset) or path.exists():
+    if _looks_local(dataset) or exists:
         raise SaerunError(f"dataset file not found: {dataset}")
     if not _hub_dataset_cached(dataset):
         reason = hub_unreachable_reason()

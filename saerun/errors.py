@@ -34,7 +34,26 @@ class SaerunError(Exception):
             where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
         field = f"{self.field}: " if self.field else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"error: {where}{field}{self.message}{hint}"
+        return _printable(f"error: {where}{field}{self.message}{hint}")
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """repr(value) for an error message, cut to `limit` characters: a spec value can be a list of
+    thousands of items, or an integer too long for str() (Python refuses > 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<integer of {value.bit_length()} bits>"  # type: ignore[attr-defined]
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _printable(text: str) -> str:
+    """Escape what a terminal would not show as itself. Keys, file names and YAML problems come
+    from the user's file: a newline would break the one-line error, an ESC sequence could
+    rewrite the terminal, a lone surrogate could not even be encoded."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class SpecError(SaerunError):

@@ -85,14 +85,28 @@ def model_info(name: str) -> ModelInfo:
     if name in EMBEDDED_MODELS:
         path = EMBEDDED_MODELS[name]
         return _from_config(name, str(path), json.loads((path / "config.json").read_text()), True)
-    path = Path(name).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(name).expanduser()
+        local = path.is_dir()
+    except RuntimeError:  # "~someone/..." for a user this machine does not know: no directory
+        local = False
+    except OSError as err:  # a name too long to be a path, a folder we may not look into
+        raise SaerunError(f"cannot look for a model directory {name!r}: {err.strerror}") from None
+    if local:
         if not (path / "config.json").is_file():
             raise SaerunError(f"model directory {name!r} has no config.json")
         return _from_config(name, str(path), json.loads((path / "config.json").read_text()), False)
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(name, "config.json")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:  # e.g. spaces, "a//b", > 96 characters: no hub name looks so
+        raise SaerunError(
+            f"model {name!r} is neither a local model directory nor a valid Hugging Face name",
+            hint=f"use the embedded default '{DEFAULT_MODEL}', a local model directory or a hub "
+            "name such as 'gpt2'",
+        ) from None
     if isinstance(cached, str):
         return _from_config(name, name, json.loads(Path(cached).read_text()), False)
     from saerun.data import hub_unreachable_reason

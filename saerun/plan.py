@@ -11,18 +11,22 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saerun.errors import SaerunError, SpecError
+from saerun.errors import SaerunError, SpecError, shown
 from saerun.spec import LineMap, RunConfig, Spec, spec_error_from_validation
 
 # Bump when the meaning of a resolved config changes (new numerics), so old ids never collide.
 RUN_ID_VERSION = "saerun-run-v1"
 DEFAULT_EXPANSION_FACTOR = 8
+# More runs than any one spec means; the bound is checked before the product is built, so a few
+# long sweep lists (100^5 = 10^10 combinations) fail at once instead of filling the memory.
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ def _sweep_points(spec: Spec) -> list[dict[tuple[str, ...], Any]]:
         axes.append([{tuple(k.split(".")): spec.sweep.zip[k][i] for k in keys} for i in range(n)])
     if spec.sweep.seeds is not None:
         axes.append([{("seed",): s} for s in spec.sweep.seeds])
+    n_runs = math.prod(len(axis) for axis in axes)
+    if n_runs > MAX_RUNS:
+        raise SpecError(
+            f"the spec expands to {n_runs:,} runs (sites x sweep values x seeds), more than "
+            f"{MAX_RUNS:,}", hint="split the sweep into several specs",
+        )
     points = []
     for combo in itertools.product(*axes):
         point: dict[tuple[str, ...], Any] = {}
@@ -161,7 +171,12 @@ def build_plan(
     dims_cache: dict[str, ModelDims] = {}
     jobs: list[Job] = []
     seen: dict[str, str] = {}
-    for point in _sweep_points(spec):
+    try:
+        points = _sweep_points(spec)
+    except SpecError as err:
+        err.file, err.line = file, lines.get(("sweep",), lines.get((), 1))
+        raise
+    for point in points:
         tree = copy.deepcopy(base)
         for key, value in point.items():
             _set(tree, key, value)
@@ -224,6 +239,16 @@ def _derive(
             ) from None
     dims = cache[name]
     hook = tree.get("site", {}).get("hook_name", partial.site.hook_name)
+    if not isinstance(hook, str):  # a swept value that is itself a list of sites
+        raise SpecError(
+            f"each value swept over site.hook_name must be one hook name, got {shown(hook)}",
+            file=file,
+            line=next((lines[p] for p in (("sweep", "grid", "site.hook_name"),
+                                          ("sweep", "zip", "site.hook_name"),
+                                          ("site", "hook_name")) if p in lines), 1),
+            field="site.hook_name",
+            hint="list the sites in site.hook_name itself to train one SAE per site",
+        )
     if hook not in dims.hook_widths:
         raise SpecError(
             f"unknown hook name {hook!r} for model {name!r} ({dims.n_layers} layers)",
@@ -263,9 +288,25 @@ def _derive(
     elif sae.d_sae is None:
         factor = sae.expansion_factor or DEFAULT_EXPANSION_FACTOR
         how = "expansion_factor" if sae.expansion_factor else "default expansion factor"
-        out[("sae", "d_sae")] = (max(1, round(factor * d_in)), f"{how} {factor:g} x d_in {d_in}")
+        d_sae = _width(factor, d_in, ("sae", "expansion_factor"), lines, file)
+        out[("sae", "d_sae")] = (d_sae, f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
     return out
+
+
+def _width(factor: float, d_in: int, path: tuple[str, ...], lines: LineMap, file: str) -> int:
+    """round(factor * d_in), at least 1. The schema admits any float > 0, inf included; a width
+    that is not finite names its field here instead of escaping round() as an OverflowError."""
+    width = factor * d_in
+    if not math.isfinite(width):
+        raise SpecError(
+            f"expansion_factor {factor:g} x d_in {d_in} is not a finite width",
+            file=file,
+            line=next((lines[p] for p in (path, path[:-1], ("sae",)) if p in lines), 1),
+            field=".".join(path),
+            hint="give d_sae, or a factor such as 8",
+        )
+    return max(1, round(width))
 
 
 def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[int, str]:
@@ -274,8 +315,9 @@ def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[in
     from saerun.sae import cost  # imports torch: only specs that ask for matching pay for it
 
     match = sae.compute_matched_to
-    ref_d_sae = match.d_sae or max(
-        1, round((match.expansion_factor or DEFAULT_EXPANSION_FACTOR) * d_in)
+    ref_d_sae = match.d_sae or _width(
+        match.expansion_factor or DEFAULT_EXPANSION_FACTOR, d_in,
+        ("sae", "compute_matched_to", "expansion_factor"), lines, file,
     )
     try:
         ref = cost.reference_config(match.architecture, d_in, ref_d_sae)
@@ -288,8 +330,17 @@ def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[in
             field="sae.compute_matched_to",
         ) from None
     cfg = sae.model_copy(update={"d_in": d_in})
-    d_sae = cost.compute_matched_d_sae(cfg, ref, ref_d_sae)
-    mine, theirs = cost.step_flops_per_token(cfg, d_sae), cost.step_flops_per_token(ref, ref_d_sae)
+    try:
+        d_sae = cost.compute_matched_d_sae(cfg, ref, ref_d_sae)
+        mine = cost.step_flops_per_token(cfg, d_sae)
+        theirs = cost.step_flops_per_token(ref, ref_d_sae)
+    except OverflowError:  # FLOPs are floats: a reference d_sae beyond ~1e300 has no count
+        raise SpecError(
+            f"the reference d_sae ({len(str(ref_d_sae))} digits) is too large to count its FLOPs",
+            file=file,
+            line=lines.get(("sae", "compute_matched_to"), lines.get(("sae",), 1)),
+            field="sae.compute_matched_to",
+        ) from None
     return d_sae, (
         f"compute-matched to {match.architecture} at d_sae {ref_d_sae}: "
         f"{mine:,.0f} vs {theirs:,.0f} FLOPs/token per step"

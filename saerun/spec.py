@@ -8,6 +8,7 @@ every field: `saerun schema` and the README's spec reference are generated from 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from saerun.errors import SpecError
+from saerun.errors import SpecError, shown
 
 
 class _Strict(BaseModel):
@@ -496,7 +497,8 @@ class Spec(_Strict):
     """A saerun experiment: what to train, on what, and how to evaluate it."""
 
     name: str = Field(
-        description="experiment name (letters, digits, '_', '-', '.').", pattern=_NAME
+        description="experiment name (letters, digits, '_', '-', '.').", pattern=_NAME,
+        max_length=200,
     )
     seed: int = Field(0, description="seed of SAE initialisation (and of everything random).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the language model.")
@@ -539,16 +541,120 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
+# Integers are unbounded in Python, but printing one with more than 4300 digits raises, and no
+# spec number comes near this bound (floats end at 2^1024 too).
+MAX_INT_BITS = 1024
+
+
+def _checked_scalar(kind: str, construct: Any) -> Any:
+    """Wrap one of SafeLoader's scalar constructors so that a malformed explicitly tagged scalar
+    (`!!int abc`, `!!bool maybe`, `!!timestamp 2001-13-45`, `!!float`) is a YAML error at its
+    line. SafeLoader lets ValueError, KeyError, IndexError or AttributeError escape from these;
+    each wrapper converts one scalar, so nothing but that conversion is caught."""
+
+    def construct_checked(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        try:
+            value = construct(loader, node)
+        except (ValueError, KeyError, IndexError, AttributeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown(node.value, 40)} as {kind}", node.start_mark
+            ) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer of {len(node.value)} characters is too large", node.start_mark
+            )
+        return value
+
+    return construct_checked
+
+
+for _kind, _name in (("an integer", "int"), ("a number", "float"), ("a boolean", "bool"),
+                     ("a date", "timestamp")):
+    _Loader.add_constructor(
+        f"tag:yaml.org,2002:{_name}",
+        _checked_scalar(_kind, getattr(yaml.SafeLoader, f"construct_yaml_{_name}")),
+    )
+
 LineMap = dict[tuple, int]
+
+# Bounds on what a spec file may be. A real spec is a few hundred values in a few kB; the bounds
+# are far above that, and far below what would make loading slow: YAML aliases share one node,
+# so a few lines of nested aliases ("billion laughs") expand to 10^9 values in every consumer
+# that walks the data (the line map, pydantic, the planner), and nesting deeper than Python's
+# stack ends in a RecursionError. Both are refused while scanning the event stream, before
+# anything is built.
+MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_DEPTH = 64  # nested mappings/lists; real specs use 5
+MAX_SPEC_VALUES = 100_000  # scalars + collections after alias expansion
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Refuse alias bombs, recursive aliases and deep nesting, in one pass over the events.
+
+    yaml.parse is an iterative state machine (no recursion, nothing expanded), so this is linear
+    in the text whatever the text is. Each anchored node's expanded size is recorded when it
+    closes; an alias adds that size, so the running total is the size of the expanded document.
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded values under it (itself included)
+    open_: list[list[Any]] = []  # enclosing collections: [anchor, expanded values so far]
+    total = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for anchor, _ in open_):
+                raise SpecError(
+                    f"alias *{event.anchor} refers to a mapping or list that contains it",
+                    file=file, line=line, hint="a spec cannot be recursive",
+                )
+            size = sizes.get(event.anchor, 1)  # an undefined alias: compose reports it
+        elif isinstance(event, yaml.CollectionStartEvent):
+            if len(open_) >= MAX_SPEC_DEPTH:
+                raise SpecError(
+                    f"the spec nests mappings/lists deeper than {MAX_SPEC_DEPTH} levels",
+                    file=file, line=line,
+                )
+            open_.append([event.anchor, 1])
+            total += 1
+            continue
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = open_.pop()
+            if anchor is not None:
+                sizes[anchor] = size
+            if open_:
+                open_[-1][1] += size
+            continue
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        else:
+            continue
+        if open_:
+            open_[-1][1] += size
+        total += size
+        if total > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"the spec expands to more than {MAX_SPEC_VALUES:,} values",
+                file=file, line=line,
+                hint="aliases (*name) repeat what they refer to; a spec needs far fewer values",
+            )
 
 
 def _line_map(node: yaml.Node, path: tuple = (), out: LineMap | None = None) -> LineMap:
-    """Map every key path of the document to its 1-based line; reject duplicate keys."""
+    """Map every key path of the document to its 1-based line; reject duplicate keys and keys
+    that are mappings or lists (`? [a]`), which no spec field can be and which are unhashable.
+    """
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
+                raise SpecError(
+                    f"a key must be a name, not a {kind}",
+                    line=key_node.start_mark.line + 1, field=_dotted(path) or None,
+                )
             key = key_node.value
             if key in seen:
                 raise SpecError(
@@ -571,6 +677,7 @@ def _dotted(path: tuple) -> str:
 def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
     """safe_load the text; return (data, line map). Any YAML problem is a SpecError."""
     try:
+        _check_shape(text, file)
         node = yaml.compose(text, Loader=_Loader)
         if node is None:
             raise SpecError("the spec is empty", file=file, hint="see `saerun schema`")
@@ -585,6 +692,13 @@ def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
         line = mark.line + 1 if mark is not None else None
         problem = (err.problem or str(err)).strip()
         raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from None
+    except yaml.reader.ReaderError as err:  # a control character: YAML forbids them anywhere
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        raise SpecError(
+            f"invalid YAML: character {char!r} is not allowed in YAML text",
+            file=file, line=text.count("\n", 0, err.position) + 1,
+            hint="write control characters as escapes in a double-quoted string, e.g. \"\\t\"",
+        ) from None
     except yaml.YAMLError as err:  # pragma: no cover - non-marked YAML errors are rare
         raise SpecError(f"invalid YAML: {err}", file=file) from None
     if not isinstance(data, dict):
@@ -594,7 +708,32 @@ def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
             line=1,
             hint="see `saerun schema`",
         )
+    _check_finite(data, (), lines, file)
     return data, lines
+
+
+def _check_finite(value: Any, path: tuple, lines: LineMap, file: str) -> None:
+    """Refuse .inf, .nan and overflowing literals (1e999) anywhere, sweep values included.
+
+    No field means anything by them, yet pydantic's float admits them and `gt=0` lets inf
+    through: lr: .inf would plan and train NaNs, and an inf reaching `round()` in the planner
+    or the compute matcher's JSON round trip was a traceback. The data is bounded by
+    `_check_shape` (depth and size), so this walk is too.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        probe = path
+        while probe and probe not in lines:
+            probe = probe[:-1]
+        raise SpecError(
+            f"{value} is not a finite number", file=file, line=lines.get(probe, 1),
+            field=_dotted(path) or None, hint="every number in a spec is finite",
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, path + (key,), lines, file)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for i, item in enumerate(value):
+            _check_finite(item, path + (i,), lines, file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,7 +833,7 @@ def spec_error_from_validation(
     else:
         message = error["msg"].removeprefix("Value error, ")
         if "input" in error and not isinstance(error["input"], dict | list):
-            message += f" (got {error['input']!r})"
+            message += f" (got {shown(error['input'])})"
     if note:
         message = f"{message} {note}"
     return SpecError(message, file=file, line=line, field=field, hint=hint)
@@ -705,11 +844,21 @@ def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:  # at most one byte past the limit, whatever the file
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError("spec file not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"cannot read the spec: {err}", file=file) from None
+    except OSError as err:
+        raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec file is larger than {MAX_SPEC_BYTES:,} bytes", file=file)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"the spec is not UTF-8 text (byte {raw[err.start]:#04x} cannot be decoded)",
+            file=file, line=raw.count(b"\n", 0, err.start) + 1, hint="save the file as UTF-8",
+        ) from None
     data, lines = parse_yaml(text, file)
     try:
         spec = Spec.model_validate(data)
