@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from saerun import data as data_mod
+from saerun import faults
 from saerun.models import layer_of, model_info
 
 NUMERICS_MODE = "transformer_bridge/raw_hf"
@@ -63,6 +64,7 @@ class LanguageModel:
         layers = [layer_of(h) for h in hook_names]
         stop = max(layer if layer is not None else -1 for layer in layers) + 1
         wanted = set(hook_names)
+        faults.point("lm_forward")
         _, cache = self.bridge.run_with_cache(
             tokens.to(self.device), names_filter=lambda n: n in wanted,
             stop_at_layer=stop if stop < self.n_layers else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,10 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from saerun import faults
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -35,6 +39,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        if path.name.startswith("checkpoint"):
+            faults.point("checkpoint")  # written, not yet in place
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -50,7 +56,20 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p)))
+    atomic_write(path, lambda p: _save(tensors, p))
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors reports I/O failures (disk full, file too large) as its own error type with
+    the OS error number in the text: give them back as the OSError they are."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as err:
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, f"{os.strerror(code)} (writing {path.name})") from err
 
 
 def write_run_spec(folder: Path, config: dict) -> None:

@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     progress = None if args.quiet else Progress(console)
     summary = run_spec(args.spec, _registry_path(args), progress, args.retry_failed)
-    if not summary.trained and not summary.failed:
+    if not summary.trained and not summary.failed and not summary.elsewhere:
         console.print(
             f"all {len(summary.jobs)} runs of this spec are already done; nothing to train"
         )
@@ -125,8 +125,15 @@ def _print_summary(console: Any, summary: Any, registry: Path) -> None:
                 _fmt(100 * m["dead_fraction"] if "dead_fraction" in m else None),
             )
     console.print(table)
+    if summary.trained:  # which runs THIS process executed (others may share the registry)
+        console.print("trained here: " + " ".join(r[:10] for r in summary.trained),
+                      soft_wrap=True)
     for run_id, reason in summary.failed.items():
-        console.print(f"[red]failed[/red] {run_id[:10]}: {reason}")
+        console.print(f"[red]failed[/red] {run_id[:10]}: {escape(reason)}")
+    if summary.failed:
+        console.print("re-run them with --retry-failed (they resume from their last checkpoint)")
+    for run_id, owner in summary.elsewhere.items():
+        console.print(f"{run_id[:10]} is being run by another process ({escape(owner)})")
 
 
 def _fmt(value: float | None) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saerun import faults
 from saerun.metrics import MetricAccumulator, per_token_ce, per_token_kl
 from saerun.sae import SAE
 
@@ -55,6 +56,7 @@ def evaluate_group(
 
     accs = {run_id: MetricAccumulator() for run_id in saes}
     for tokens in eval_batches:
+        faults.point("eval")
         keep = positions(tokens)
         pred = keep[:, :-1]  # CE/KL at positions whose input token counts
         if with_lm:

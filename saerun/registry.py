@@ -17,7 +17,10 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from typing import Any
 
 import sqlite_utils
 
+from saerun import faults
 from saerun.errors import SaerunError
 
 STATUSES = ("planned", "running", "done", "failed")
@@ -74,9 +78,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX spec_runs_run ON spec_runs(run_id);
     """,
+    # v3: who is running a run, and until when their lease holds (claims, take-over).
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN lease_until REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+# A process's claim on a run lasts LEASE_SECONDS unless renewed (a heartbeat thread renews it
+# every LEASE_SECONDS / 4). An owner on this host whose pid is gone is dead at once.
+LEASE_SECONDS = float(os.environ.get("SAERUN_LEASE_SECONDS", "60"))
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str | None, lease_until: float | None, now: float) -> bool:
+    """Whether the process named by `owner` may still be running its claimed runs."""
+    if not owner or lease_until is None or lease_until <= now:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, someone else's
+            pass
+    return True
 
 
 def default_registry_path() -> Path:
@@ -167,11 +198,27 @@ class Registry:
             ) from None
         try:
             yield
-        except BaseException:
+            faults.point("registry")  # a kill here, mid-transaction, must lose nothing
+            self.db.execute("COMMIT")
+        except BaseException as err:
             if self.db.conn.in_transaction:  # an error may already have ended it
                 self.db.execute("ROLLBACK")
+            if isinstance(err, sqlite3.OperationalError):
+                raise self._write_error(err) from None
             raise
-        self.db.execute("COMMIT")
+
+    def _write_error(self, err: sqlite3.OperationalError) -> SaerunError:
+        """A failed write, said plainly; the transaction was rolled back, so nothing is half
+        written and nothing already registered is lost."""
+        text = str(err)
+        if "readonly" in text:
+            what, hint = "is read-only", "check the file's and its folder's permissions"
+        elif "full" in text:
+            what, hint = "cannot grow: the disk is full", "free some space and run again"
+        else:
+            what, hint = "could not be written", "run again; nothing was half written"
+        return SaerunError(f"the registry {self.path} {what} ({text}); the change was rolled "
+                           "back, nothing registered was lost", hint=hint)
 
     def close(self) -> None:
         self.db.close()
@@ -228,23 +275,73 @@ class Registry:
             raise SaerunError(f"no run with id {run_id!r} in {self.path}")
         return str(row[0])
 
-    def _transition(self, run_id: str, allowed: tuple[str, ...], target: str) -> bool:
-        """Check a status change inside a write; False when the run is already done.
+    def _transition(self, run_id: str, allowed: tuple[str, ...], target: str,
+                    owner: str | None = None) -> bool:
+        """Check a status change inside a write; False when the run is already done, or when
+        `owner` is given and another process has taken the run over (our lease lapsed).
 
         A done run is left alone rather than raising: another process may have finished it.
         """
         status = self._status(run_id)
         if status == "done":
             return False
+        if owner is not None:
+            holder = self.db.execute("SELECT owner FROM runs WHERE run_id=?", [run_id]).fetchone()
+            if holder[0] not in (None, owner):
+                return False
         if status not in allowed:
             raise SaerunError(f"run {run_id} is {status}; it cannot become {target}")
         return True
 
-    def mark_running(self, run_id: str, environment: dict[str, Any],
-                     data_fingerprint: str) -> bool:
-        """planned | running (resume) | failed (retry) -> running; started_at = latest start."""
+    def claim(self, run_ids: list[str], owner: str = OWNER, retry_failed: bool = False,
+              lease_seconds: float | None = None) -> tuple[list[str], dict[str, str]]:
+        """Take runs for `owner` in one transaction: planned ones, running ones whose owner is
+        dead or whose lease lapsed (take-over), and failed ones if `retry_failed`. Returns
+        (claimed ids, {id: owner} of runs another live process holds). Done runs are neither."""
+        now = time.time()
+        until = now + (LEASE_SECONDS if lease_seconds is None else lease_seconds)
+        claimed: list[str] = []
+        held: dict[str, str] = {}
         with self._write():
-            if not self._transition(run_id, ("planned", "running", "failed"), "running"):
+            for run_id in run_ids:
+                row = self.db.execute(
+                    "SELECT status, owner, lease_until FROM runs WHERE run_id=?", [run_id]
+                ).fetchone()
+                if row is None:
+                    raise SaerunError(f"no run with id {run_id!r} in {self.path}")
+                status, holder, lease = row
+                if status == "running" and holder != owner and owner_alive(holder, lease, now):
+                    held[run_id] = holder
+                    continue
+                if status == "planned" or status == "running" or (
+                    status == "failed" and retry_failed
+                ):
+                    self.db.execute(
+                        "UPDATE runs SET status='running', owner=?, lease_until=?, started_at=?, "
+                        "finished_at=NULL, error=NULL WHERE run_id=?",
+                        [owner, until, _now(), run_id],
+                    )
+                    claimed.append(run_id)
+        return claimed, held
+
+    def renew(self, run_ids: list[str], owner: str = OWNER,
+              lease_seconds: float | None = None) -> int:
+        """Extend `owner`'s lease on those of `run_ids` it still holds; returns how many."""
+        until = time.time() + (LEASE_SECONDS if lease_seconds is None else lease_seconds)
+        with self._write():
+            cur = self.db.execute(
+                f"UPDATE runs SET lease_until=? WHERE owner=? AND status='running' AND run_id IN "
+                f"({','.join('?' * len(run_ids))})",
+                [until, owner, *run_ids],
+            )
+            return cur.rowcount
+
+    def mark_running(self, run_id: str, environment: dict[str, Any],
+                     data_fingerprint: str, owner: str | None = None) -> bool:
+        """planned | running (resume) | failed (retry) -> running; started_at = latest start.
+        With `owner`: False (nothing written) if another process holds the run."""
+        with self._write():
+            if not self._transition(run_id, ("planned", "running", "failed"), "running", owner):
                 return False
             self.db.execute(
                 "UPDATE runs SET status='running', started_at=?, finished_at=NULL, environment=?, "
@@ -254,10 +351,11 @@ class Registry:
         return True
 
     def mark_done(self, run_id: str, metrics: dict[str, float], train_seconds: float,
-                  eval_seconds: float, tokens_trained: int) -> bool:
-        """running -> done; the metrics and the status change land together or not at all."""
+                  eval_seconds: float, tokens_trained: int, owner: str | None = None) -> bool:
+        """running -> done; the metrics and the status change land together or not at all.
+        With `owner`: False (nothing written) if another process has taken the run over."""
         with self._write():
-            if not self._transition(run_id, ("running",), "done"):
+            if not self._transition(run_id, ("running",), "done", owner):
                 return False
             self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
             self.db["metrics"].insert_all(
@@ -266,18 +364,19 @@ class Registry:
             )
             self.db.execute(
                 "UPDATE runs SET status='done', finished_at=?, train_seconds=?, eval_seconds=?, "
-                "tokens_trained=?, error=NULL WHERE run_id=?",
+                "tokens_trained=?, error=NULL, owner=NULL, lease_until=NULL WHERE run_id=?",
                 [_now(), float(train_seconds), float(eval_seconds), int(tokens_trained), run_id],
             )
         return True
 
-    def mark_failed(self, run_id: str, error: str) -> bool:
-        """planned | running | failed -> failed, with the reason."""
+    def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> bool:
+        """planned | running | failed -> failed, with the reason (and owner check, as above)."""
         with self._write():
-            if not self._transition(run_id, ("planned", "running", "failed"), "failed"):
+            if not self._transition(run_id, ("planned", "running", "failed"), "failed", owner):
                 return False
             self.db.execute(
-                "UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?",
+                "UPDATE runs SET status='failed', finished_at=?, error=?, owner=NULL, "
+                "lease_until=NULL WHERE run_id=?",
                 [_now(), error, run_id],
             )
         return True
@@ -292,7 +391,8 @@ class Registry:
             self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
             self.db.execute("DELETE FROM curves WHERE run_id=?", [run_id])
             self.db.execute(
-                "UPDATE runs SET status='planned', started_at=NULL, finished_at=NULL, "
+                "UPDATE runs SET status='planned', owner=NULL, lease_until=NULL, "
+                "started_at=NULL, finished_at=NULL, "
                 "train_seconds=NULL, eval_seconds=NULL, tokens_trained=NULL, environment=NULL, "
                 "data_fingerprint=NULL, error=NULL WHERE run_id=?",
                 [run_id],

@@ -8,6 +8,7 @@ stream; its language model is loaded once and each batch of its forward pass fee
 from __future__ import annotations
 
 import copy
+import errno
 import platform
 import subprocess
 import time
@@ -18,6 +19,8 @@ from typing import Any
 from saerun.errors import SaerunError, SpecError
 from saerun.plan import Job, ModelDims, Plan, build_plan
 from saerun.spec import LineMap, Spec, load_spec
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 @dataclass
@@ -36,6 +39,40 @@ class Summary:
     trained: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # run id -> the live process on it
+
+
+class Heartbeat:
+    """Renews this process's lease on its claimed runs from a daemon thread (with its own
+    registry connection), so long model loads, steps or evaluations never look like death,
+    while a killed process stops renewing and its runs are taken over once the lease lapses."""
+
+    def __init__(self, registry_path: Path, run_ids: list[str]) -> None:
+        import threading
+
+        from saerun.registry import LEASE_SECONDS
+
+        self.path, self.run_ids, self.every = registry_path, run_ids, LEASE_SECONDS / 4
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="saerun-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        from saerun.registry import Registry
+
+        with Registry(self.path) as reg:
+            while not self.stop.wait(self.every):
+                try:
+                    reg.renew(self.run_ids)
+                except SaerunError:  # locked for a while: the next beat tries again
+                    pass
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def model_dims(name: str, offline_table: bool = False) -> ModelDims:
@@ -113,7 +150,7 @@ def environment(device: str, numerics_mode: str) -> dict[str, Any]:
 def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
              retry_failed: bool = False) -> Summary:
     """Validate, plan, train what is not done yet, evaluate, register."""
-    from saerun.registry import Registry
+    from saerun.registry import OWNER, Registry
 
     prepared = prepare(path)
     plan = prepared.plan
@@ -129,26 +166,39 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
         )
         summary = Summary(jobs=plan.jobs)
         for jobs in plan.groups.values():
-            todo = [j for j in jobs if statuses[j.run_id] in ("planned", "running")
-                    or (retry_failed and statuses[j.run_id] == "failed")]
+            wanted = [j.run_id for j in jobs if statuses[j.run_id] in ("planned", "running")
+                      or (retry_failed and statuses[j.run_id] == "failed")]
+            if not wanted:
+                continue
+            # One transaction: two processes on one spec never both get a run.
+            claimed, held = reg.claim(wanted, OWNER, retry_failed)
+            summary.elsewhere.update(held)
+            todo = [j for j in jobs if j.run_id in claimed]
             if not todo:
                 continue
             try:
-                _run_group(reg, todo, progress)
-                summary.trained += [j.run_id for j in todo]
+                with Heartbeat(reg.path, claimed):
+                    failures = _run_group(reg, todo, progress)
+                summary.failed.update(failures)
+                summary.trained += [j.run_id for j in todo if j.run_id not in failures]
             except SaerunError:
                 raise
             except Exception as err:  # a crash in one group must not lose the others
                 reason = f"{type(err).__name__}: {err}"
+                if isinstance(err, OSError) and err.errno in DISK_FULL:
+                    reason = (f"disk full while writing ({err}); free space and run again with "
+                              "--retry-failed: training resumes from the last checkpoint")
                 for job in todo:
-                    reg.mark_failed(job.run_id, reason)
+                    reg.mark_failed(job.run_id, reason, OWNER)
                     summary.failed[job.run_id] = reason
         summary.statuses = {j.run_id: (reg.get_run(j.run_id) or {}).get("status", "?")
                             for j in plan.jobs}
     return summary
 
 
-def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
+def _run_group(reg: Any, jobs: list[Job], progress: Any) -> dict[str, str]:
+    """Train, evaluate and register one group of claimed jobs; returns {run_id: reason} of the
+    runs that failed numerically (marked failed; the others were finished)."""
     import torch
 
     from saerun import artifacts, data
@@ -159,6 +209,7 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
         eval_token_batches,
     )
     from saerun.evaluate import evaluate_group
+    from saerun.registry import OWNER
     from saerun.train import Trainer, train_group
 
     first = jobs[0].config
@@ -178,7 +229,7 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
         if saved is not None:
             tr.load_state(*saved)
         trainers.append(tr)
-        reg.mark_running(job.run_id, env, fingerprint)
+        reg.mark_running(job.run_id, env, fingerprint, OWNER)
 
     if first.data.normalize == "expected_norm":
         scales = estimate_norm_scale(lm, first.data, hooks)
@@ -192,6 +243,14 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
         reg.add_curve(tr.run_id, tr.curve)
         tr.curve = []
 
+    failures: dict[str, str] = {}
+
+    def failed(tr: Trainer) -> None:
+        saved = artifacts.load_checkpoint(reg.artifacts_dir(tr.run_id))
+        kept = f"last good checkpoint: step {saved[1]['step']}" if saved else "no checkpoint yet"
+        failures[tr.run_id] = f"{tr.failure} ({kept})"
+        reg.mark_failed(tr.run_id, failures[tr.run_id], OWNER)
+
     start = min(tr.step for tr in trainers)
     total = max(tr.total_steps for tr in trainers)
     t0 = time.perf_counter()
@@ -201,11 +260,14 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
             stream.skip(start)
         task = progress.start_group(jobs, total, start) if progress else None
         on_batch = (lambda i: progress.advance(task, i, trainers)) if progress else (lambda i: None)
-        train_group(trainers, stream, start, scales, checkpoint, on_batch)
+        train_group(trainers, stream, start, scales, checkpoint, on_batch, failed)
         if progress:
             progress.finish(task)
     train_seconds = time.perf_counter() - t0
 
+    trainers = [tr for tr in trainers if tr.failure is None]
+    if not trainers:
+        return failures
     t1 = time.perf_counter()
     folded = {}
     for tr in trainers:
@@ -236,4 +298,5 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> None:
         }
         artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], metadata,
                             res.density)
-        reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens)
+        reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
+    return failures

@@ -16,9 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saerun import faults
 from saerun.resample import resample_dead_latents
 from saerun.sae import SAE, StepInfo, build_sae
 from saerun.spec import RunConfig, TrainConfig
+
+WEIGHT_LIMIT = 1e6  # a weight beyond this (in normalised units) is an explosion, not learning
 
 # -- schedules (pure) --------------------------------------------------------------------------
 
@@ -69,6 +72,10 @@ class Trainer:
     curve: list[dict[str, float]] = field(default_factory=list)  # points since the last flush
     resampled_at: int | None = None  # step of the last neuron resampling (LR re-warm-up)
     resampled_total: int = 0  # latents revived so far
+    failure: str | None = None  # why this run stopped (non-finite loss, exploding weights)
+    # The first step whose loss was not finite (-1: none yet), kept on the device so that
+    # watching for it costs no sync; read by `check_health` on logging and checkpoint steps.
+    first_bad_step: Tensor = field(default_factory=lambda: torch.tensor(-1))
 
     @classmethod
     def create(cls, run_id: str, config: RunConfig, device: str) -> Trainer:
@@ -100,8 +107,14 @@ class Trainer:
             group["lr"] = lr
         info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask())
         out = self.sae.loss(x, info)
+        bad = ~torch.isfinite(out.loss.detach())
+        self.first_bad_step = torch.where(
+            (self.first_bad_step < 0) & bad, torch.full_like(self.first_bad_step, self.step),
+            self.first_bad_step,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        faults.point("train_step")
         if t.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), t.grad_clip_norm)
         self.optimizer.step()
@@ -126,6 +139,27 @@ class Trainer:
                     "lr": lr,
                 }
             )
+
+    def check_health(self) -> str | None:
+        """Why this run cannot go on, or None: a non-finite loss at some step, or weights that
+        are not finite or beyond WEIGHT_LIMIT (activations are normalised to E||x|| =
+        sqrt(d_in), so healthy weights are O(1)..O(100)). Sets `failure`; one host sync."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            self.failure = f"non-finite loss at step {bad}"
+            return self.failure
+        for name, p in self.sae.named_parameters():
+            top = p.detach().abs().max()
+            if not torch.isfinite(top):
+                self.failure = f"non-finite weights ({name}) at step {self.step}"
+            elif top > WEIGHT_LIMIT:
+                self.failure = (
+                    f"exploding weights (max |{name}| = {top.item():.3g} > {WEIGHT_LIMIT:g}) "
+                    f"at step {self.step}"
+                )
+            if self.failure:
+                return self.failure
+        return None
 
     def maybe_resample(self, x: Tensor) -> None:
         """Neuron resampling when this step crossed a multiple of resample.every_tokens (and
@@ -185,11 +219,14 @@ def train_group(
     scales: dict[str, float],
     on_checkpoint: Callable[[Trainer], None],
     on_batch: Callable[[int], None] = lambda i: None,
+    on_failure: Callable[[Trainer], None] = lambda tr: None,
 ) -> None:
     """Step every trainer on every batch of the shared stream, in lockstep.
 
     `batches` yields {hook_name: [batch_tokens, d_in]} starting at global batch `start_step`; a
-    trainer resumed at a later step sits out the batches it has already seen.
+    trainer resumed at a later step sits out the batches it has already seen. A trainer's
+    health is checked on its logging steps and before every checkpoint (so a checkpoint is
+    never written from a broken state); a broken one stops (`on_failure`), the others go on.
     """
     if not trainers:
         return
@@ -198,13 +235,17 @@ def train_group(
         # Normalise once per site, not once per SAE.
         scaled = {h: batch[h] * scales[h] if scales[h] != 1.0 else batch[h] for h in hooks}
         for tr in trainers:
-            if tr.step != index or tr.done:
+            if tr.step != index or tr.done or tr.failure:
                 continue
             tr.train_step(scaled[tr.hook_name])
             every = tr.config.train.checkpoint_every_tokens
             crossed = tr.tokens // every != (tr.tokens - scaled[tr.hook_name].shape[0]) // every
+            logged = tr.step % tr.config.train.log_every_steps == 0
+            if (crossed or tr.done or logged) and tr.check_health():
+                on_failure(tr)
+                continue
             if crossed or tr.done:
                 on_checkpoint(tr)
         on_batch(index + 1)
-        if all(tr.done for tr in trainers):
+        if all(tr.done or tr.failure for tr in trainers):
             break

@@ -285,3 +285,76 @@ def test_a_writer_waits_for_another_processes_lock(tmp_path: Path) -> None:
         reg.add_spec("s", "s.yaml", "x")  # waits (busy timeout) instead of failing
         assert [r[0] for r in reg.db.execute("SELECT name FROM specs")] == ["s"]
     other.close()
+
+
+# -- claims and leases (reliability) -----------------------------------------------------------
+
+
+def _planned(reg: Registry, *ids: str) -> None:
+    h = reg.add_spec("s", "s.yaml", "name: s\n")
+    reg.ensure_runs(h, [job(i) for i in ids])
+
+
+def test_a_claim_is_exclusive_while_its_owner_lives(reg: Registry) -> None:
+    import os
+    import socket
+
+    _planned(reg, "aaaa0001", "bbbb0002")
+    me = f"{socket.gethostname()}:{os.getpid()}:x"
+    other = f"{socket.gethostname()}:{os.getppid()}:y"  # a live process on this host
+    assert reg.claim(["aaaa0001"], me) == (["aaaa0001"], {})
+    assert reg.claim(["aaaa0001", "bbbb0002"], other) == (["bbbb0002"], {"aaaa0001": me})
+    # The owner itself may re-claim (resume in the same process); nobody else can finish it.
+    assert reg.claim(["aaaa0001"], me)[0] == ["aaaa0001"]
+    assert reg.mark_done("aaaa0001", {}, 0.0, 0.0, 0, owner=other) is False
+    assert reg.mark_done("aaaa0001", {}, 0.0, 0.0, 0, owner=me) is True
+    assert reg.claim(["aaaa0001"], other) == ([], {})  # done runs are never claimed
+
+
+def test_a_dead_owner_or_a_lapsed_lease_is_taken_over(reg: Registry) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    _planned(reg, "aaaa0001", "bbbb0002")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    dead = f"{socket.gethostname()}:{gone}:z"  # same host, the pid has exited
+    remote = "some-other-host:1234:w"  # cannot be probed: only its lease counts
+    assert reg.claim(["aaaa0001"], dead)[0] == ["aaaa0001"]
+    assert reg.claim(["bbbb0002"], remote, lease_seconds=0.2)[0] == ["bbbb0002"]
+    me = "here:1:me"
+    claimed, held = reg.claim(["aaaa0001", "bbbb0002"], me)
+    assert claimed == ["aaaa0001"] and held == {"bbbb0002": remote}  # lease still running
+    import time
+
+    time.sleep(0.3)
+    assert reg.claim(["bbbb0002"], me) == (["bbbb0002"], {})  # lapsed: taken over
+    assert reg.renew(["aaaa0001", "bbbb0002"], me) == 2
+    assert reg.renew(["aaaa0001"], remote) == 0  # the old owner's heartbeat renews nothing
+
+
+def test_failed_runs_are_claimed_only_on_retry(reg: Registry) -> None:
+    _planned(reg, "aaaa0001")
+    reg.claim(["aaaa0001"], "h:1:a")
+    assert reg.mark_failed("aaaa0001", "non-finite loss at step 3", owner="h:1:a")
+    assert reg.claim(["aaaa0001"], "h:1:a") == ([], {})
+    assert reg.claim(["aaaa0001"], "h:1:a", retry_failed=True)[0] == ["aaaa0001"]
+
+
+def test_a_read_only_registry_is_a_clear_error_and_loses_nothing(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    path = tmp_path / "saerun.db"
+    with Registry(path) as reg:
+        _planned(reg, "aaaa0001")
+    before = dump(path)
+    real_connect = sqlite3.connect
+    # As root, chmod cannot make a file read-only; SQLite's own read-only mode can.
+    monkeypatch.setattr(sqlite3, "connect", lambda db, **kw: real_connect(
+        f"file:{db}?mode=ro", uri=True, **kw))
+    with pytest.raises(SaerunError, match="read-only") as err:
+        with Registry(path) as reg:
+            reg.add_spec("t", "t.yaml", "name: t\n")
+    assert "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert dump(path) == before

@@ -97,3 +97,30 @@ def test_dead_latents_are_counted_in_tokens():
     dead = tr.dead_mask()
     assert dead[:4].all()
     assert tr.tokens_since_fired[:4].eq(20 * 64).all()
+
+
+def test_a_non_finite_loss_stops_that_run_only_and_keeps_its_last_good_checkpoint():
+    # One group, two sites: "g" carries an inf at batch 8, "h" is clean.
+    data = [{"h": b["h"], "g": b["h"].clone()} for b in batches()]
+    data[8]["g"][3, 2] = float("inf")
+    ok = Trainer.create("a" * 16, config(), "cpu")
+    cfg = config(lr=3e-3)
+    bad = Trainer.create("b" * 16, cfg.model_copy(update={"site": cfg.site.model_copy(
+        update={"hook_name": "g"})}), "cpu")
+    checkpoints: dict[str, list[int]] = {"a" * 16: [], "b" * 16: []}
+    failures: list[str] = []
+    train_group([ok, bad], data, 0, {"h": 0.5, "g": 0.5},
+                lambda tr: checkpoints[tr.run_id].append(tr.step),
+                on_failure=lambda tr: failures.append(tr.failure))
+    assert ok.done and ok.failure is None and checkpoints["a" * 16] == [7, 14, 20]
+    # Step 8 (0-based) saw inf; the check on the next logging step (10) catches it, before
+    # the checkpoint at step 14 could be written from the broken state.
+    assert failures == ["non-finite loss at step 8"] and bad.step == 10
+    assert checkpoints["b" * 16] == [7]
+
+
+def test_exploding_weights_are_a_failure():
+    tr = Trainer.create("a" * 16, config(), "cpu")
+    with torch.no_grad():
+        tr.sae.W_dec[0, 0] = 1e9
+    assert tr.check_health().startswith("exploding weights (max |W_dec| = 1e+09")
