@@ -168,3 +168,25 @@ def test_a_full_disk_fails_cleanly_and_the_retry_resumes_bit_identically(tmp_pat
     again = saerun(folder, "--retry-failed")
     assert again.returncode == 0, again.stderr
     assert same(final_weights(folder), reference)
+
+
+def test_a_diverging_run_fails_alone_and_retry_failed_runs_it_again(tmp_path):
+    folder = fresh(tmp_path, "explode")
+    # lr 1e9: Adam moves every weight by ~1e9 in one step; the next loss is not finite.
+    spec = SPEC.replace("  zip: {sae:", "  grid: {train.lr: [5e-3, 1e9]}\n  zip: {sae:")
+    (folder / "spec.yaml").write_text(spec)
+    first = saerun(folder)
+    assert first.returncode == 1, first.stderr
+    assert "Traceback" not in first.stdout + first.stderr
+    with Registry(folder / "registry" / "saerun.db") as reg:
+        runs = {r["run_id"]: r for r in reg.list_runs()}
+        statuses = sorted(r["status"] for r in runs.values())
+        assert statuses == ["done", "done", "failed", "failed"]
+        for r in runs.values():
+            if r["status"] == "failed":
+                assert r["error"] == "non-finite loss at step 1 (no checkpoint yet)"
+                assert f"failed {r['run_id'][:10]}" in first.stdout
+    plain = saerun(folder)  # failed runs stay failed unless asked
+    assert plain.returncode == 0 and "trained here" not in plain.stdout
+    retry = saerun(folder, "--retry-failed")
+    assert retry.returncode == 1 and retry.stdout.count("non-finite loss at step 1") == 2
