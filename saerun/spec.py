@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saerun.errors import SpecError, shown
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range (non-negative part)
+MAX_LATENTS = 2**26  # far beyond any SAE trained so far (16M latents); catches typos like 1e30
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,7 +76,8 @@ class DataConfig(_Strict):
     shuffle_buffer_tokens: int = Field(
         65_536, gt=0, description="activations held in the shuffle buffer (bounds memory)."
     )
-    shuffle_seed: int = Field(0, description="seed of the activation shuffle (data order).")
+    shuffle_seed: int = Field(0, ge=0, le=MAX_SEED,
+                              description="seed of the activation shuffle (data order).")
     exclude_special_tokens: bool = Field(
         True, description="drop BOS/EOS positions from training and evaluation activations."
     )
@@ -135,7 +139,8 @@ class ComputeMatch(_Strict):
         "(relu, gated, jumprelu, topk, batchtopk or matryoshka).",
     )
     d_sae: int | None = Field(
-        None, gt=0, description="latents of the reference SAE; or give expansion_factor."
+        None, gt=0, le=MAX_LATENTS,
+        description="latents of the reference SAE; or give expansion_factor.",
     )
     expansion_factor: float | None = Field(
         None, gt=0, description="reference d_sae = round(expansion_factor * d_in); with neither "
@@ -164,7 +169,8 @@ class _SAECommon(_Strict):
         None, gt=0, description="input width; taken from the model when omitted (derived)."
     )
     d_sae: int | None = Field(
-        None, gt=0, description="number of latents; or give expansion_factor instead."
+        None, gt=0, le=MAX_LATENTS,
+        description="number of latents; or give expansion_factor instead.",
     )
     expansion_factor: float | None = Field(
         None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
@@ -467,7 +473,7 @@ class SweepConfig(_Strict):
         default_factory=dict,
         description="dotted field path -> values, all lists of one length, varied together.",
     )
-    seeds: list[int] | None = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
         None, description="repeat every run once per seed (overrides the top-level seed)."
     )
 
@@ -500,7 +506,8 @@ class Spec(_Strict):
         description="experiment name (letters, digits, '_', '-', '.').", pattern=_NAME,
         max_length=200,
     )
-    seed: int = Field(0, description="seed of SAE initialisation (and of everything random).")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="seed of SAE initialisation (and of everything random).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the language model.")
     site: SiteConfig = Field(default_factory=SiteConfig, description="where activations come from.")
     data: DataConfig = Field(default_factory=DataConfig, description="text, tokens, shuffling.")
@@ -517,7 +524,7 @@ class ResolvedSite(_Strict):
 class RunConfig(_Strict):
     """One fully resolved job: exactly what determines one SAE (its id is a hash of this)."""
 
-    seed: int = Field(description="seed of SAE initialisation.")
+    seed: int = Field(ge=0, le=MAX_SEED, description="seed of SAE initialisation.")
     model: ModelConfig = Field(description="the language model.")
     site: ResolvedSite = Field(description="the hook point.")
     data: DataConfig = Field(description="text, tokens, shuffling.")
