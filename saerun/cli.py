@@ -12,13 +12,15 @@ from typing import Any
 
 from saerun.errors import SaerunError
 
-COMMANDS = ("run", "plan", "schema", "ls", "show", "report")
+COMMANDS = ("run", "plan", "schema", "ls", "show", "report", "export-spec", "reproduce")
 
 USAGE = """saerun SPEC [options]          validate, plan, train, evaluate and register a spec
 saerun plan SPEC [--json]        what would run, every resolved value and its source
 saerun ls [--json]               runs in the registry
 saerun show RUN_ID [--json]      one run: config, environment, metrics
 saerun report --frontier         Markdown + PNG frontier report from the registry
+saerun export-spec RUN_ID        a standalone spec that reproduces one run
+saerun reproduce RUN_ID          retrain a run and compare, metric by metric, tensor by tensor
 saerun schema                    the spec's JSON schema"""
 
 
@@ -57,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE",
                    help="keep runs whose field equals the value, e.g. architecture=relu")
     _registry_arg(p)
+    p = sub.add_parser("export-spec", help="print a standalone spec that reproduces one run")
+    p.add_argument("run_id")
+    _registry_arg(p)
+    p.add_argument("-o", "--output", type=Path, default=None, help="write to a file")
+    p = sub.add_parser("reproduce", help="retrain one run from its spec and compare")
+    p.add_argument("run_id")
+    _registry_arg(p)
+    p.add_argument("--into", type=Path, default=None,
+                   help="registry to retrain into (default: a fresh temporary one)")
     return parser
 
 
@@ -252,9 +263,59 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_spec(args: argparse.Namespace) -> int:
+    from saerun.registry import Registry
+    from saerun.reproduce import export_spec
+
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        run = reg.get_run(args.run_id)
+    if run is None:
+        raise SaerunError(f"no run with id {args.run_id!r}", hint="see `saerun ls`")
+    text = export_spec(run)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        from saerun.artifacts import write_text
+
+        write_text(args.output, text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from saerun.reproduce import METRIC_RTOL, WEIGHT_RTOL, reproduce
+
+    result = reproduce(args.run_id, _registry_path(args), args.into)
+    console = _console()
+    table = Table(title=f"run {result.run_id[:10]}: original vs reproduction")
+    for col in ("metric", "original", "reproduced", "rel. diff"):
+        table.add_column(col)
+    for name, a, b, rel in result.metrics:
+        table.add_row(name, _fmt(a), _fmt(b), "0" if rel == 0 else f"{rel:.2e}")
+    console.print(table)
+    tensors = Table(title="sae_weights.safetensors")
+    for col in ("tensor", "bit-identical", "max |diff| / max |orig|"):
+        tensors.add_column(col)
+    for name, equal, rel in result.tensors:
+        tensors.add_row(name, "yes" if equal else "no", "0" if rel == 0 else f"{rel:.2e}")
+    console.print(tensors)
+    console.print(f"retrained into {result.registry}")
+    if result.bit_identical:
+        console.print("[green]reproduced: every weight is bit-identical[/green]")
+        return 0
+    if result.within_tolerance:
+        console.print(f"[yellow]reproduced within tolerance[/yellow] (weights {WEIGHT_RTOL:g}, "
+                      f"metrics {METRIC_RTOL:g} relative), not bit for bit")
+        return 0
+    console.print("[red]NOT reproduced[/red]: differences beyond the tolerances above")
+    return 1
+
+
 COMMAND_FUNCS = {
     "run": cmd_run, "plan": cmd_plan, "schema": cmd_schema, "ls": cmd_ls, "show": cmd_show,
-    "report": cmd_report,
+    "report": cmd_report, "export-spec": cmd_export_spec, "reproduce": cmd_reproduce,
 }
 
 if __name__ == "__main__":

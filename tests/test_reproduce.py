@@ -1,0 +1,73 @@
+"""Share and reproduce: export-spec gives a standalone spec with the same run id and bit-identical
+weights in a fresh registry; `reproduce` says so; changed data is refused with a clear message."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file
+
+from saerun.data import EMBEDDED_DATASETS
+
+SPEC = """\
+name: share
+model: {{name: saerun/tiny-stdlib}}
+site: {{hook_name: blocks.1.hook_resid_post}}
+data: {{dataset: {data}, context_size: 64, train_tokens: 8192, eval_tokens: 1024,
+       shuffle_buffer_tokens: 4096, lm_batch_sequences: 16}}
+sae: {{architecture: relu, expansion_factor: 2, sparsity: {{penalty: sqrt_l1}}}}
+train: {{lr: 5e-3, batch_tokens: 512, log_every_steps: 4}}
+eval: {{metrics: [l0, mse, fvu, dead]}}
+"""
+
+
+def saerun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SAERUN_FAULT"}
+    return subprocess.run([sys.executable, "-m", "saerun.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_export_run_elsewhere_reproduce_and_refuse_changed_data(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    with open(EMBEDDED_DATASETS["saerun/stdlib"], encoding="utf-8") as src:
+        corpus.write_text("".join(itertools.islice(src, 300)), encoding="utf-8")
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    (alice / "share.yaml").write_text(SPEC.format(data=corpus))
+    first = saerun("share.yaml", "--quiet", cwd=alice)
+    assert first.returncode == 0, first.stderr
+    [run] = json.loads(saerun("ls", "--json", cwd=alice).stdout)
+
+    # Alice sends Bob the exported spec; Bob trains it in his own registry.
+    exported = saerun("export-spec", run["run_id"][:8], cwd=alice)
+    assert exported.returncode == 0, exported.stderr
+    spec = yaml.safe_load(exported.stdout)
+    assert "sweep" not in spec and spec["sae"]["d_sae"] == 256  # derived values made explicit
+    (bob / "from-alice.yaml").write_text(exported.stdout)
+    second = saerun("from-alice.yaml", "--quiet", cwd=bob)
+    assert second.returncode == 0, second.stderr
+    [bobs] = json.loads(saerun("ls", "--json", cwd=bob).stdout)
+    assert bobs["run_id"] == run["run_id"]
+    a = load_file(alice / "registry" / "runs" / run["run_id"] / "sae_weights.safetensors")
+    b = load_file(bob / "registry" / "runs" / run["run_id"] / "sae_weights.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+    same = saerun("reproduce", run["run_id"][:8], "--into", str(tmp_path / "r1" / "r.db"),
+                  cwd=alice)
+    assert same.returncode == 0, same.stderr
+    assert "reproduced: every weight is bit-identical" in same.stdout
+
+    # A deliberately changed data file: refused before any training, with the reason.
+    with open(corpus, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "def changed():\n    return 1\n"}) + "\n")
+    changed = saerun("reproduce", run["run_id"][:8], cwd=alice)
+    assert changed.returncode == 2
+    assert f"the data of run {run['run_id'][:10]} changed" in changed.stderr
+    assert "can only be reproduced on the data it was trained on" in changed.stderr
