@@ -200,6 +200,12 @@ def iter_documents(data: DataSource, split: Literal["train", "eval"]) -> Iterato
 # ---------------------------------------------------------------------------------------------
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (cached while its mtime and size stay the same)."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
 @lru_cache(maxsize=64)
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     # Keyed by mtime and size so a run re-hashes a multi-GB file only when it changed.

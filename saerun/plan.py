@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -67,7 +68,26 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 
 def run_id_of(config: RunConfig) -> str:
-    return stable_hash([RUN_ID_VERSION, config.model_dump(mode="json")], n=16)
+    """Hash of what determines the result. A local data file enters by its content, not its
+    path, so a colleague with the same file elsewhere gets the same id (and an edited file a
+    new one); names (embedded corpus, hub datasets, models) enter as they are."""
+    resolved = config.model_dump(mode="json")
+    resolved["data"]["dataset"] = data_identity(config.data.dataset)
+    return stable_hash([RUN_ID_VERSION, resolved], n=16)
+
+
+def data_identity(dataset: str) -> str:
+    from saerun.data import EMBEDDED_DATASETS, file_sha256
+
+    if dataset in EMBEDDED_DATASETS:
+        return dataset
+    path = Path(dataset)
+    try:
+        if path.is_file():
+            return "file-sha256:" + file_sha256(path)
+    except OSError:
+        pass
+    return dataset
 
 
 def group_key_of(config: RunConfig) -> str:

@@ -632,8 +632,8 @@ def test_python_tags_never_run_code(tmp_path, tag, where):
         (BASE.replace("relu}", "relu, expansion_factor: 1e308}"), "2: sae.expansion_factor: "
          "expansion_factor 1e+308 x d_in 128 is not a finite width"),
         (BASE.replace("relu}", f"relu, compute_matched_to: {{architecture: relu, d_sae: "
-                               f"{2**1020}}}}}"), "2: sae.compute_matched_to.d_sae: Input should be less than or "
-         "equal to 67108864"),
+                               f"{2**1020}}}}}"),
+         "2: sae.compute_matched_to.d_sae: Input should be less than or equal to 67108864"),
         (BASE + "sweep: {grid: {seed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], train.lr: " +
          str([i / 1e4 + 1e-4 for i in range(40)]) + ", data.shuffle_seed: " +
          str(list(range(40))) + "}}\n", "3: the spec expands to 16,000 runs"),

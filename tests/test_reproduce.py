@@ -71,3 +71,21 @@ def test_export_run_elsewhere_reproduce_and_refuse_changed_data(tmp_path):
     assert changed.returncode == 2
     assert f"the data of run {run['run_id'][:10]} changed" in changed.stderr
     assert "can only be reproduced on the data it was trained on" in changed.stderr
+
+
+def test_a_local_data_file_enters_the_run_id_by_content_not_path(tmp_path):
+    from saerun.runner import prepare
+
+    text = "".join(itertools.islice(open(EMBEDDED_DATASETS["saerun/stdlib"], encoding="utf-8"),
+                                    50))
+    ids = []
+    for folder in ("a", "b/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        corpus = tmp_path / folder / "corpus.jsonl"
+        corpus.write_text(text, encoding="utf-8")
+        (tmp_path / folder / "s.yaml").write_text(SPEC.format(data=corpus))
+        ids.append(prepare(tmp_path / folder / "s.yaml").plan.jobs[0].run_id)
+    assert ids[0] == ids[1]
+    with open(tmp_path / "b/c/corpus.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "x = 1\n"}) + "\n")
+    assert prepare(tmp_path / "b/c/s.yaml").plan.jobs[0].run_id != ids[0]
