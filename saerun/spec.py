@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -582,7 +584,25 @@ for _kind, _name in (("an integer", "int"), ("a number", "float"), ("a boolean",
         _checked_scalar(_kind, getattr(yaml.SafeLoader, f"construct_yaml_{_name}")),
     )
 
-LineMap = dict[tuple, int]
+
+class Line(int):
+    """A 1-based line number that also knows the file it is in.
+
+    A spec that `extends` another is composed from several files, so a key path of its line map
+    may point into a base spec. A Line is an int everywhere (comparison, formatting, arithmetic),
+    so code that reports `line=lines.get(path, 1)` with `file=` the spec it was given keeps
+    working unchanged; `locate` then moves such an error to the file the line is in.
+    """
+
+    file: str | None
+
+    def __new__(cls, value: int, file: str | None = None) -> Line:
+        self = super().__new__(cls, value)
+        self.file = file
+        return self
+
+
+LineMap = dict[tuple, int]  # key path -> Line (an int); see `Line`
 
 # Bounds on what a spec file may be. A real spec is a few hundred values in a few kB; the bounds
 # are far above that, and far below what would make loading slow: YAML aliases share one node,
@@ -647,12 +667,15 @@ def _check_shape(text: str, file: str) -> None:
             )
 
 
-def _line_map(node: yaml.Node, path: tuple = (), out: LineMap | None = None) -> LineMap:
-    """Map every key path of the document to its 1-based line; reject duplicate keys and keys
-    that are mappings or lists (`? [a]`), which no spec field can be and which are unhashable.
+def _line_map(
+    node: yaml.Node, path: tuple = (), out: LineMap | None = None, file: str | None = None
+) -> LineMap:
+    """Map every key path of the document to its 1-based line (a `Line` in `file`); reject
+    duplicate keys and keys that are mappings or lists (`? [a]`), which no spec field can be and
+    which are unhashable.
     """
     out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
+    out.setdefault(path, Line(node.start_mark.line + 1, file))
     if isinstance(node, yaml.MappingNode):
         seen: set = set()
         for key_node, value_node in node.value:
@@ -668,12 +691,12 @@ def _line_map(node: yaml.Node, path: tuple = (), out: LineMap | None = None) -> 
                     "duplicate key", line=key_node.start_mark.line + 1, field=_dotted(path + (key,))
                 )
             seen.add(key)
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), out)
-            out[path + (key,)] = key_node.start_mark.line + 1
+            out[path + (key,)] = Line(key_node.start_mark.line + 1, file)
+            _line_map(value_node, path + (key,), out, file)
+            out[path + (key,)] = Line(key_node.start_mark.line + 1, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), out)
+            _line_map(item, path + (i,), out, file)
     return out
 
 
@@ -689,7 +712,7 @@ def parse_yaml(text: str, file: str) -> tuple[dict, LineMap]:
         if node is None:
             raise SpecError("the spec is empty", file=file, hint="see `saerun schema`")
         try:
-            lines = _line_map(node)
+            lines = _line_map(node, file=file)
         except SpecError as err:
             err.file = file
             raise
@@ -820,6 +843,7 @@ def spec_error_from_validation(
         probe = probe[:-1]
     if line is None:
         line = lines.get((), 1)
+    file, line = _file_of(line, lines, file), int(line)
     field = _dotted(loc)
     hint = None
     kind = error["type"]
@@ -846,31 +870,212 @@ def spec_error_from_validation(
     return SpecError(message, file=file, line=line, field=field, hint=hint)
 
 
-def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
-    """Read and validate a spec file: (spec, raw data, line map, YAML text)."""
-    path = Path(path)
-    file = str(path)
+# ---------------------------------------------------------------------------------------------
+# Reading spec files, and composing a spec with the bases it extends
+# ---------------------------------------------------------------------------------------------
+
+MAX_EXTENDS = 16  # bases in one `extends` chain; real teams use one or two
+
+
+def _read_text(path: Path, file: str, extended_at: dict | None = None) -> str:
+    """The UTF-8 text of a spec file of at most MAX_SPEC_BYTES, or a SpecError.
+
+    A file that cannot be read is an error naming `file`; for a base spec (`extended_at`: file,
+    line and field of the `extends` that names it) it names that `extends` line instead, with the
+    base's path in the message. A base must be a regular file: a FIFO or a device (an `extends`
+    pointing at /dev/stdin or a named pipe) could block forever.
+    """
+    name = shown(file, 200)
+
+    def unreadable(own: str, as_base: str) -> SpecError:
+        if extended_at is None:
+            return SpecError(own, file=file)
+        return SpecError(as_base, **extended_at)
+
     try:
+        if extended_at is not None:
+            mode = os.stat(path).st_mode
+            if stat.S_ISDIR(mode):
+                raise unreadable("", f"the base spec {name} is a directory")
+            if not stat.S_ISREG(mode):
+                raise unreadable("", f"the base spec {name} is not a regular file")
         with path.open("rb") as handle:  # at most one byte past the limit, whatever the file
             raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
-        raise SpecError("spec file not found", file=file) from None
-    except OSError as err:
-        raise SpecError(f"cannot read the spec: {err.strerror or err}", file=file) from None
+        raise unreadable("spec file not found", f"base spec {name} not found") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        reason = getattr(err, "strerror", None) or str(err)
+        raise unreadable(f"cannot read the spec: {reason}",
+                         f"cannot read the base spec {name}: {reason}") from None
     if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"the spec file is larger than {MAX_SPEC_BYTES:,} bytes", file=file)
+        raise unreadable(f"the spec file is larger than {MAX_SPEC_BYTES:,} bytes",
+                         f"the base spec {name} is larger than {MAX_SPEC_BYTES:,} bytes")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SpecError(
             f"the spec is not UTF-8 text (byte {raw[err.start]:#04x} cannot be decoded)",
             file=file, line=raw.count(b"\n", 0, err.start) + 1, hint="save the file as UTF-8",
         ) from None
+
+
+def _identity(path: Path) -> str:
+    """What makes two paths the same file for cycle detection (symlinks and ./ resolved)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL: reading will refuse it
+        return os.path.abspath(path)
+
+
+def _compose(
+    path: Path, file: str, data: dict, lines: LineMap, chain: tuple[tuple[str, str], ...] = ()
+) -> tuple[dict, LineMap, list[str]]:
+    """Apply the `extends` chain of a parsed spec: (composed data, composed line map, the files
+    it was composed from, this one first).
+
+    `extends: PATH` (top level, a string) names a base spec: a relative PATH is relative to the
+    folder of the file that contains it (`~` is not expanded), an absolute one is taken as it is.
+    The base is read and parsed like any spec (the same size, shape and YAML guards), may itself
+    extend another (at most MAX_EXTENDS deep), and a cycle is an error naming the chain. The
+    base need not be a valid spec on its own: only the composed spec is validated. How the
+    child is merged over its base: see `merge_over`.
+    """
+    chain = chain + ((_identity(path), file),)
+    if "extends" not in data:
+        return data, lines, [file]
+    target = data["extends"]
+    extended_at = dict(file=file, line=int(lines.get(("extends",), 1)), field="extends")
+    if not isinstance(target, str) or not target:
+        raise SpecError(
+            f"extends must be the path of a spec file, got {shown(target)}", **extended_at,
+            hint="e.g. extends: base.yaml (relative to the folder of this file)",
+        )
+    base_path = path.parent / target
+    base_file = str(base_path)
+    if _identity(base_path) in (identity for identity, _ in chain):
+        cycle = " extends ".join([f for _, f in chain] + [base_file])
+        raise SpecError(f"extends makes a cycle: {cycle}", **extended_at)
+    if len(chain) > MAX_EXTENDS:
+        raise SpecError(
+            f"extends chains more than {MAX_EXTENDS} base specs, from {chain[0][1]}",
+            **extended_at,
+        )
+    base_text = _read_text(base_path, base_file, extended_at)
+    base_data, base_lines = parse_yaml(base_text, base_file)
+    base_data, base_lines, files = _compose(base_path, base_file, base_data, base_lines, chain)
+    own = {key: value for key, value in data.items() if key != "extends"}
+    own_lines = {p: line for p, line in lines.items() if p[:1] != ("extends",)}
+    merged, merged_lines = merge_over(base_data, base_lines, own, own_lines)
+    return merged, merged_lines, [file, *files]
+
+
+def merge_over(base: dict, base_lines: LineMap, child: dict, child_lines: LineMap
+               ) -> tuple[dict, LineMap]:
+    """The child spec's mapping deep-merged over its base's, and the line map to match.
+
+    - Mappings merge key by key, recursively; a key only in the base is inherited.
+    - Any other child value (a scalar, a list, `null`) replaces the base's whole: a list is
+      never appended to, and `null` is a value like any other: `grad_clip_norm: null` turns
+      clipping off, `d_sae: null` unsets a base's width so that `expansion_factor` can be given.
+      The composed spec means what the same keys written into one file would mean.
+    - `sae`: when the child's `sae.architecture` differs from the base's, the child's `sae`
+      replaces the base's whole (the options of one architecture mean nothing to another:
+      relu's `sparsity` would otherwise leak into a topk section). A child `sae` without an
+      `architecture`, or with the base's, merges key by key.
+    - `sweep`: inherited when the child has none; a child `sweep` replaces the base's whole
+      (it states what the child varies; `sweep: {}` drops the base's).
+    - `name` and `seed` are ordinary keys: inherited unless the child sets them.
+
+    Each key path keeps the line (and file) of the value that won, so an error in an inherited
+    field names the base's file and line, in an overridden one the child's.
+    """
+    replaced: set[tuple] = set()
+    merged = _merge(base, child, (), replaced)
+    lines: LineMap = {
+        p: line for p, line in base_lines.items()
+        if not any(p[:i] in replaced for i in range(len(p) + 1))
+    }
+    lines.update(child_lines)
+    return merged, lines
+
+
+def _merge(base: Any, child: Any, path: tuple, replaced: set[tuple]) -> Any:
+    whole = path == ("sweep",) or (
+        path == ("sae",) and isinstance(base, dict) and isinstance(child, dict)
+        and "architecture" in base and "architecture" in child
+        and child["architecture"] != base["architecture"]
+    )
+    if isinstance(base, dict) and isinstance(child, dict) and not whole:
+        out = dict(base)
+        for key, value in child.items():
+            out[key] = _merge(base[key], value, path + (key,), replaced) if key in base else value
+        return out
+    replaced.add(path)
+    return child
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes what `_Loader` would read back as a float ('1e-4', a name '1e5')."""
+
+
+_Dumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def composed_text(data: dict, files: list[str]) -> str:
+    """A composed spec as one standalone YAML document (what the registry keeps of a spec that
+    extends others): a header naming the files, then every key of the merged mapping, `name`
+    first. Loading it gives the same data, hence the same plan and run ids."""
+    names = [f if f.isprintable() else ascii(f) for f in files]
+    header = (
+        f"# Composed by saerun from {' extends '.join(names)}:\n"
+        "# the spec with its bases merged in, standalone (it extends nothing).\n"
+    )
+    ordered = {k: data[k] for k in ("name",) if k in data} | data
+    return header + yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
+def _file_of(line: int, lines: LineMap, file: str) -> str:
+    """The file a line of `lines` is in: the caller's `file` (its name for the spec it loaded)
+    unless the line came from a base spec, whose path the line carries."""
+    origin = getattr(line, "file", None)
+    if origin is None or origin == getattr(lines.get(()), "file", None):
+        return file
+    return origin
+
+
+def locate(err: SpecError, lines: LineMap) -> SpecError:
+    """Move an error that was raised with the spec's file and a line read from `lines` (as the
+    planner does) to the file that line is in: a base spec's, for a value the base defines."""
+    if isinstance(err.line, Line):
+        err.file, err.line = _file_of(err.line, lines, err.file), int(err.line)
+    return err
+
+
+def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
+    """Read and validate a spec file: (spec, raw data, line map, YAML text).
+
+    A spec with `extends` is composed with its bases first (`_compose`, `merge_over`): the data
+    and line map are the composed ones (each line knows its file), and the text is the composed
+    spec as standalone YAML (`composed_text`), which is what the registry keeps. A spec without
+    `extends` is returned as it was read, its text byte for byte.
+    """
+    path = Path(path)
+    file = str(path)
+    text = _read_text(path, file)
     data, lines = parse_yaml(text, file)
+    files = [file]
+    if "extends" in data:
+        data, lines, files = _compose(path, file, data, lines)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise spec_error_from_validation(err, file=file, lines=lines, data=data) from None
+    if len(files) > 1:
+        text = composed_text(data, files)
     return spec, data, lines, text
 
 
