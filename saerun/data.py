@@ -82,8 +82,10 @@ def hub_unreachable_reason() -> str | None:
     return None
 
 
-def resolve_dataset(dataset: str) -> DatasetRef:
-    """Where the documents of `dataset` come from; fails fast (no network wait) when unusable."""
+def resolve_dataset(dataset: str, need_hub: bool = True) -> DatasetRef:
+    """Where the documents of `dataset` come from; fails fast (no network wait) when unusable.
+    need_hub=False (planning): a hub name is taken as it is, neither looked up nor required to be
+    reachable; the embedded corpus and local files are still checked."""
     if dataset in EMBEDDED_DATASETS:
         path = EMBEDDED_DATASETS[dataset]
         if not path.is_file():
@@ -105,7 +107,7 @@ def resolve_dataset(dataset: str) -> DatasetRef:
         return DatasetRef("file", dataset, path)
     if _looks_local(dataset) or exists:
         raise SaerunError(f"dataset file not found: {dataset}")
-    if not _hub_dataset_cached(dataset):
+    if need_hub and not _hub_dataset_cached(dataset):
         reason = hub_unreachable_reason()
         if reason is not None:
             raise SaerunError(

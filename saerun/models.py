@@ -29,20 +29,26 @@ class ModelInfo:
     n_layers: int
     n_ctx: int
     embedded: bool = False
+    d_attn: int | None = None  # n_heads * d_head, the width of attn.hook_z; None: d_model
 
 
-# Published configs of models the paper recipes use, so `saerun plan` works offline on them.
+# Published configs of models the paper recipes use, so `saerun plan` works offline on them:
+# (d_model, d_mlp, n_layers, n_ctx, n_heads * d_head). The last is the width of attn.hook_z,
+# which is not d_model for Gemma (16 x 256 = 4096 vs 3072 for 7B; 8 x 256 = 2048 vs 2304 for
+# Gemma 2 2B). Numbers from each model's config.json (hidden_size, intermediate_size,
+# num_hidden_layers, max_position_embeddings, num_attention_heads x head_dim).
 KNOWN_MODELS = {
-    "gpt2": (768, 3072, 12, 1024),
-    "gpt2-small": (768, 3072, 12, 1024),
-    "gpt2-medium": (1024, 4096, 24, 1024),
-    "gelu-1l": (512, 2048, 1, 1024),
-    "NeelNanda/GELU_1L512W_C4_Code": (512, 2048, 1, 1024),
-    "EleutherAI/pythia-70m-deduped": (512, 2048, 6, 2048),
-    "EleutherAI/pythia-160m-deduped": (768, 3072, 12, 2048),
-    "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048),
-    "google/gemma-2-2b": (2304, 9216, 26, 8192),
-    "google/gemma-7b": (3072, 24576, 28, 8192),
+    "gpt2": (768, 3072, 12, 1024, 12 * 64),
+    "gpt2-small": (768, 3072, 12, 1024, 12 * 64),
+    "gpt2-medium": (1024, 4096, 24, 1024, 16 * 64),
+    "gelu-1l": (512, 2048, 1, 1024, 8 * 64),
+    "NeelNanda/GELU_1L512W_C4_Code": (512, 2048, 1, 1024, 8 * 64),
+    "EleutherAI/pythia-70m-deduped": (512, 2048, 6, 2048, 8 * 64),
+    "EleutherAI/pythia-160m-deduped": (768, 3072, 12, 2048, 12 * 64),
+    "EleutherAI/pythia-2.8b": (2560, 10240, 32, 2048, 32 * 80),
+    "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048, 32 * 80),
+    "google/gemma-2-2b": (2304, 9216, 26, 8192, 8 * 256),
+    "google/gemma-7b": (3072, 24576, 28, 8192, 16 * 256),
 }
 
 
@@ -51,8 +57,8 @@ def known_dims(name: str) -> ModelInfo | None:
         return model_info(name)
     if name not in KNOWN_MODELS:
         return None
-    d_model, d_mlp, n_layers, n_ctx = KNOWN_MODELS[name]
-    return ModelInfo(name, name, d_model, d_mlp, n_layers, n_ctx)
+    d_model, d_mlp, n_layers, n_ctx, d_attn = KNOWN_MODELS[name]
+    return ModelInfo(name, name, d_model, d_mlp, n_layers, n_ctx, d_attn=d_attn)
 
 
 def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelInfo:
@@ -73,6 +79,9 @@ def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelI
         n_layers=first("n_layer", "num_hidden_layers", "n_layers"),
         n_ctx=first("n_positions", "max_position_embeddings", "n_ctx", default=2048),
         embedded=embedded,
+        # Gemma's heads are wider than d_model / n_heads: attn.hook_z is n_heads * head_dim.
+        d_attn=first("num_attention_heads", "n_head", "n_heads") * int(config["head_dim"])
+        if config.get("head_dim") is not None else None,
     )
 
 
@@ -138,7 +147,11 @@ def hook_names(info: ModelInfo) -> list[str]:
 
 
 def hook_width(info: ModelInfo, hook: str) -> int:
-    return info.d_mlp if hook.endswith("mlp.hook_post") else info.d_model
+    if hook.endswith("mlp.hook_post"):
+        return info.d_mlp
+    if hook.endswith("attn.hook_z"):  # [n_heads, d_head], flattened (activations.py)
+        return info.d_attn or info.d_model
+    return info.d_model
 
 
 def layer_of(hook: str) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from saerun.errors import SaerunError, SpecError
 from saerun.plan import Job, ModelDims, Plan, build_plan
-from saerun.spec import LineMap, Spec, load_spec
+from saerun.spec import LineMap, Spec, load_spec, locate
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -79,7 +79,8 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
     """Widths of every hook of a model, read from its config (never loads the weights)."""
     from saerun import models
 
-    info = models.known_dims(name) if offline_table else None
+    known = offline_table and name not in models.EMBEDDED_MODELS  # embedded: its own config
+    info = models.known_dims(name) if known else None
     source = "built-in table of well-known models"
     if info is None:
         info = models.model_info(name)
@@ -88,27 +89,41 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
     return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source, n_ctx=info.n_ctx)
 
 
-def prepare(path: str | Path, offline_dims: bool = False) -> Prepared:
-    """Load, validate and plan a spec; check the data exists. Writes nothing."""
+def prepare(path: str | Path, offline_dims: bool = True) -> Prepared:
+    """Load, validate and plan a spec; check the data exists. Writes nothing, loads nothing.
+
+    offline_dims (the default, what `saerun plan` gets): a well-known model's widths come from
+    the built-in table (`models.KNOWN_MODELS`) and a hub dataset name is not looked up, so a
+    paper recipe plans with no network; embedded and local files are still checked. `run_spec`
+    passes False: before anything is written it needs the model's own config and a dataset it
+    can read.
+
+    `text` is what the registry keeps: the file as read, or for a spec that `extends` others
+    the composed spec as standalone YAML (see `spec.load_spec`). Errors name the file and line
+    a value came from, a base spec's for a value the spec inherits (`spec.locate`).
+    """
     from saerun import data as data_mod
 
     path = Path(path)
     spec, raw, lines, text = load_spec(path)
-    plan = build_plan(
-        spec, raw, lines, str(path), lambda name: model_dims(name, offline_table=offline_dims)
-    )
-    if not offline_dims:
-        for dataset in sorted({job.config.data.dataset for job in plan.jobs}):
-            try:
-                data_mod.resolve_dataset(dataset)
-            except SaerunError as err:
-                raise SpecError(
-                    err.message,
-                    file=str(path),
-                    line=lines.get(("data", "dataset"), lines.get(("data",), 1)),
-                    field="data.dataset",
-                    hint=err.hint,
-                ) from None
+    try:
+        plan = build_plan(
+            spec, raw, lines, str(path), lambda name: model_dims(name, offline_table=offline_dims)
+        )
+    except SpecError as err:
+        locate(err, lines)
+        raise
+    for dataset in sorted({job.config.data.dataset for job in plan.jobs}):
+        try:
+            data_mod.resolve_dataset(dataset, need_hub=not offline_dims)
+        except SaerunError as err:
+            raise locate(SpecError(
+                err.message,
+                file=str(path),
+                line=lines.get(("data", "dataset"), lines.get(("data",), 1)),
+                field="data.dataset",
+                hint=err.hint,
+            ), lines) from None
     return Prepared(path, spec, raw, lines, text, plan)
 
 
@@ -152,7 +167,7 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
     """Validate, plan, train what is not done yet, evaluate, register."""
     from saerun.registry import OWNER, Registry
 
-    prepared = prepare(path)
+    prepared = prepare(path, offline_dims=False)
     plan = prepared.plan
     with Registry(registry_path) as reg:
         spec_hash = reg.add_spec(plan.spec.name, str(prepared.path), prepared.text)
