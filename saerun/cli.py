@@ -189,10 +189,68 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_column("field")
     table.add_column("value")
     table.add_column("source")
+    notes = _SourceNotes(prepared.path, prepared.lines)
     for key, value in resolved_items(first_job.config).items():
-        table.add_row(key, json.dumps(value), first_job.provenance.get(key, "?"))
+        source = first_job.provenance.get(key, "?")
+        if source in ("spec", "sweep"):
+            source += notes.note(key) if source == "spec" else notes.sweep_note(key)
+        table.add_row(key, json.dumps(value), escape(source))
     console.print(table)
     return 0
+
+
+class _SourceNotes:
+    """Where a value was written: `line N` of its file and that line's YAML comment, which is
+    where a recipe says where each value comes from (e.g. `lr: 3e-4  # paper, section 5`)."""
+
+    def __init__(self, path: Path, lines: dict) -> None:
+        self.path, self.lines, self.texts = path, lines, {}
+
+    def sweep_note(self, dotted: str) -> str:
+        """The line of the sweep axis that sets `dotted` (a parent section's axis counts)."""
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            axis = ".".join(parts[:n])
+            for kind in ("zip", "grid"):
+                if ("sweep", kind, axis) in self.lines:
+                    return self._at(("sweep", kind, axis))
+        return self._at(("sweep",))
+
+    def note(self, dotted: str) -> str:
+        return self._at(tuple(dotted.split(".")))
+
+    def _at(self, parts: tuple) -> str:
+        while parts and parts not in self.lines:
+            parts = parts[:-1]
+        if not parts:
+            return ""
+        line = self.lines[parts]
+        file = getattr(line, "file", None) or str(self.path)
+        if file not in self.texts:
+            try:
+                self.texts[file] = Path(file).read_text(encoding="utf-8").splitlines()
+            except OSError:
+                self.texts[file] = []
+        text = self.texts[file]
+        comment = _comment(text[line - 1]) if 0 < line <= len(text) else ""
+        above = line - 2  # else a comment-only line right above the key says it
+        if not comment and 0 <= above < len(text) and text[above].lstrip().startswith("#"):
+            comment = text[above].lstrip().lstrip("#").strip()
+        where = f" {Path(file).name}:{int(line)}"
+        return f"{where} ({comment})" if comment else where
+
+
+def _comment(line: str) -> str:
+    """The trailing `# ...` of a YAML line, ignoring # inside quotes."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[i + 1:].strip()
+    return ""
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

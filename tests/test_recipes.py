@@ -182,6 +182,9 @@ def test_cli_plan_prints_the_widths_offline():
     assert out.startswith("gemma7b-gated-vs-relu: 120 runs in 1 activation group(s)")
     assert "d_sae=131072" in out and "d_sae=196608" in out and "lr=0.00075" in out
     assert f"derived: width of blocks.6.hook_resid_post ({TABLE})" in out  # sae.d_in's source
+    # The paper's widths and learning rates, with the source the recipe states for them.
+    assert "sweep gemma7b_gated.yaml:141 (paper, Fig. 1 caption: Gated 2^17" in out
+    assert "sweep gemma7b_gated.yaml:144 (authors' LessWrong note: Gated 3e-4" in out
     as_json = subprocess.run(
         [sys.executable, "-m", "saerun.cli", "plan", "specs/gemma7b_gated.yaml", "--json"],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
