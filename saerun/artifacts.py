@@ -1,7 +1,7 @@
 """On-disk formats of a run's folder, all written atomically (temp file, fsync, rename).
 
     <registry>/runs/<run_id>/
-        run.yaml                   the fully resolved config of this one run
+        run.yaml                   the standalone, fully resolved spec of this one run
         cfg.json                   SAELens-loadable config (normalisation folded in)
         sae_weights.safetensors    W_enc, b_enc, W_dec, b_dec
         sparsity.safetensors       log10 feature density on the eval tokens ("sparsity")
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -70,10 +69,6 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
             raise
         code = int(found.group(1))
         raise OSError(code, f"{os.strerror(code)} (writing {path.name})") from err
-
-
-def write_run_spec(folder: Path, config: dict) -> None:
-    write_text(folder / "run.yaml", yaml.safe_dump(config, sort_keys=True))
 
 
 def write_sae(

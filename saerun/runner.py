@@ -225,6 +225,7 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> dict[str, str]:
     )
     from saerun.evaluate import evaluate_group
     from saerun.registry import OWNER
+    from saerun.reproduce import export_spec
     from saerun.train import Trainer, train_group
 
     first = jobs[0].config
@@ -238,13 +239,14 @@ def _run_group(reg: Any, jobs: list[Job], progress: Any) -> dict[str, str]:
     trainers: list[Trainer] = []
     for job in jobs:
         folder = reg.artifacts_dir(job.run_id)
-        artifacts.write_run_spec(folder, job.config.model_dump(mode="json"))
         tr = Trainer.create(job.run_id, job.config, device)
         saved = artifacts.load_checkpoint(folder)
         if saved is not None:
             tr.load_state(*saved)
         trainers.append(tr)
         reg.mark_running(job.run_id, env, fingerprint, OWNER)
+        # The standalone spec of this one run (what `saerun export-spec` prints).
+        artifacts.write_text(folder / "run.yaml", export_spec(reg.get_run(job.run_id)))
 
     if first.data.normalize == "expected_norm":
         scales = estimate_norm_scale(lm, first.data, hooks)

@@ -48,6 +48,8 @@ def test_export_run_elsewhere_reproduce_and_refuse_changed_data(tmp_path):
     # Alice sends Bob the exported spec; Bob trains it in his own registry.
     exported = saerun("export-spec", run["run_id"][:8], cwd=alice)
     assert exported.returncode == 0, exported.stderr
+    folder = alice / "registry" / "runs" / run["run_id"]
+    assert (folder / "run.yaml").read_text() == exported.stdout  # the run's folder holds it too
     spec = yaml.safe_load(exported.stdout)
     assert "sweep" not in spec and spec["sae"]["d_sae"] == 256  # derived values made explicit
     (bob / "from-alice.yaml").write_text(exported.stdout)
