@@ -55,7 +55,8 @@ class LanguageModel:
 
     @staticmethod
     def _flat(act: Tensor) -> Tensor:
-        # attn.hook_z is [b, T, n_heads, d_head]; SAEs see it as one [b, T, d_model] vector.
+        # attn.hook_z is [b, T, n_heads, d_head]; SAEs see one [b, T, n_heads * d_head] vector
+        # (d_model for most models; not for Gemma, whose heads are wider).
         return act.flatten(2) if act.dim() == 4 else act
 
     @torch.no_grad()
