@@ -230,8 +230,7 @@ def fingerprint(data: DataSource) -> str:
     """sha256 of what a run read: the source bytes (or hub revision) plus column and split."""
     ref = resolve_dataset(data.dataset)
     if ref.path is not None:
-        st = os.stat(ref.path)
-        source = "file:" + _file_sha256(str(ref.path.resolve()), st.st_mtime_ns, st.st_size)
+        source = "file:" + file_sha256(ref.path)
     else:
         source = f"hub:{ref.name}@{_hub_revision(ref.name)}"
     key = json.dumps([source, data.text_column, data.split, data.eval_fraction],

@@ -53,8 +53,8 @@ KNOWN_MODELS = {
 
 
 def known_dims(name: str) -> ModelInfo | None:
-    if name in EMBEDDED_MODELS:
-        return model_info(name)
+    """A well-known model's dims from the table; None for any other (the embedded model too:
+    its own config.json is at hand)."""
     if name not in KNOWN_MODELS:
         return None
     d_model, d_mlp, n_layers, n_ctx, d_attn = KNOWN_MODELS[name]

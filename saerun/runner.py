@@ -79,8 +79,7 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
     """Widths of every hook of a model, read from its config (never loads the weights)."""
     from saerun import models
 
-    known = offline_table and name not in models.EMBEDDED_MODELS  # embedded: its own config
-    info = models.known_dims(name) if known else None
+    info = models.known_dims(name) if offline_table else None
     source = "built-in table of well-known models"
     if info is None:
         info = models.model_info(name)

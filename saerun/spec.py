@@ -24,6 +24,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed's range (non-negative part)
 MAX_LATENTS = 2**26  # far beyond any SAE trained so far (16M latents); catches typos like 1e30
 
 
+DecoderMode = Literal["norm_weighted", "unit_norm"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -181,7 +184,7 @@ class _SAECommon(_Strict):
         None, description="instead of d_sae: the width whose training step costs the same FLOPs "
         "per token as this reference SAE's (derived; see `saerun plan`).",
     )
-    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+    decoder_mode: DecoderMode = Field(
         "norm_weighted",
         description="'norm_weighted': the decoder is free and every sparsity term weights latent "
         "i by ||W_dec,i|| (so shrinking f while growing W_dec cannot dodge it); 'unit_norm': "
@@ -237,7 +240,7 @@ class ReluSAEConfig(_SAECommon):
 class _TopKCommon(_SAECommon):
     """Options of the TopK family (topk, batchtopk, matryoshka), stated once."""
 
-    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+    decoder_mode: DecoderMode = Field(
         "unit_norm", description="as for every SAE; the TopK family has no sparsity penalty, "
         "and the default unit norm (Gao et al. 2024) removes the free f <-> W_dec scale.",
     )
@@ -324,7 +327,7 @@ class GatedSAEConfig(_SAECommon):
         description="Gated SAE (Rajamanoharan et al. 2024): a gate path picks the latents, a "
         "magnitude path (shared weights, rescaled by exp(r_mag)) sets their values."
     )
-    decoder_mode: Literal["norm_weighted", "unit_norm"] = Field(
+    decoder_mode: DecoderMode = Field(
         "unit_norm", description="as for every SAE; gated defaults to unit_norm as in the paper: "
         "the auxiliary term's decoder is detached, so with a free decoder the penalty alone "
         "shrinks ||W_dec||, W_gate grows to compensate and b_gate can no longer close gates "

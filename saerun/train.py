@@ -165,7 +165,7 @@ class Trainer:
         """Neuron resampling when this step crossed a multiple of resample.every_tokens (and
         training is not past resample.stop_fraction); see `saerun.resample`."""
         r = self.config.train.resample
-        if r is None or self.tokens > r.stop_fraction * self.total_steps * x.shape[0]:
+        if r is None or self.tokens > r.stop_fraction * self.config.data.train_tokens:
             return
         if self.tokens // r.every_tokens == (self.tokens - x.shape[0]) // r.every_tokens:
             return

@@ -35,14 +35,13 @@ POINTS = {"lm_forward": 30, "train_step": 64, "checkpoint": 32, "registry": 20, 
 
 
 def saerun(folder: Path, *args: str, fault: str | None = None,
-           extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(extra_env or {})}
-    env.pop("SAERUN_FAULT", None)
+           preexec_fn=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SAERUN_FAULT"}
     if fault:
         env["SAERUN_FAULT"] = fault
     return subprocess.run(
         [sys.executable, "-m", "saerun.cli", "spec.yaml", "--quiet", *args], cwd=folder,
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
     )
 
 
@@ -155,10 +154,7 @@ def test_a_full_disk_fails_cleanly_and_the_retry_resumes_bit_identically(tmp_pat
     def small_disk() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {k: v for k, v in os.environ.items() if k != "SAERUN_FAULT"}
-    full = subprocess.run([sys.executable, "-m", "saerun.cli", "spec.yaml", "--quiet"],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=600,
-                          preexec_fn=small_disk)
+    full = saerun(folder, preexec_fn=small_disk)
     assert full.returncode in (1, 2), full.stderr
     assert "Traceback" not in full.stderr + full.stdout
     assert "disk full" in full.stdout + full.stderr or "too large" in full.stdout + full.stderr
