@@ -120,7 +120,7 @@ class Trainer:
         self.optimizer.step()
         self.sae.after_step()
 
-        fired = (out.f > 0).any(dim=0)
+        fired = out.fired()
         self.tokens_since_fired += x.shape[0]
         self.tokens_since_fired[fired] = 0
         self.step += 1

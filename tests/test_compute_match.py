@@ -24,9 +24,11 @@ ARCHITECTURES = ["relu", "gated", "jumprelu", "topk", "batchtopk", "matryoshka"]
 
 
 def counted_on_cpu(cfg, batch: int, dead: bool = False) -> int:
-    """FLOPs of one real (CPU, not meta) training step: what cost.py's meta-device count
+    """FLOPs of one real (CPU, not meta) training step of the dense reference (the products
+    it names; the sparse kernels do the same maths in fewer): what cost.py's meta-device count
     must agree with."""
     sae = build_sae(cfg, seed=0)
+    sae.sparse_kernels = False
     x = torch.randn(batch, cfg.d_in, generator=torch.Generator().manual_seed(1))
     step = StepInfo(1.0, torch.full((cfg.d_sae,), dead, dtype=torch.bool))
     with FlopCounterMode(display=False) as counter:
@@ -58,8 +60,9 @@ def test_fitted_line_equals_a_real_step(architecture):
 
 
 def test_auxk_is_paid_whatever_the_dead_mask():
-    """AuxK runs without a host sync, so its products run with or without dead latents: the
-    count (which includes them) does not depend on the mask cost.py measures with."""
+    """The reference AuxK runs without a host sync, so its products run with or without dead
+    latents: the count (which includes them) does not depend on the mask cost.py measures
+    with."""
     cfg = reference_config("topk", 16, 64)
     assert counted_on_cpu(cfg, 4, dead=False) == counted_on_cpu(cfg, 4, dead=True)
 

@@ -13,8 +13,12 @@ relative weight (and so the same meaning of aux_coefficient = 1/32) is the resid
 the same units. The factor min(n_dead / aux_k, 1) (sparsify) shrinks the term while only a few
 latents are dead; with no dead latent it is 0, and so is the loss (exactly, not NaN).
 
-Written without a host sync (no int(dead_mask.sum())): top-aux_k is always taken and the slots
-that landed on live latents (value -inf) are zeroed.
+Two forms, equal in value and gradient. `auxk_loss` (the dense reference) is written without a
+host sync: top-aux_k over every latent is always taken and the slots that landed on live latents
+(value -inf) are zeroed, so it costs a full top-k and decode even with no dead latent.
+`sparse_auxk_loss` (training) reads the number of dead latents (one host sync), costs nothing
+while none is dead, and otherwise takes the top-min(aux_k, n_dead) among the dead latents' columns
+only and decodes them with the sparse kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor
 
 from saerun.sae.base import mse_per_token
+from saerun.sae.sparse import codes_from_rows_cols, decode, gather_linear
 
 
 def resolve_aux_k(cfg: Any) -> int:
@@ -47,4 +52,23 @@ def auxk_loss(
     f_aux = torch.zeros_like(pre).scatter(-1, indices, values)
     e_hat = f_aux @ w_dec
     scale = (dead.sum().float() / aux_k).clamp(max=1.0)
+    return scale * mse_per_token(residual.detach(), e_hat).mean()
+
+
+def sparse_auxk_loss(sae: Any, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec: Tensor,
+                     dead_mask: Tensor, aux_k: int) -> Tensor:
+    """`auxk_loss` on sparse codes. x_c = x - b_dec, pre its dense pre-activations (no grad)."""
+    dead = dead_mask.to(pre.device).nonzero().squeeze(1)
+    n_dead = dead.numel()
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(aux_k, n_dead)
+    local = pre[:, dead].topk(k, dim=-1, sorted=False).indices
+    batch = pre.shape[0]
+    rows = torch.arange(batch, device=pre.device).repeat_interleave(k)
+    cols = dead[local].flatten()
+    codes = codes_from_rows_cols(rows, cols, pre.new_empty(0), batch, pre.shape[1])
+    vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, codes.offsets))
+    e_hat = decode(codes.with_vals(vals), w_dec)
+    scale = min(n_dead / aux_k, 1.0)
     return scale * mse_per_token(residual.detach(), e_hat).mean()

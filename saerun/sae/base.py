@@ -12,13 +12,21 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from saerun.sae.sparse import Codes
+
 
 class LossOutput(NamedTuple):
     loss: Tensor  # scalar that is back-propagated
     mse: Tensor  # scalar: mean over the batch of ||x - x_hat||^2 (summed over dimensions)
     sparsity: Tensor  # scalar: the unweighted sparsity penalty
     l0: Tensor  # scalar: mean number of non-zero latents per token
-    f: Tensor  # [batch, d_sae] latents, detached (for dead-latent tracking)
+    f: Tensor | Codes  # the latents, detached: dense [batch, d_sae], or sparse `Codes`
+
+    def fired(self) -> Tensor:
+        """[d_sae] bool: the latents that fired on some token of the batch."""
+        if isinstance(self.f, Codes):
+            return self.f.fired()
+        return (self.f > 0).any(dim=0)
 
 
 class StepInfo(NamedTuple):
@@ -37,6 +45,9 @@ class SAE(nn.Module):
     # Parameter name -> the axis that indexes latents: what resampling re-initialises and whose
     # Adam state it resets. Architectures with per-latent parameters of their own add them.
     LATENT_AXES: ClassVar[dict[str, int]] = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
+    # Architectures whose loss runs on `sae.sparse` kernels read this; False selects the plain
+    # dense reference (the FLOP count of compute matching, and the tests' ground truth).
+    sparse_kernels: bool = True
 
     def __init__(self, cfg: Any, generator: torch.Generator) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from saerun.sae.base import LossOutput, StepInfo
+from saerun.sae.sparse import Codes, flat_topk
 from saerun.sae.topk import TopKSAE
 
 UNSET = -1.0  # any negative value: every real threshold is a positive activation
@@ -58,6 +59,12 @@ class BatchTopKSAE(TopKSAE):
     def train_select(self, pre: Tensor) -> Tensor:
         return self.batch_topk(pre)  # the training objective selects by batch in any mode
 
+    def train_indices(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = min(self.cfg.k * pre.shape[0], pre.numel())
+        rows, cols = flat_topk(pre, n)  # the top n of pre: ReLU keeps the same non-zeros
+        counts = torch.bincount(rows, minlength=pre.shape[0])
+        return rows, cols, torch.cumsum(counts, 0) - counts
+
     def select(self, pre: Tensor) -> Tensor:
         if self.training:
             return self.batch_topk(pre)
@@ -65,7 +72,8 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def update_threshold(self, f: Tensor) -> None:
-        """The EMA above, from one training batch's latents f; written without a host sync."""
+        """The EMA above, from one training batch's latents f (dense, or the values of sparse
+        codes); written without a host sync."""
         smallest = torch.where(f > 0, f, float("inf")).min()
         decay = self.cfg.threshold_ema
         blended = decay * self.threshold + (1.0 - decay) * smallest
@@ -75,7 +83,7 @@ class BatchTopKSAE(TopKSAE):
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
         out = super().loss(x, step)
         if self.training:  # a loss computed in eval mode (a probe) must not move theta
-            self.update_threshold(out.f)
+            self.update_threshold(out.f.vals if isinstance(out.f, Codes) else out.f)
         return out
 
     def export_tensors(self) -> dict[str, Tensor]:

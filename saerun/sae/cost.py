@@ -5,7 +5,9 @@ Compute matching (the Gated SAE paper compared a gated SAE of 2^17 latents with 
 as many FLOPs per token as a reference architecture's at a given width.
 
 What is counted: the FLOPs that `torch.utils.flop_counter.FlopCounterMode` counts, i.e. the
-matrix products, of `sae.loss(x, step)` and `loss.backward()` on a freshly built SAE. Everything
+matrix products, of `sae.loss(x, step)` and `loss.backward()` on a freshly built SAE, with the
+dense reference kernels (`sparse_kernels = False`): the FLOPs of the maths as the papers count
+them, whatever sparsity the training kernels exploit. Everything
 else of a step (activations, norms, top-k, scatter, the optimiser update) is elementwise or a
 reduction, O(d_sae) or O(d_in) per token against the O(d_in d_sae) products, and not counted.
 Every product of every architecture has d_sae as one of its dimensions and d_in as another, so
@@ -17,11 +19,11 @@ widths (64 and 128 latents; k capped at the width for the TopK family) with a ba
 tokens, which fixes a and b exactly, since every product is per token. The matched width solves
 cost(d) = cost_ref(d_ref): d = round((cost_ref(d_ref) - a) / b), at least 1.
 
-Auxiliary dead-latent losses are INCLUDED, because the trainer pays for them every step: AuxK
-(`sae.auxk`) is written without a host sync, so its top-k, decode and backward run whatever the
-dead mask holds, and a factor min(n_dead / aux_k, 1) = 0 merely zeroes the term while no latent
-is dead. The step is measured with an all-False dead mask (a fresh SAE has no dead latent), and
-the count does not depend on the mask (a test checks it). The gated SAE's auxiliary
+Auxiliary dead-latent losses are INCLUDED: the reference AuxK (`sae.auxk`) is written without a
+host sync, so its top-k, decode and backward run whatever the dead mask holds, and a factor
+min(n_dead / aux_k, 1) = 0 merely zeroes the term while no latent is dead. The step is measured
+with an all-False dead mask (a fresh SAE has no dead latent), and the count does not depend on
+the mask (a test checks it). The gated SAE's auxiliary
 reconstruction is part of its loss and counted likewise. Only shapes decide the count, so it is
 deterministic; it runs on the CPU, offline, in milliseconds.
 """
@@ -73,6 +75,7 @@ def _step_flops(cfg: Any) -> int:
 
     # On the meta device every op yields shapes without computing: only shapes count FLOPs.
     sae = build_sae(cfg, seed=0).to("meta")
+    sae.sparse_kernels = False  # the dense reference: the FLOPs of the products it names
     x = torch.empty(PROBE_TOKENS, cfg.d_in, device="meta")
     dead = torch.zeros(cfg.d_sae, dtype=torch.bool, device="meta")
     step = StepInfo(sparsity_scale=1.0, dead_mask=dead)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saerun.sae.base import mse_per_token
 from saerun.sae.batchtopk import BatchTopKSAE
+from saerun.sae.sparse import Codes, decode
 
 
 def resolve_prefixes(cfg: Any) -> tuple[list[int], list[float]]:
@@ -57,3 +58,16 @@ class MatryoshkaSAE(BatchTopKSAE):
             recon = recon + weight * mse_per_token(x, x_hat).mean()
             start = width
         return recon, x_hat  # x_hat: the full dictionary's reconstruction
+
+    def sparse_reconstruction(self, x: Tensor, codes: Codes,
+                              w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """`reconstruction` from sparse codes: each prefix group decodes its own entries."""
+        x_hat = self.b_dec.expand_as(x)
+        recon = x.new_zeros(())
+        start = 0
+        for width, weight in zip(self.prefix_widths, self.prefix_weights, strict=True):
+            part = codes.select((codes.cols >= start) & (codes.cols < width))
+            x_hat = x_hat + decode(part, w_dec)
+            recon = recon + weight * mse_per_token(x, x_hat).mean()
+            start = width
+        return recon, x_hat

@@ -8,6 +8,11 @@ Penalties: l1 = sum_i f_i ||W_dec,i||; sqrt_l1 = sum_i (sqrt(f_i ||W_dec,i|| + e
 ones; eps keeps the gradient finite at 0 and the subtraction makes the penalty 0 there);
 tanh = sum_i tanh(c f_i ||W_dec,i||) (Anthropic, Jan 2025: saturates, so a latent pays about
 lambda for firing at all and little for firing strongly: an L0-like penalty without shrinkage).
+
+Training runs on the sparse kernels (`sae.sparse`) once few enough latents fire (below
+`sparse.MAX_DENSITY` of the batch's entries, the usual case after the first steps), and on the
+dense products otherwise; each penalty is 0 at f = 0, so the sparse form sums it over the
+fired entries only. Ghost grads need every dead latent's pre-activation: dense.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saerun.sae import sparse
 from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
 from saerun.sae.ghost import ghost_grads_loss
+from saerun.sae.sparse import Codes
 
 
 class ReluSAE(SAE):
@@ -31,17 +38,47 @@ class ReluSAE(SAE):
 
     def penalty(self, f: Tensor, w_dec: Tensor) -> Tensor:
         """The sparsity penalty per token, before lambda: [batch]."""
-        weighted = f * self.penalty_weights(w_dec)
+        return self.penalty_terms(f * self.penalty_weights(w_dec)).sum(-1)
+
+    def penalty_terms(self, weighted: Tensor) -> Tensor:
+        """Each latent's penalty from f_i ||W_dec,i|| (0 at 0), elementwise."""
         sparsity = self.cfg.sparsity
         if sparsity.penalty == "l1":
-            return weighted.sum(-1)
+            return weighted
         if sparsity.penalty == "tanh":
-            return torch.tanh(sparsity.tanh_scale * weighted).sum(-1)
+            return torch.tanh(sparsity.tanh_scale * weighted)
         eps = sparsity.epsilon
-        return (torch.sqrt(weighted + eps) - eps**0.5).sum(-1)
+        return torch.sqrt(weighted + eps) - eps**0.5
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        pre = self.pre_acts(x)
+        if not self.sparse_kernels:
+            return self.dense_loss(x, step, self.pre_acts(x))
+        x_c = x - self.b_dec
+        with torch.no_grad():
+            pre = x_c @ self.W_enc + self.b_enc
+        if not self.cfg.ghost_grads:
+            active = pre > 0
+            nnz = int(active.sum())
+            if sparse.pays(nnz, active):
+                return self.sparse_loss(x, x_c, pre, step, sparse.where(active))
+        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
+
+    def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
+                    entries: tuple[Tensor, Tensor, Tensor]) -> LossOutput:
+        rows, cols, offsets = entries
+        vals = torch.relu(sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, *entries))
+        codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
+        w_dec = self.train_decoder()
+        x_hat = sparse.decode(codes, w_dec) + self.b_dec
+        mse = mse_per_token(x, x_hat).mean()
+        weights = self.penalty_weights(w_dec)[cols]
+        sparsity = self.penalty_terms(vals * weights).sum() / x.shape[0]
+        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        detached = codes.with_vals(vals.detach())
+        return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)
+
+    def dense_loss(self, x: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
+        """The loss on dense products, from pre-activations with their gradient."""
         f = torch.relu(pre)
         w_dec = self.train_decoder()
         x_hat = f @ w_dec + self.b_dec

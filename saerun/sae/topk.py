@@ -11,7 +11,13 @@ no penalty the scale of f is free, so fixing ||W_dec,i|| removes a useless degre
 makes activations comparable across latents. Evaluation and export use the stored W_dec with
 the plain `decode` (rows at 1, or 1 / scale once the normalisation scale is folded in).
 
-Subclasses (batchtopk, matryoshka) replace `select` / `train_select`, matryoshka `reconstruction`.
+Training runs on sparse kernels (`sae.sparse`): one dense product chooses each token's latents,
+and the decoder, AuxK and every gradient touch only the chosen ones. `sparse_kernels = False`
+runs the plain dense reference (`dense_loss`), which tests compare it with and which the FLOP
+count of `compute_matched_to` measures.
+
+Subclasses (batchtopk, matryoshka) replace `select` / `train_select` / `train_indices`, matryoshka
+`reconstruction` / `sparse_reconstruction`.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saerun.sae.auxk import auxk_loss, resolve_aux_k
+from saerun.sae.auxk import auxk_loss, resolve_aux_k, sparse_auxk_loss
 from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
 
 
 class TopKSAE(SAE):
@@ -49,7 +56,37 @@ class TopKSAE(SAE):
         x_hat = f @ w_dec + self.b_dec
         return mse_per_token(x, x_hat).mean(), x_hat
 
+    def train_indices(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`train_select`'s choice as (rows, cols, offsets) in bag layout (`sae.sparse`)."""
+        return row_topk(pre, self.cfg.k)
+
+    def sparse_reconstruction(self, x: Tensor, codes: Codes,
+                              w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """`reconstruction` from sparse codes."""
+        x_hat = decode(codes, w_dec) + self.b_dec
+        return mse_per_token(x, x_hat).mean(), x_hat
+
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        if not self.sparse_kernels:
+            return self.dense_loss(x, step)
+        x_c = x - self.b_dec
+        with torch.no_grad():
+            pre = x_c @ self.W_enc + self.b_enc
+        rows, cols, offsets = self.train_indices(pre)
+        vals = torch.relu(gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets))
+        codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
+        w_dec = self.train_decoder()
+        recon, x_hat = self.sparse_reconstruction(x, codes, w_dec)
+        aux = sparse_auxk_loss(self, x_c, pre, x - x_hat, w_dec, step.dead_mask,
+                               resolve_aux_k(self.cfg))
+        loss = recon + self.cfg.aux_coefficient * aux
+        with torch.no_grad():
+            mse = mse_per_token(x, x_hat).mean()
+        detached = codes.with_vals(vals.detach())
+        return LossOutput(loss, mse, aux.detach(), detached.l0(), detached)
+
+    def dense_loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        """The plain dense reference of `loss`."""
         pre = self.pre_acts(x)
         f = self.train_select(pre)
         w_dec = self.train_decoder()
