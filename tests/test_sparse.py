@@ -50,19 +50,24 @@ CASES = [
     ("relu", {"decoder_mode": "unit_norm"}),
     ("relu", {"sparsity": {"penalty": "sqrt_l1"}}),
     ("relu", {"sparsity": {"penalty": "tanh"}}),
+    ("gated", {}),
+    ("gated", {"decoder_mode": "norm_weighted"}),
+    ("jumprelu", {"init_threshold": 0.3, "bandwidth": 0.2}),
+    ("jumprelu", {"init_threshold": 0.3, "sparsity_mode": "l0"}),
+    ("jumprelu", {"init_threshold": 0.3, "sparsity_mode": "target_l0", "target_l0": 20}),
 ]
 
 
 @pytest.mark.parametrize("dead_fraction", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize(("architecture", "kw"), CASES)
 def test_sparse_step_equals_the_dense_reference(architecture, kw, dead_fraction, monkeypatch):
-    monkeypatch.setattr(sparse, "MAX_DENSITY", 1.0)  # always take the sparse path
+    monkeypatch.setattr(sparse, "MAX_DENSITY", float("inf"))  # always the sparse path
     ref_out, ref_grads = step(make(architecture, False, **kw), dead_fraction)
     out, grads = step(make(architecture, True, **kw), dead_fraction)
     assert isinstance(out.f, Codes)  # the sparse path really ran
     for name in ("loss", "mse", "sparsity", "l0"):
         assert torch.allclose(getattr(out, name), getattr(ref_out, name), rtol=1e-5, atol=1e-5)
-    assert torch.equal(dense_f(out.f), dense_f(ref_out.f))
+    assert torch.allclose(dense_f(out.f), dense_f(ref_out.f), rtol=1e-5, atol=1e-6)
     assert torch.equal(out.fired(), ref_out.fired())
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
@@ -70,10 +75,11 @@ def test_sparse_step_equals_the_dense_reference(architecture, kw, dead_fraction,
         assert (grad - ref_grads[name]).abs().max() / scale < 1e-5, name
 
 
-def test_relu_falls_back_to_dense_products_when_latents_are_dense(monkeypatch):
+@pytest.mark.parametrize("architecture", ["relu", "gated", "jumprelu"])
+def test_dense_fallback_when_latents_are_dense(architecture, monkeypatch):
     monkeypatch.setattr(sparse, "MAX_DENSITY", 0.0)
-    ref_out, ref_grads = step(make("relu", False), 0.0)
-    out, grads = step(make("relu", True), 0.0)
+    ref_out, ref_grads = step(make(architecture, False), 0.3)
+    out, grads = step(make(architecture, True), 0.3)
     assert not isinstance(out.f, Codes)
     assert torch.allclose(out.loss, ref_out.loss, rtol=1e-6)
     for name, grad in grads.items():

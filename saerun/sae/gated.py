@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saerun.sae import sparse
 from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.sparse import Codes
 
 
 class GatedSAE(SAE):
@@ -64,18 +66,49 @@ class GatedSAE(SAE):
         return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        pi_gate, pi_mag = self.pre_acts(x)
+        """On the sparse kernels when few gates are open (`sae.sparse`): every term is zero, with
+        zero gradient, where the gate is shut. Either way pi_mag is computed from pi_gate,
+        pi_mag = exp(r_mag) (pi_gate - b_gate) + b_mag, which spares its product."""
+        if not self.sparse_kernels:
+            return self.dense_loss(x, step, *self.pre_acts(x))
+        x_c = x - self.b_dec
+        with torch.no_grad():
+            pre = x_c @ self.W_enc + self.b_enc
+        active = pre > 0
+        if sparse.pays(int(active.sum()), active):
+            rows, cols, offsets = sparse.where(active)
+            pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
+            pi_mag = self.r_mag.exp()[cols] * (pi_gate - self.b_enc[cols]) + self.b_mag[cols]
+            f = Codes(cols, torch.relu(pi_mag), rows, offsets, self.cfg.d_sae)
+            gate = f.with_vals(torch.relu(pi_gate))
+            w_dec = self.train_decoder()
+            x_hat = sparse.decode(f, w_dec) + self.b_dec
+            weights = self.penalty_weights(w_dec)[cols]
+            sparsity = (gate.vals * weights).sum() / x.shape[0]
+            x_hat_frozen = sparse.decode(gate, w_dec.detach()) + self.b_dec.detach()
+            return self._combine(x, step, x_hat, sparsity, x_hat_frozen,
+                                 f.with_vals(f.vals.detach()))
+        pi_gate = sparse.linear(x_c, self.W_enc, self.b_enc, pre)
+        pi_mag = self.r_mag.exp() * (pi_gate - self.b_enc) + self.b_mag
+        return self.dense_loss(x, step, pi_gate, pi_mag)
+
+    def _combine(self, x: Tensor, step: StepInfo, x_hat: Tensor, sparsity: Tensor,
+                 x_hat_frozen: Tensor, f: Tensor | Codes) -> LossOutput:
+        mse = mse_per_token(x, x_hat).mean()
+        aux = mse_per_token(x, x_hat_frozen).mean()
+        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity + aux
+        l0 = f.l0() if isinstance(f, Codes) else (f > 0).float().sum(-1).mean()
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f)
+
+    def dense_loss(self, x: Tensor, step: StepInfo, pi_gate: Tensor,
+                   pi_mag: Tensor) -> LossOutput:
         f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
         w_dec = self.train_decoder()
         x_hat = f @ w_dec + self.b_dec
-        mse = mse_per_token(x, x_hat).mean()
         gate = torch.relu(pi_gate)
         sparsity = (gate * self.penalty_weights(w_dec)).sum(-1).mean()
         x_hat_frozen = gate @ w_dec.detach() + self.b_dec.detach()
-        aux = mse_per_token(x, x_hat_frozen).mean()
-        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity + aux
-        l0 = (f > 0).float().sum(-1).mean()
-        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
+        return self._combine(x, step, x_hat, sparsity, x_hat_frozen, f.detach())
 
     def export_tensors(self) -> dict[str, Tensor]:
         """SAELens's GatedSAE names: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_enc)."""

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saerun.sae import sparse
 from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.sparse import Codes
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -113,8 +115,55 @@ class JumpReLUSAE(SAE):
         return (l0 / cfg.target_l0 - 1.0) ** 2  # target_l0: only the batch mean is steered
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+        """On the sparse kernels (`sae.sparse`) when few entries matter: those with pre within
+        eps/2 below theta or above (the only ones with a value or a straight-through gradient),
+        plus, for the pre-activation loss, the dead latents' entries below theta."""
+        if not self.sparse_kernels:
+            return self.dense_loss(x, step, self.pre_acts(x))
+        x_c = x - self.b_dec
+        with torch.no_grad():
+            pre = x_c @ self.W_enc + self.b_enc
+            theta = self.threshold
+            near = pre > theta - self.cfg.bandwidth / 2
+            below = (pre < theta) & step.dead_mask.to(pre.device)
+            if self.cfg.pre_act_coefficient <= 0:
+                below.zero_()
+            nnz = int(near.sum()) + int(below.sum())
+        if sparse.pays(nnz, near):
+            return self.sparse_loss(x, x_c, pre, step, near, below)
+        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
+
+    def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo, near: Tensor,
+                    below: Tensor) -> LossOutput:
         cfg = self.cfg
-        pre, theta = self.pre_acts(x), self.threshold
+        rows, cols, offsets = sparse.where(near)
+        pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
+        theta = self.threshold
+        f = Codes(cols, JumpReLUFn.apply(pre_e, theta[cols], cfg.bandwidth), rows, offsets,
+                  cfg.d_sae)
+        w_dec = self.train_decoder()
+        weights = self.penalty_weights(w_dec)
+        mse = mse_per_token(x, sparse.decode(f, w_dec) + self.b_dec).mean()
+        batch = x.shape[0]
+        if cfg.sparsity_mode == "tanh":
+            sparsity = torch.tanh(cfg.tanh_scale * f.vals * weights[cols]).sum() / batch
+        else:
+            l0 = StepFn.apply(pre_e, theta[cols], cfg.bandwidth).sum() / batch
+            sparsity = l0 if cfg.sparsity_mode == "l0" else (l0 / cfg.target_l0 - 1.0) ** 2
+        loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
+        if cfg.pre_act_coefficient > 0:
+            b_rows, b_cols, b_offsets = sparse.where(below)
+            pre_b = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, b_rows, b_cols,
+                                         b_offsets)
+            pre_act = (torch.relu(theta[b_cols] - pre_b) * weights[b_cols]).sum() / batch
+            loss = loss + cfg.pre_act_coefficient * pre_act
+        detached = f.with_vals(f.vals.detach())
+        return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)
+
+    def dense_loss(self, x: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
+        """The loss on dense products, from pre-activations with their gradient."""
+        cfg = self.cfg
+        theta = self.threshold
         f = JumpReLUFn.apply(pre, theta, cfg.bandwidth)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
