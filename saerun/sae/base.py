@@ -98,6 +98,12 @@ class SAE(nn.Module):
         self.b_enc[idx] = 0.0
         self.W_dec[idx] = dec_rows
 
+    def use_sparse(self, x: Tensor) -> bool:
+        """Whether this step may run on the sparse kernels: on the CPU, where they are tested
+        and measured. On a GPU the dense products (cuBLAS) run until the kernels have been
+        measured there."""
+        return self.sparse_kernels and x.device.type == "cpu"
+
     # -- shared ------------------------------------------------------------------------------
     @torch.no_grad()
     def init_b_dec(self, x: Tensor) -> None:

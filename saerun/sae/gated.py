@@ -69,7 +69,7 @@ class GatedSAE(SAE):
         """On the sparse kernels when few gates are open (`sae.sparse`): every term is zero, with
         zero gradient, where the gate is shut. Either way pi_mag is computed from pi_gate,
         pi_mag = exp(r_mag) (pi_gate - b_gate) + b_mag, which spares its product."""
-        if not self.sparse_kernels:
+        if not self.use_sparse(x):
             return self.dense_loss(x, step, *self.pre_acts(x))
         x_c = x - self.b_dec
         with torch.no_grad():

@@ -118,7 +118,7 @@ class JumpReLUSAE(SAE):
         """On the sparse kernels (`sae.sparse`) when few entries matter: those with pre within
         eps/2 below theta or above (the only ones with a value or a straight-through gradient),
         plus, for the pre-activation loss, the dead latents' entries below theta."""
-        if not self.sparse_kernels:
+        if not self.use_sparse(x):
             return self.dense_loss(x, step, self.pre_acts(x))
         x_c = x - self.b_dec
         with torch.no_grad():

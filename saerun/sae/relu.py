@@ -51,7 +51,7 @@ class ReluSAE(SAE):
         return torch.sqrt(weighted + eps) - eps**0.5
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        if not self.sparse_kernels:
+        if not self.use_sparse(x):
             return self.dense_loss(x, step, self.pre_acts(x))
         x_c = x - self.b_dec
         with torch.no_grad():

@@ -67,7 +67,7 @@ class TopKSAE(SAE):
         return mse_per_token(x, x_hat).mean(), x_hat
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        if not self.sparse_kernels:
+        if not self.use_sparse(x):
             return self.dense_loss(x, step)
         x_c = x - self.b_dec
         with torch.no_grad():
