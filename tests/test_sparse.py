@@ -115,3 +115,16 @@ def test_codes_layout_hand_example():
     assert codes.l0().item() == pytest.approx(2 / 3)  # 2 non-zero values over 3 tokens
     w_dec = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     assert sparse.decode(codes, w_dec).tolist() == [[0, 1], [0, 0], [2, 0]]
+
+
+@pytest.mark.parametrize("architecture", ["relu", "gated", "jumprelu"])
+def test_a_dense_batch_skips_the_full_mask(architecture, monkeypatch):
+    """probably_dense sends a clearly dense batch to the dense products (with gradients)."""
+    monkeypatch.setattr(sparse, "MAX_DENSITY", 1e-6)
+    calls = []
+    real = sparse.where
+    monkeypatch.setattr(sparse, "where", lambda mask: calls.append(1) or real(mask))
+    kw = {"init_threshold": 0.001} if architecture == "jumprelu" else {}
+    out, grads = step(make(architecture, True, **kw), 0.3)
+    assert not isinstance(out.f, Codes) and not calls
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())

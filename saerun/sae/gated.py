@@ -74,8 +74,8 @@ class GatedSAE(SAE):
         x_c = x - self.b_dec
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
-        active = pre > 0
-        if sparse.pays(int(active.sum()), active):
+        active = None if sparse.probably_dense(pre, 0.0) else pre > 0
+        if active is not None and sparse.pays(int(active.sum()), active):
             rows, cols, offsets = sparse.where(active)
             pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
             pi_mag = self.r_mag.exp()[cols] * (pi_gate - self.b_enc[cols]) + self.b_mag[cols]

@@ -124,13 +124,17 @@ class JumpReLUSAE(SAE):
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
             theta = self.threshold
-            near = pre > theta - self.cfg.bandwidth / 2
-            below = (pre < theta) & step.dead_mask.to(pre.device)
-            if self.cfg.pre_act_coefficient <= 0:
-                below.zero_()
-            nnz = int(near.sum()) + int(below.sum())
-        if sparse.pays(nnz, near):
-            return self.sparse_loss(x, x_c, pre, step, near, below)
+            lowest = theta - self.cfg.bandwidth / 2
+            masks = None
+            if not sparse.probably_dense(pre, lowest):
+                near = pre > lowest
+                below = (pre < theta) & step.dead_mask.to(pre.device)
+                if self.cfg.pre_act_coefficient <= 0:
+                    below.zero_()
+                if sparse.pays(int(near.sum()) + int(below.sum()), near):
+                    masks = near, below
+        if masks is not None:
+            return self.sparse_loss(x, x_c, pre, step, *masks)
         return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
 
     def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo, near: Tensor,

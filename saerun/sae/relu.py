@@ -56,7 +56,7 @@ class ReluSAE(SAE):
         x_c = x - self.b_dec
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
-        if not self.cfg.ghost_grads:
+        if not self.cfg.ghost_grads and not sparse.probably_dense(pre, 0.0):
             active = pre > 0
             nnz = int(active.sum())
             if sparse.pays(nnz, active):

@@ -239,3 +239,15 @@ MAX_DENSITY = 0.08
 def pays(nnz: int, mask: Tensor) -> bool:
     """Whether a step on nnz of mask.numel() entries should run on the sparse kernels."""
     return nnz <= MAX_DENSITY * mask.numel()
+
+
+PROBE_ROWS = 256  # tokens of a (shuffled) batch whose density predicts the whole batch's
+
+
+def probably_dense(pre: Tensor, threshold: Tensor | float) -> bool:
+    """Whether (pre > threshold) is clearly too dense for the sparse kernels, judged on the
+    first PROBE_ROWS tokens, so a dense step skips building the full mask (training batches
+    are shuffled, so any rows are a fair sample; twice the limit leaves room for noise)."""
+    probe = pre[:PROBE_ROWS]
+    threshold = threshold if isinstance(threshold, float) else threshold.to(pre.dtype)
+    return int((probe > threshold).sum()) > 2 * MAX_DENSITY * probe.numel()
