@@ -14,7 +14,12 @@ import torch
 from torch import Tensor
 
 from saerun import faults
-from saerun.metrics import MetricAccumulator, per_token_ce, per_token_kl
+from saerun.metrics import (
+    MetricAccumulator,
+    ce_from_logprobs,
+    kl_from_logprobs,
+    next_token_logprobs,
+)
 from saerun.sae import SAE
 
 LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl"}
@@ -60,19 +65,28 @@ def evaluate_group(
         keep = positions(tokens)
         pred = keep[:, :-1]  # CE/KL at positions whose input token counts
         if with_lm:
+            # Log-probabilities once per forward, at the scored positions only; every CE and KL
+            # of this batch is read from them.
+            targets = tokens[:, 1:][pred]
+
+            def logprobs(logits: Tensor, pred: Tensor = pred) -> Tensor:
+                return next_token_logprobs(logits)[pred]
+
             logits, acts = lm.forward_with_capture(tokens, hooks)
-            ce_orig = per_token_ce(logits, tokens)[pred]
+            clean = logprobs(logits)
+            ce_orig = ce_from_logprobs(clean, targets)
             ablated = {}
             for h in hooks:
                 mask = keep[..., None]
-                zero = lm.logits_patched(tokens, h, lambda a, m=mask: torch.where(m, 0.0, a))
-                mean_ = lm.logits_patched(
+                zero = logprobs(
+                    lm.logits_patched(tokens, h, lambda a, m=mask: torch.where(m, 0.0, a)))
+                mean_ = logprobs(lm.logits_patched(
                     tokens, h, lambda a, m=mask, mu=means[h]: torch.where(m, mu.to(a), a)
-                )
+                ))
                 ablated[h] = (
-                    per_token_ce(zero, tokens)[pred],
-                    per_token_ce(mean_, tokens)[pred],
-                    per_token_kl(logits, zero)[pred],
+                    ce_from_logprobs(zero, targets),
+                    ce_from_logprobs(mean_, targets),
+                    kl_from_logprobs(clean, zero),
                 )
         else:
             acts = lm.capture(tokens, hooks)
@@ -83,14 +97,14 @@ def evaluate_group(
             accs[run_id].update_reconstruction(x[keep], x_hat[keep], f[keep])
             if with_lm:
                 patch = torch.where(keep[..., None], x_hat.to(acts[hook].dtype), acts[hook])
-                patched = lm.logits_patched(tokens, hook, lambda a, p=patch: p)
+                patched = logprobs(lm.logits_patched(tokens, hook, lambda a, p=patch: p))
                 ce_zero, ce_mean, kl_zero = ablated[hook]
                 accs[run_id].update_lm(
                     ce_orig=ce_orig,
-                    ce_sae=per_token_ce(patched, tokens)[pred],
+                    ce_sae=ce_from_logprobs(patched, targets),
                     ce_zero=ce_zero,
                     ce_mean=ce_mean,
-                    kl_sae=per_token_kl(logits, patched)[pred],
+                    kl_sae=kl_from_logprobs(clean, patched),
                     kl_zero=kl_zero,
                 )
     return {

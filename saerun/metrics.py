@@ -20,27 +20,41 @@ from torch import Tensor
 LM_KEYS = ("ce_orig", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero")
 
 
+def next_token_logprobs(logits: Tensor) -> Tensor:
+    """log P(next token) at every position but the last: [b, T, V] -> [b, T-1, V] (or, from
+    logits already cut to the scored positions, [n, V] -> [n, V] with `cut=False` callers).
+    log_softmax in float32 is stable (it subtracts the max), and float64 would double the
+    memory of the largest tensor in evaluation."""
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+def ce_from_logprobs(logp: Tensor, targets: Tensor) -> Tensor:
+    """-log P(target): logp [..., V], targets [...] -> [...]."""
+    return -logp.gather(-1, targets[..., None].to(logp.device)).squeeze(-1)
+
+
+def kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(P || Q) over the last axis. Terms with P = 0 count 0 (the 0 log 0 convention): logits
+    masked to -inf give 0, not NaN."""
+    p = logp.exp()
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
     """Next-token cross-entropy (nats) at every position but the last.
 
     logits [b, T, V], tokens [b, T] -> [b, T-1]; position t scores tokens[:, t+1]. Same numbers as
-    `F.cross_entropy(..., reduction="none")`. log_softmax in float32 is stable (it subtracts the
-    max), and float64 would double the memory of the largest tensor in evaluation.
+    `F.cross_entropy(..., reduction="none")`.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, tokens[:, 1:, None].to(logp.device)).squeeze(-1)
+    return ce_from_logprobs(next_token_logprobs(logits), tokens[:, 1:])
 
 
 def per_token_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     """KL(P || Q) in nats of the next-token distributions: [b, T, V] x2 -> [b, T-1].
 
-    The last position is dropped, like per_token_ce, so one mask indexes both. Terms with P = 0
-    count 0 (the 0 log 0 convention): logits masked to -inf give 0, not NaN.
+    The last position is dropped, like per_token_ce, so one mask indexes both.
     """
-    logp = torch.log_softmax(logits_p[:, :-1].float(), dim=-1)
-    logq = torch.log_softmax(logits_q[:, :-1].float(), dim=-1)
-    p = logp.exp()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+    return kl_from_logprobs(next_token_logprobs(logits_p), next_token_logprobs(logits_q))
 
 
 def _ratio(num: float, den: float) -> float:
