@@ -1,0 +1,140 @@
+"""The benchmark harness's own logic (bench/), without peers, models or timing: medians and
+ratios, the JSON line, skipping a missing peer venv, deterministic activations, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# bench/ is not an installed package: import it from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common, data, report, step, sweep  # noqa: E402
+
+LINE_KEYS = {"workload", "architecture", "saerun_tokens_per_s", "peer", "peer_tokens_per_s",
+             "ratio", "saerun_peak_rss_mb", "peer_peak_rss_mb"}
+
+
+def test_median_tokens_per_s_and_ratio():
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert common.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert common.tokens_per_s([2.0, 1.0, 4.0], 4096) == 2048.0
+    assert common.ratio(3000.0, 2000.0) == 1.5
+    assert common.ratio(1.0, 0.0) == math.inf
+    with pytest.raises(ValueError):
+        common.median([])
+
+
+def test_comparison_json_line_has_the_issue_fields():
+    c = common.Comparison("step", "topk", 6000.0, "sparsify", 4000.0, 700.0, 900.0)
+    line = json.loads(c.json_line())
+    assert set(line) == LINE_KEYS
+    assert line["ratio"] == 1.5 and line["peer"] == "sparsify" and line["workload"] == "step"
+
+
+def test_step_compare_pools_rounds_and_skips_peers_without_results():
+    def run(times, rss):
+        return {"step_s": times, "batch": 4096, "peak_rss_mb": rss}
+
+    results = {
+        "saerun": [run([1.0, 1.0], 700.0), run([2.0, 2.0, 2.0], 720.0)],  # pooled median 2.0
+        "sae_lens": [run([4.0], 1100.0), run([4.0], 1200.0)],
+        "sparsify": [],
+    }
+    (c,) = step.compare("topk", results)
+    assert c.peer == "sae_lens" and c.saerun_tokens_per_s == 2048.0
+    assert c.peer_tokens_per_s == 1024.0 and c.ratio == 2.0
+    assert (c.saerun_peak_rss_mb, c.peer_peak_rss_mb) == (720.0, 1200.0)
+    assert step.compare("topk", {"saerun": [], "sae_lens": [run([1.0], 1.0)]}) == []
+
+
+def test_missing_peer_venv_is_skipped_with_a_message(tmp_path, capsys):
+    assert common.venv_python("sae_lens", tmp_path) is None
+    err = capsys.readouterr().err
+    assert "skipping sae_lens" in err and "python -m bench --setup" in err
+    (tmp_path / "sparsify" / "bin").mkdir(parents=True)
+    (tmp_path / "sparsify" / "bin" / "python").touch()
+    assert common.venv_python("sparsify", tmp_path) == tmp_path / "sparsify" / "bin" / "python"
+
+
+def test_sweep_without_peer_venvs_runs_no_peer(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(common, "run_measured", lambda cmd, timeout: calls.append(cmd) or {})
+    monkeypatch.setattr(sweep, "saerun_job", lambda tmp, tokens: (["saerun"], lambda r: {
+        "wall_s": 10.0, "peak_rss_mb": 500.0, "train_s": 6.0, "eval_s": 3.0}))
+    comparisons, raw = sweep.run(["sae_lens", "dictionary_learning"], 10_000, venvs=tmp_path)
+    assert comparisons == [] and calls == [["saerun"]] and raw["tokens_per_sae"] == 8192
+    assert "skipping dictionary_learning" in capsys.readouterr().err
+
+
+def test_activations_are_deterministic_and_normalised():
+    a = data.make_batches(2, 64, 16, seed=3)
+    b = data.make_batches(2, 64, 16, seed=3)
+    assert a.shape == (2, 64, 16) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert not torch.equal(a, data.make_batches(2, 64, 16, seed=4))
+    assert a.reshape(-1, 16).norm(dim=1).mean().item() == pytest.approx(4.0, rel=1e-4)
+
+
+def test_saved_activations_load_with_weights_only(tmp_path):
+    path = data.save_batches(tmp_path / "acts.pt", 1, 8, 4)
+    assert torch.equal(torch.load(path, weights_only=True), data.make_batches(1, 8, 4))
+
+
+def test_run_measured_reports_wall_rss_and_the_last_json_line():
+    cmd = [sys.executable, "-c", "print('noise'); print('{\"a\": 1}'); print('{\"b\": 2}')"]
+    out = common.run_measured(cmd, timeout=60)
+    assert out["json"] == {"b": 2} and out["wall_s"] > 0 and out["peak_rss_mb"] > 1
+    with pytest.raises(common.DriverError, match="exit 3"):
+        common.run_measured([sys.executable, "-c", "raise SystemExit(3)"], timeout=60)
+
+
+def test_sweep_compare_counts_every_sae_and_separates_saerun_phases():
+    results = {
+        "saerun": [{"wall_s": 20.0, "peak_rss_mb": 600.0, "train_s": 10.0, "eval_s": 5.0}],
+        "sae_lens": [{"wall_s": 80.0, "peak_rss_mb": 900.0}],
+    }
+    (c,) = sweep.compare(results, 4096)
+    assert c.saerun_tokens_per_s == 8 * 4096 / 20.0 and c.ratio == 4.0
+    line = c.as_dict()
+    assert line["saerun_wall_without_eval_s"] == 15.0
+    assert line["saerun_train_only_tokens_per_s"] == round(8 * 4096 / 10.0, 1)
+
+
+def test_report_marks_targets_and_keeps_the_notes():
+    results = {
+        "command": "python -m bench --quick", "machine": report.machine(), "settings": {},
+        "versions": {"torch": "2.13.0"}, "load_before": [1.0], "load_after": [1.0],
+        "comparisons": [
+            common.Comparison("step", "topk", 6000, "sae_lens", 3000, 700, 1100).as_dict(),
+            common.Comparison("step", "topk", 6000, "sparsify", 5000, 700, 900).as_dict(),
+            common.Comparison("sweep", "relu", 40000, "sae_lens", 8000, 800, 1500).as_dict(),
+        ],
+        "raw": {"sweep": {"description": ["8 SAEs"], "errors": []}},
+    }
+    old = "# old\n<!-- notes -->\nhand-written analysis\n<!-- /notes -->\ntrailer"
+    text = report.render(results, old)
+    assert "<!-- notes -->\nhand-written analysis\n<!-- /notes -->" in text
+    topk = next(ln for ln in text.splitlines() if ln.startswith("| topk | sparsify | 1.20x"))
+    assert "**missed**" in topk and "700 vs 900 MB | met" in topk
+    assert "4.0x: met" in text and "800 vs 1500 MB: met" in text
+    fresh = report.render(results, "")
+    assert fresh.count(report.NOTES_OPEN) == 1 and fresh.count(report.NOTES_CLOSE) == 1
+
+
+def test_saved_runs_merge_into_one_report():
+    from bench.__main__ import merge
+
+    step_run = {"command": "python -m bench --workload step", "comparisons": [{"a": 1}],
+                "raw": {"step": {}}, "settings": {"steps": 3}, "seconds": 10}
+    sweep_run = {"command": "python -m bench --workload sweep", "comparisons": [{"b": 2}],
+                 "raw": {"sweep": {}}, "settings": {"sweep_rounds": 1}, "seconds": 5,
+                 "load_after": [2.0]}
+    merged = merge([step_run, sweep_run])
+    assert merged["comparisons"] == [{"a": 1}, {"b": 2}] and set(merged["raw"]) == {"step", "sweep"}
+    assert merged["seconds"] == 15 and merged["settings"] == {"steps": 3, "sweep_rounds": 1}
+    assert merged["command"].endswith("; python -m bench --workload sweep")
