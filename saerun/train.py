@@ -173,6 +173,8 @@ class Trainer:
         idx = resample_dead_latents(
             self.sae, self.optimizer, x, self.dead_mask(), r.encoder_scale, generator
         )
+        if idx.numel() == 0:  # nothing was dead: the run goes on untouched (no LR re-warm-up)
+            return
         self.tokens_since_fired[idx] = 0  # a fresh dead-latent window for the revived
         self.resampled_at = self.step
         self.resampled_total += idx.numel()

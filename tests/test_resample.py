@@ -151,6 +151,19 @@ def test_trainer_resamples_dead_latents_on_schedule_and_resumes_exactly(tmp_path
 # -- ghost grads -------------------------------------------------------------------------------
 
 
+def test_a_resampling_point_with_no_dead_latent_leaves_the_run_untouched():
+    """No dead latent: nothing revived, no LR re-warm-up, the same weights as without resampling."""
+    runs = []
+    for resample in (None, {"every_tokens": 64 * 4, "stop_fraction": 0.5,
+                            "lr_rewarmup_steps": 4}):
+        tr = Trainer.create("a" * 16, config(resample=resample, dead_window_tokens=10**9), "cpu")
+        train_group([tr], batches(), 0, {"h": 1.0}, lambda tr: None)
+        runs.append(tr)
+    assert runs[1].resampled_at is None and runs[1].resampled_total == 0
+    for p, q in zip(runs[0].sae.parameters(), runs[1].sae.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_ghost_grads_by_hand():
     # x = [1, 2], x_hat = [1, 3]: e = [0, -1]. Dead latent 2: pre -1, W_dec row [1, 1]:
     # g = e^-1 [1, 1] rescaled to ||e|| / 2 = 0.5 in norm -> [1, 1] / (2 sqrt 2).
