@@ -1,4 +1,5 @@
-"""The frontier report: per (model, site), L0 against FVU / CE loss recovered / delta LM loss.
+"""The frontier report: per (model, site), L0 against FVU / CE loss recovered / delta LM loss,
+and the same comparison at matched training compute.
 
 Input is the registry's flat result rows (one dict per finished run); output is
 `out_dir/frontier.md` plus PNGs under `out_dir/frontier/`. Computed afterwards from the
@@ -7,19 +8,18 @@ Markdown (everything sorted, fixed number formats, no dates), so a checked-in re
 changes in git when the results do.
 
 Row keys read: run_id, model, hook_name, architecture, penalty, sparsity_coefficient, d_sae, lr,
-l0, fvu, ce_loss_recovered, delta_lm_loss, dead_fraction, shrinkage (metrics may be missing or
-NaN: shown as "-", never on a frontier).
+l0, fvu, ce_loss_recovered, delta_lm_loss, dead_fraction, shrinkage, tokens_trained, sae.*
+(metrics may be missing or NaN: shown as "-", never on a frontier).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-from saerun.errors import SaerunError
 from saerun.metrics import pareto_mask
+from saerun.report.common import STAR, Table, by_site, cell, ok, prepare, slug
 from saerun.report.plots import frontier_plot
 
 # (metric, file-name suffix, caption) of the plots written per site.
@@ -28,31 +28,10 @@ PLOTS = (
     ("ce_loss_recovered", "l0_ce", "L0 vs CE loss recovered"),
     ("delta_lm_loss", "l0_delta_lm", "L0 vs delta LM loss"),
 )
-STAR = "★"
-
-
-def series_of(row: dict[str, Any]) -> str:
-    """A recipe's name in tables and legends: `architecture/penalty`, or the architecture alone."""
-    penalty = row.get("penalty")
-    return f"{row['architecture']}/{penalty}" if penalty else str(row["architecture"])
-
-
-def _ok(v: Any) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe version of a model name or hook name (paths and dots kept readable)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_.") or "_"
-
-
-def _f(value: Any, fmt: str) -> str:
-    """Fixed formatting; missing or NaN shows as "-"."""
-    return format(value, fmt) if _ok(value) else "-"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|")  # a "|" inside a cell would split the table
+# Runs whose training FLOPs are within this ratio of a class's cheapest run are "at matched
+# compute" (the Gated paper matched widths to a few percent; 10% leaves room for rounding).
+COMPUTE_TOLERANCE = 1.10
+MAX_COMPUTE_CLASSES = 2  # per site: the classes with the most series, then the most runs
 
 
 def _spans(points: list[tuple[float, str]]) -> list[str]:
@@ -68,7 +47,7 @@ def _spans(points: list[tuple[float, str]]) -> list[str]:
             for s, lo, hi, n in spans]
 
 
-def _frontier_words(rows: list[dict[str, Any]], front: list[bool], what: str) -> list[str]:
+def frontier_words(rows: list[dict[str, Any]], front: list[bool], what: str) -> list[str]:
     """Who holds one frontier, from sparse to dense, and which series never reach it."""
     held = [(r["l0"], r["series"]) for r, on in zip(rows, front, strict=True) if on]
     if not held:
@@ -88,7 +67,7 @@ def _trend_words(rows: list[dict[str, Any]]) -> list[str]:
         by_coef: dict[float, list[tuple[float, float]]] = {}
         for r in rows:
             c = r.get("sparsity_coefficient")
-            if r["series"] == name and _ok(c) and _ok(r.get("l0")) and _ok(r.get("fvu")):
+            if r["series"] == name and ok(c) and ok(r.get("l0")) and ok(r.get("fvu")):
                 by_coef.setdefault(float(c), []).append((r["l0"], r["fvu"]))
         if len(by_coef) < 2:
             continue
@@ -110,59 +89,163 @@ def _trend_words(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _site_section(model: str, hook: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
-    """Plots, table and summary of one (model, hook_name); rows already sorted."""
+# -- compute ------------------------------------------------------------------------------------
+
+_COST_CACHE: dict[tuple, tuple[float, float]] = {}
+
+
+def step_flops(row: dict[str, Any]) -> float:
+    """Training FLOPs per token of one step of this run's SAE (`sae.cost`: the matrix products
+    of loss forward + backward); NaN when the config cannot be rebuilt. The count is
+    a + b * d_sae, and (a, b) depends on the architecture and on the few options that add
+    products (aux_k, ghost grads), not on k or the coefficients: one probe per such key, so a
+    thousand runs cost a handful."""
+    key = (row.get("architecture"), row.get("sae.d_in"), row.get("sae.aux_k"),
+           row.get("sae.ghost_grads"))
+    if key not in _COST_CACHE:
+        _COST_CACHE[key] = _cost_line(*key)
+    a, b = _COST_CACHE[key]
+    return a + b * float(row["d_sae"]) if ok(row.get("d_sae")) else math.nan
+
+
+def _cost_line(architecture: Any, d_in: Any, aux_k: Any, ghost: Any) -> tuple[float, float]:
+    from pydantic import TypeAdapter, ValidationError
+
+    from saerun.sae.cost import cost_line
+    from saerun.spec import SAEConfig
+
+    data: dict[str, Any] = {"architecture": architecture, "d_in": d_in, "d_sae": 128}
+    if aux_k is not None:
+        data["aux_k"] = min(int(aux_k), 128)
+    if ghost is not None:
+        data["ghost_grads"] = ghost
+    try:
+        return cost_line(TypeAdapter(SAEConfig).validate_python(data))
+    except (ValidationError, TypeError, ValueError):
+        return math.nan, math.nan
+
+
+def training_flops(row: dict[str, Any]) -> float:
+    tokens = row.get("tokens_trained") or row.get("train_tokens")
+    per_token = step_flops(row)
+    return per_token * float(tokens) if ok(per_token) and ok(tokens) else math.nan
+
+
+def compute_classes(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Runs grouped by training FLOPs: sorted by FLOPs, a class holds every run within
+    COMPUTE_TOLERANCE of its cheapest. Only classes with two or more series are kept, the
+    MAX_COMPUTE_CLASSES with the most series (then runs), in FLOPs order."""
+    costed = sorted((r for r in rows if ok(r.get("train_flops"))),
+                    key=lambda r: (r["train_flops"], str(r["run_id"])))
+    classes: list[list[dict[str, Any]]] = []
+    for r in costed:
+        if classes and r["train_flops"] <= classes[-1][0]["train_flops"] * COMPUTE_TOLERANCE:
+            classes[-1].append(r)
+        else:
+            classes.append([r])
+    mixed = [c for c in classes if len({r["series"] for r in c}) > 1]
+    mixed.sort(key=lambda c: (-len({r["series"] for r in c}), -len(c), c[0]["train_flops"]))
+    kept = mixed[:MAX_COMPUTE_CLASSES]
+    return sorted(kept, key=lambda c: c[0]["train_flops"])
+
+
+# -- the report -------------------------------------------------------------------------------
+
+RUN_COLUMNS = [
+    ("run", "run", ""), ("series", "series", ""), ("d_sae", "d_sae", ""),
+    ("coefficient", "coefficient", "g"), ("lr", "lr", "g"), ("l0", "L0", ".1f"),
+    ("fvu", "FVU", ".4f"), ("ce_loss_recovered", "CE loss recovered", ".4f"),
+    ("delta_lm_loss", "delta LM loss", ".4f"), ("dead_pct", "dead %", ".1f"),
+    ("shrinkage", "shrinkage", ".3f"),
+]
+
+
+def _site_section(model: str, hook: str, rows: list[dict[str, Any]], out_dir: Path | None,
+                  table_rows: list[dict[str, Any]]) -> list[str]:
+    """Plots, table and summary of one (model, hook_name); rows already sorted. Appends the
+    table's rows to `table_rows`."""
     l0s = [r.get("l0") for r in rows]
     fvu_front = pareto_mask(l0s, [r.get("fvu") for r in rows])
-    has_ce = any(_ok(r.get("ce_loss_recovered")) for r in rows)
+    has_ce = any(ok(r.get("ce_loss_recovered")) for r in rows)
     ce_front = pareto_mask(l0s, [r.get("ce_loss_recovered") for r in rows], higher_is_better=True)
-    md = [f"## {_cell(model)} · `{_cell(hook)}`", ""]
-    base = f"frontier/{_slug(model)}__{_slug(hook)}"
+    md = [f"## {cell(model)} · `{cell(hook)}`", ""]
+    base = f"frontier/{slug(model)}__{slug(hook)}"
     for metric, suffix, caption in PLOTS:
         rel = f"{base}__{suffix}.png"
-        if frontier_plot(rows, metric, f"{model} · {hook}: {caption}", out_dir / rel):
+        if out_dir is not None and frontier_plot(rows, metric, f"{model} · {hook}: {caption}",
+                                                 out_dir / rel):
             md.append(f"![{caption}]({rel})")
-    header = ("| run | series | d_sae | coefficient | lr | L0 | FVU | CE loss recovered "
-              "| delta LM loss | dead % | shrinkage | L0-FVU frontier |")
-    align = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"
+    columns = RUN_COLUMNS + [("on_fvu", "L0-FVU frontier", "")]
     if has_ce:
-        header += " L0-CE frontier |"
-        align += ":---:|"
-    md += ["", header, align]
+        columns.append(("on_ce", "L0-CE frontier", ""))
+    table = Table("runs", columns)
     for r, on_fvu, on_ce in zip(rows, fvu_front, ce_front, strict=True):
         dead = r.get("dead_fraction")
-        cells = [
-            f"`{_cell(str(r['run_id'])[:10])}`", _cell(r["series"]), _cell(r.get("d_sae", "-")),
-            _f(r.get("sparsity_coefficient"), "g"), _f(r.get("lr"), "g"),
-            _f(r.get("l0"), ".1f"), _f(r.get("fvu"), ".4f"),
-            _f(r.get("ce_loss_recovered"), ".4f"), _f(r.get("delta_lm_loss"), ".4f"),
-            _f(100 * dead if _ok(dead) else None, ".1f"), _f(r.get("shrinkage"), ".3f"),
-            STAR if on_fvu else "",
-        ]
-        if has_ce:
-            cells.append(STAR if on_ce else "")
-        md.append("| " + " | ".join(cells) + " |")
-    md.append("")
-    words = _frontier_words(rows, fvu_front, "L0-vs-FVU")
+        table.rows.append({
+            "run": f"`{str(r['run_id'])[:10]}`", "run_id": r["run_id"], "model": model,
+            "hook_name": hook, "series": r["series"], "d_sae": r.get("d_sae", "-"),
+            "coefficient": r.get("sparsity_coefficient"), "lr": r.get("lr"), "l0": r.get("l0"),
+            "fvu": r.get("fvu"), "ce_loss_recovered": r.get("ce_loss_recovered"),
+            "delta_lm_loss": r.get("delta_lm_loss"),
+            "dead_pct": 100 * dead if ok(dead) else None, "shrinkage": r.get("shrinkage"),
+            "on_fvu": STAR if on_fvu else "", "on_ce": STAR if on_ce else "",
+            "train_flops": r.get("train_flops"),
+        })
+    md += ["", *table.markdown(), ""]
+    words = frontier_words(rows, fvu_front, "L0-vs-FVU")
     if has_ce:
-        words += _frontier_words(rows, ce_front, "L0-vs-CE-loss-recovered")
+        words += frontier_words(rows, ce_front, "L0-vs-CE-loss-recovered")
     words += _trend_words(rows)
     md += [f"- {w}" for w in words] or ["- No run here has both L0 and FVU."]
+    md += ["", *_compute_section(model, hook, rows, out_dir, base)]
+    table_rows.extend(table.rows)
     return [*md, ""]
 
 
-def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Write `out_dir/frontier.md` and its PNGs under `out_dir/frontier/`; return the .md path.
+def _compute_section(model: str, hook: str, rows: list[dict[str, Any]], out_dir: Path | None,
+                     base: str) -> list[str]:
+    """The matched-compute view: per series its training cost, then the L0-FVU frontier within
+    each class of runs trained with the same FLOPs."""
+    md = ["### At matched training compute", ""]
+    costs: dict[str, set[float]] = {}
+    for r in rows:
+        if ok(r.get("train_flops")):
+            costs.setdefault(r["series"], set()).add(r["train_flops"])
+    if not costs:
+        return [*md, "- The training cost of these runs is unknown.", ""]
+    md.append("Training FLOPs = FLOPs per token of one step (matrix products of the loss and "
+              "its backward, `saerun.sae.cost`) × tokens trained.")
+    md += ["", "| series | training TFLOP (min-max) |", "|---|---:|"]
+    for name in sorted(costs):
+        lo, hi = min(costs[name]) / 1e12, max(costs[name]) / 1e12
+        md.append(f"| {cell(name)} | {lo:.3g}" + (f"-{hi:.3g}" if hi > lo else "") + " |")
+    md.append("")
+    classes = compute_classes(rows)
+    if not classes:
+        return [*md, "- No two series were trained at the same compute (within 10%).", ""]
+    for i, group in enumerate(classes):
+        lo = group[0]["train_flops"] / 1e12
+        names = sorted({r["series"] for r in group})
+        title = f"{len(group)} runs at {lo:.3g} TFLOP (+{COMPUTE_TOLERANCE - 1:.0%})"
+        rel = f"{base}__compute{i + 1}_l0_fvu.png"
+        if out_dir is not None and frontier_plot(
+                group, "fvu", f"{model} · {hook}: L0 vs FVU at matched compute\n{title}",
+                out_dir / rel):
+            md.append(f"![L0 vs FVU, {title}]({rel})")
+            md.append("")
+        front = pareto_mask([r.get("l0") for r in group], [r.get("fvu") for r in group])
+        words = frontier_words(group, front, f"matched-compute ({title}) L0-vs-FVU")
+        md.append(f"- Series in this class: {', '.join(names)}.")
+        md += [f"- {w}" for w in words]
+        md.append("")
+    return md
 
-    Raises SaerunError (and writes nothing) when `rows` is empty.
-    """
-    if not rows:
-        raise SaerunError(
-            "no finished runs match the filters",
-            hint="`saerun ls` lists the registry's runs; loosen the KEY=VALUE filters",
-        )
-    out_dir = Path(out_dir)
-    rows = [dict(r, series=series_of(r)) for r in rows]
+
+def build_frontier(rows: list[dict[str, Any]], out_dir: Path | None) -> tuple[str, list[Table]]:
+    """The Markdown text and tables of the frontier report (plots written when out_dir)."""
+    rows = prepare(rows)
+    for r in rows:
+        r["train_flops"] = training_flops(r)
     md = [
         "# Sparsity-reconstruction frontier",
         "",
@@ -175,14 +258,24 @@ def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
         "better). The plots draw each series' own frontier.",
         "",
     ]
-    for model, hook in sorted({(str(r["model"]), str(r["hook_name"])) for r in rows}):
-        site_rows = sorted(
-            (r for r in rows if (str(r["model"]), str(r["hook_name"])) == (model, hook)),
-            key=lambda r: (r["series"], r["l0"] if _ok(r.get("l0")) else math.inf,
-                           str(r["run_id"])),
-        )
-        md += _site_section(model, hook, site_rows, out_dir)
+    table_rows: list[dict[str, Any]] = []
+    for model, hook, site_rows in by_site(rows):
+        md += _site_section(model, hook, site_rows, out_dir, table_rows)
+    columns = [("run_id", "run_id", ""), ("model", "model", ""), ("hook_name", "hook_name", "")]
+    columns += RUN_COLUMNS[1:] + [("on_fvu", "on_fvu_frontier", ""),
+                                  ("on_ce", "on_ce_frontier", ""),
+                                  ("train_flops", "train_flops", "g")]
+    return "\n".join(md), [Table("runs", columns, table_rows)]
+
+
+def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Write `out_dir/frontier.md` and its PNGs under `out_dir/frontier/`; return the .md path.
+
+    Raises SaerunError (and writes nothing) when `rows` is empty.
+    """
+    out_dir = Path(out_dir)
+    text, _ = build_frontier(rows, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "frontier.md"
-    path.write_text("\n".join(md), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path

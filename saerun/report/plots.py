@@ -25,7 +25,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "ce_loss_recovered": ("CE loss recovered (fraction; 1 = clean model)", True),
     "delta_lm_loss": ("delta LM loss (nats per token: CE with SAE - clean CE)", False),
 }
-FIGSIZE, DPI = (7.0, 4.6), 120
+FIGSIZE, DPI = (9.4, 4.6), 120
+LEGEND_IN = 2.75  # inches right of the axes for the legend, so it never hides a point
 
 
 def _ok(v: Any) -> bool:
@@ -82,8 +83,13 @@ def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Pat
                  fontsize=10)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    # The legend sits outside the axes, right of them: inside, with eight series, it hid
+    # points whatever the corner (and loc="best" searches every data point: slow).
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    # Fixed margins (tight_layout measures every tick label): room for a 3-line title.
+    lines = title.count("\n") + 2
+    fig.subplots_adjust(left=0.9 / FIGSIZE[0], right=1 - LEGEND_IN / FIGSIZE[0],
+                        top=1 - (0.15 + 0.19 * lines) / FIGSIZE[1], bottom=0.6 / FIGSIZE[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     # metadata None drops the "Software: matplotlib vX" text chunk: bytes depend on data only.
     fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
