@@ -12,13 +12,17 @@ from typing import Any
 
 from saerun.errors import SaerunError
 
-COMMANDS = ("run", "plan", "schema", "ls", "show", "report", "export-spec", "reproduce")
+COMMANDS = ("run", "plan", "schema", "ls", "show", "report", "findings", "export-spec",
+            "reproduce", "status", "collect")
 
 USAGE = """saerun SPEC [options]          validate, plan, train, evaluate and register a spec
 saerun plan SPEC [--json]        what would run, every resolved value and its source
 saerun ls [--json]               runs in the registry
+saerun status [SPEC]             queued / running / done / failed per run, with Slurm job ids
+saerun collect SPEC|--all        register what cluster jobs left when their driver died
 saerun show RUN_ID [--json]      one run: config, environment, metrics
-saerun report --frontier         Markdown + PNG frontier report from the registry
+saerun report --frontier|--all  Markdown + PNG reports from the registry
+saerun findings                  train specs/findings/, write docs/FINDINGS.md
 saerun export-spec RUN_ID        a standalone spec that reproduces one run
 saerun reproduce RUN_ID          retrain a run and compare, metric by metric, tensor by tensor
 saerun schema                    the spec's JSON schema"""
@@ -41,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    g = p.add_argument_group("launcher (over the spec's launcher section)")
+    g.add_argument("--launcher", choices=["local", "slurm"], dest="kind",
+                   help="where the jobs run (default: the spec's, else local)")
+    g.add_argument("--gpus", help="local: GPU indices to spread groups over, e.g. 0,1 (or all)")
+    g.add_argument("--partition", help="slurm: partition")
+    g.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job")
+    g.add_argument("--cpus-per-job", type=int, help="slurm: CPU cores per job")
+    g.add_argument("--mem-gb", type=float, help="slurm: memory per job in GB")
+    g.add_argument("--time", help="slurm: time limit per job (90m, 6h, 2d, D-HH:MM:SS)")
+    g.add_argument("--max-parallel", type=int, help="slurm: jobs running at once")
+    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                   help="slurm: an extra sbatch option, e.g. account=lab (repeatable)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="slurm: submit and return; `saerun collect` registers the results")
     p = sub.add_parser("plan", help="show the jobs a spec expands to")
     p.add_argument("spec", type=Path)
     p.add_argument("--json", action="store_true")
@@ -49,16 +67,46 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--status", choices=["planned", "running", "done", "failed"])
+    p = sub.add_parser("status", help="queued / running / done / failed per run")
+    p.add_argument("spec", type=Path, nargs="?", help="only this spec's runs")
+    _registry_arg(p)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("collect", help="register what cluster jobs left behind")
+    p.add_argument("spec", type=Path, nargs="?", help="this spec's runs")
+    p.add_argument("--all", action="store_true", help="every run of the registry")
+    p.add_argument("--wait", action="store_true", help="until every job has ended")
+    _registry_arg(p)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run_id")
     _registry_arg(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("report", help="write reports from the registry")
-    p.add_argument("--frontier", action="store_true", help="L0 vs FVU / CE loss recovered")
+    p.add_argument("--frontier", action="store_true",
+                   help="L0 vs FVU / CE loss recovered / delta LM loss, and at matched compute")
+    p.add_argument("--death", action="store_true",
+                   help="dead and dense latents by architecture, width and remedy")
+    p.add_argument("--lr", action="store_true", help="each metric against the learning rate")
+    p.add_argument("--curves", action="store_true", help="training curves against tokens")
+    p.add_argument("--posthoc", action="store_true",
+                   help="threshold ablation, TopK at other k, opposing decoder directions "
+                   "(loads the SAEs and the model)")
+    p.add_argument("--all", action="store_true", help="every report above")
+    p.add_argument("--format", choices=["md", "json", "csv"], default="md",
+                   help="md: Markdown + PNG plots (default); json / csv: the tables only")
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE",
-                   help="keep runs whose field equals the value, e.g. architecture=relu")
+                   help="keep runs whose field equals the value, e.g. architecture=relu "
+                   "spec_name=quickstart train.lr=0.001")
     _registry_arg(p)
+    p = sub.add_parser("findings", help="train specs/findings/*.yaml, write docs/FINDINGS.md")
+    p.add_argument("--specs", type=Path, default=Path("specs/findings"),
+                   help="folder of findings specs (files starting with '_' are bases)")
+    p.add_argument("--out", type=Path, default=Path("docs"),
+                   help="FINDINGS.md goes here, its reports under OUT/findings/")
+    p.add_argument("--registry", type=Path, default=Path("registry/findings/saerun.db"),
+                   help="registry of the findings runs (default: registry/findings/saerun.db)")
+    p.add_argument("--no-train", action="store_true",
+                   help="only write the page from the runs already registered")
     p = sub.add_parser("export-spec", help="print a standalone spec that reproduces one run")
     p.add_argument("run_id")
     _registry_arg(p)
@@ -108,13 +156,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     progress = None if args.quiet else Progress(console)
-    summary = run_spec(args.spec, _registry_path(args), progress, args.retry_failed)
+    summary = run_spec(args.spec, _registry_path(args), progress, args.retry_failed,
+                       _launcher_options(args), wait=not args.no_wait)
     if not summary.trained and not summary.failed and not summary.elsewhere:
         console.print(
             f"all {len(summary.jobs)} runs of this spec are already done; nothing to train"
         )
     _print_summary(console, summary, _registry_path(args))
     return 1 if summary.failed else 0
+
+
+def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The launcher flags given, by field name (None: not given, the spec's value stands)."""
+    options = {name: getattr(args, name) for name in (
+        "kind", "partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time", "max_parallel")}
+    if args.gpus is not None:
+        options["gpus"] = "all" if args.gpus == "all" else [
+            int(g) if g.strip().isdigit() else g for g in args.gpus.split(",")]
+    if args.sbatch:
+        options["sbatch"] = {}
+        for item in args.sbatch:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SaerunError(f"--sbatch {item!r} is not KEY=VALUE", hint="e.g. account=lab")
+            options["sbatch"][key] = value
+    return options
 
 
 def _print_summary(console: Any, summary: Any, registry: Path) -> None:
@@ -145,6 +211,9 @@ def _print_summary(console: Any, summary: Any, registry: Path) -> None:
         console.print("re-run them with --retry-failed (they resume from their last checkpoint)")
     for run_id, owner in summary.elsewhere.items():
         console.print(f"{run_id[:10]} is being run by another process ({escape(owner)})")
+    if summary.submitted and any(s == "running" for s in summary.statuses.values()):
+        console.print("jobs are still out: `saerun status SPEC` shows them, "
+                      "`saerun collect SPEC` registers their results")
 
 
 def _fmt(value: float | None) -> str:
@@ -280,6 +349,65 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_run_ids(spec: Path | None) -> list[str] | None:
+    from saerun.runner import prepare
+
+    return None if spec is None else [job.run_id for job in prepare(spec).plan.jobs]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from saerun.launch.slurm import run_states
+    from saerun.registry import Registry
+
+    run_ids = _spec_run_ids(args.spec)
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        rows, note = run_states(reg, run_ids)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    table = Table()
+    for col in ("run", "name", "status", "Slurm job", "log / error"):
+        table.add_column(col)
+    for row in rows:
+        job = row["job_id"] or ""
+        if row["slurm_state"] and row["status"] == "running" and row["error"]:
+            job += f" ({row['slurm_state']})"
+        table.add_row(row["run_id"][:10], escape(row["name"]), row["status"], job,
+                      escape(row["error"] or row["log_path"] or ""))
+    console = _console()
+    console.print(table)
+    counts = {s: sum(r["status"] == s for r in rows)
+              for s in ("planned", "queued", "running", "done", "failed")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
+    if note:
+        console.print(escape(note))
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from saerun.launch.slurm import collect
+    from saerun.registry import Registry
+
+    if (args.spec is None) == (not args.all):
+        raise SaerunError("say which runs to collect", hint="saerun collect SPEC, or --all")
+    run_ids = _spec_run_ids(args.spec)
+    console = _console()
+    with Registry(_registry_path(args), must_exist=True) as reg:
+        events, still = collect(reg, run_ids, args.wait)
+    for run_id, status, detail in events:
+        line = f"{status} {run_id[:10]}" + (f": {detail}" if status == "failed" else "")
+        console.print(escape(line))
+    jobs = ", ".join(sorted({f["job_id"] for f in still}))
+    tail = f"{len(still)} still out in Slurm job(s) {jobs}" if still else "no job is out"
+    console.print(f"registered {len(events)} run(s); {tail}")
+    return 1 if any(status == "failed" for _, status, _ in events) else 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from saerun.registry import Registry
 
@@ -303,21 +431,29 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from saerun.registry import Registry
-    from saerun.report.frontier import write_frontier_report
+    from saerun.report.build import KINDS, write_reports
 
-    if not args.frontier:
-        raise SaerunError("say which report to write", hint="e.g. saerun report --frontier")
+    kinds = tuple(k for k in KINDS if args.all or getattr(args, k))
+    if not kinds:
+        raise SaerunError("say which report to write",
+                          hint="--frontier, --death, --lr, --curves, --posthoc or --all")
     filters = {}
     for item in args.filters:
         key, sep, value = item.partition("=")
         if not sep:
             raise SaerunError(f"filter {item!r} is not KEY=VALUE", hint="e.g. architecture=relu")
         filters[key] = value
-    with Registry(_registry_path(args), must_exist=True) as reg:
-        rows = reg.results(filters)
-    path = write_frontier_report(rows, args.out)
-    print(f"wrote {os.path.relpath(path)}")
+    for path in write_reports(_registry_path(args), kinds, filters, args.out, args.format):
+        print(f"wrote {os.path.relpath(path)}")
+    return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from saerun.report.findings import run_findings
+
+    page = run_findings(args.specs, args.registry, args.out, train=not args.no_train,
+                        progress=None)
+    print(f"wrote {os.path.relpath(page)}")
     return 0
 
 
@@ -373,7 +509,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 COMMAND_FUNCS = {
     "run": cmd_run, "plan": cmd_plan, "schema": cmd_schema, "ls": cmd_ls, "show": cmd_show,
-    "report": cmd_report, "export-spec": cmd_export_spec, "reproduce": cmd_reproduce,
+    "report": cmd_report, "findings": cmd_findings, "export-spec": cmd_export_spec,
+    "reproduce": cmd_reproduce,
+    "status": cmd_status, "collect": cmd_collect,
 }
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def build_plan(
             ) from None
         derived = _derive(partial, tree, lines, file, dims_cache, model_dims)
         # From here on every default is explicit: the resolved config is the whole truth.
-        tree = partial.model_dump(mode="json", exclude={"name", "sweep"})
+        tree = partial.model_dump(mode="json", exclude={"name", "sweep", "launcher"})
         for key, (value, _) in derived.items():
             _set(tree, key, value)
         try:

@@ -49,3 +49,7 @@ class Progress:
 
     def finish(self, task: int) -> None:
         self.bar.stop()
+
+    def note(self, text: str) -> None:
+        """One line about jobs elsewhere (a cluster launcher's submissions and results)."""
+        self.bar.console.print(text)

@@ -83,6 +83,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN owner TEXT;
     ALTER TABLE runs ADD COLUMN lease_until REAL;
     """,
+    # v4: how a run was launched (the launcher section as JSON), and for a cluster job its id and
+    # log file (see saerun/launch/).
+    """
+    ALTER TABLE runs ADD COLUMN launcher TEXT;
+    ALTER TABLE runs ADD COLUMN job_id TEXT;
+    ALTER TABLE runs ADD COLUMN log_path TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -357,29 +364,36 @@ class Registry:
         with self._write():
             if not self._transition(run_id, ("running",), "done", owner):
                 return False
-            self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
-            self.db["metrics"].insert_all(
-                {"run_id": run_id, "name": str(k), "value": float(v)}
-                for k, v in sorted(metrics.items())
-            )
-            self.db.execute(
-                "UPDATE runs SET status='done', finished_at=?, train_seconds=?, eval_seconds=?, "
-                "tokens_trained=?, error=NULL, owner=NULL, lease_until=NULL WHERE run_id=?",
-                [_now(), float(train_seconds), float(eval_seconds), int(tokens_trained), run_id],
-            )
+            self._set_done(run_id, metrics, train_seconds, eval_seconds, tokens_trained)
         return True
+
+    def _set_done(self, run_id: str, metrics: dict[str, float], train_seconds: float,
+                  eval_seconds: float, tokens_trained: int) -> None:
+        self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
+        self.db["metrics"].insert_all(
+            {"run_id": run_id, "name": str(k), "value": float(v)}
+            for k, v in sorted(metrics.items())
+        )
+        self.db.execute(
+            "UPDATE runs SET status='done', finished_at=?, train_seconds=?, eval_seconds=?, "
+            "tokens_trained=?, error=NULL, owner=NULL, lease_until=NULL WHERE run_id=?",
+            [_now(), float(train_seconds), float(eval_seconds), int(tokens_trained), run_id],
+        )
 
     def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> bool:
         """planned | running | failed -> failed, with the reason (and owner check, as above)."""
         with self._write():
             if not self._transition(run_id, ("planned", "running", "failed"), "failed", owner):
                 return False
-            self.db.execute(
-                "UPDATE runs SET status='failed', finished_at=?, error=?, owner=NULL, "
-                "lease_until=NULL WHERE run_id=?",
-                [_now(), error, run_id],
-            )
+            self._set_failed(run_id, error)
         return True
+
+    def _set_failed(self, run_id: str, error: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET status='failed', finished_at=?, error=?, owner=NULL, "
+            "lease_until=NULL WHERE run_id=?",
+            [_now(), error, run_id],
+        )
 
     def reset_to_planned(self, run_id: str) -> None:
         """Any status -> planned: clears timings, environment, error, metrics and curve.
@@ -411,6 +425,69 @@ class Registry:
                 self.db["curves"].upsert_all(
                     [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
                 )
+        return True
+
+    # -- launched jobs (saerun/launch/) -------------------------------------------------------
+    def record_launch(self, run_ids: list[str], launcher: dict[str, Any], owner: str = OWNER,
+                      job_id: str | None = None, log_path: str | None = None,
+                      job_owner: str | None = None, lease_seconds: float | None = None
+                      ) -> list[str]:
+        """Note how `owner`'s claimed runs are launched; with `job_owner`, hand them over to that
+        cluster job, its lease lasting `lease_seconds`: from then on only the job's end, as the
+        scheduler tells it, frees them (saerun/launch/slurm.py). Returns the ids recorded (those
+        `owner` still held)."""
+        until = None if job_owner is None else time.time() + (lease_seconds or LEASE_SECONDS)
+        recorded = []
+        with self._write():
+            for run_id in run_ids:
+                cur = self.db.execute(
+                    "UPDATE runs SET launcher=?, job_id=?, log_path=?, owner=?, "
+                    "lease_until=COALESCE(?, lease_until) "
+                    "WHERE run_id=? AND owner=? AND status='running'",
+                    [_json(launcher), job_id, log_path, job_owner or owner, until, run_id, owner],
+                )
+                if cur.rowcount:
+                    recorded.append(run_id)
+        return recorded
+
+    def in_flight(self, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Running runs handed to a cluster job (owner `slurm:...`), optionally among `run_ids`:
+        run_id, job_id, log_path, owner, started_at."""
+        rows = self.db.query(
+            "SELECT run_id, job_id, log_path, owner, started_at FROM runs "
+            "WHERE status='running' AND job_id IS NOT NULL AND owner LIKE 'slurm:%' "
+            "ORDER BY run_id"
+        )
+        wanted = None if run_ids is None else set(run_ids)
+        return [r for r in rows if wanted is None or r["run_id"] in wanted]
+
+    def ingest(self, run_id: str, owner: str, result: dict[str, Any]) -> bool:
+        """A cluster job's result for one run (launch/results.py), registered in one
+        transaction: its training curve, environment and data fingerprint, then done (metrics,
+        timings) or failed (error). False, and nothing written, when the run is done already or
+        `owner` no longer holds it."""
+        target = "done" if result["status"] == "done" else "failed"
+        with self._write():
+            if self._status(run_id) != "running" or not self._transition(
+                    run_id, ("running",), target, owner):
+                return False
+            points = result.get("curve") or []
+            if points:
+                self.db["curves"].upsert_all(
+                    [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
+                )
+            if result.get("environment") is not None:
+                self.db.execute(
+                    "UPDATE runs SET environment=?, data_fingerprint=?, "
+                    "started_at=COALESCE(?, started_at) WHERE run_id=?",
+                    [_json(result["environment"]), result.get("data_fingerprint"),
+                     result.get("started_at"), run_id],
+                )
+            if target == "done":
+                self._set_done(run_id, result["metrics"], result["train_seconds"],
+                               result["eval_seconds"], result["tokens_trained"])
+            else:
+                self._set_failed(run_id, result["error"])
         return True
 
     # -- reads -------------------------------------------------------------------------------
@@ -470,7 +547,8 @@ class Registry:
         sql = (
             "SELECT r.run_id, r.name, s.name AS spec_name, r.group_key, r.status, r.created_at, "
             "r.started_at, r.finished_at, r.train_seconds, r.eval_seconds, r.tokens_trained, "
-            "r.error FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
+            "r.error, r.launcher, r.job_id, r.log_path "
+            "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
             + ("WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.created_at, r.run_id"
         )
@@ -536,6 +614,19 @@ class Registry:
         return list(self.db.query(
             "SELECT step, tokens, loss, mse, l0, dead_fraction, lr FROM curves "
             "WHERE run_id = ? ORDER BY step", [run_id]))
+
+    def curves(self, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The training curves of many runs (full ids) in one query: run_id -> points by step
+        (runs with no point are absent). Reports read a thousand runs' curves at once."""
+        wanted = set(run_ids)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self.db.query(
+            "SELECT run_id, step, tokens, loss, mse, l0, dead_fraction, lr FROM curves "
+            "ORDER BY run_id, step"
+        ):
+            if row["run_id"] in wanted:
+                out.setdefault(row.pop("run_id"), []).append(row)
+        return out
 
     def artifacts_dir(self, run_id: str) -> Path:
         """<registry dir>/runs/<run_id>; the id must be lowercase hex, so no path can escape."""

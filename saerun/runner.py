@@ -1,4 +1,5 @@
-"""Run a spec locally: validate, plan, train every unfinished job group, evaluate, register.
+"""Run a spec: validate, plan, train every unfinished job group, evaluate, register (here, or
+through a launcher of saerun/launch/: one process per local GPU, or Slurm jobs).
 
 Everything that can fail because of the user's input (spec, model name, hook, dataset) fails in
 `prepare`, before the registry is touched. A group is the set of jobs that share one activation
@@ -18,7 +19,7 @@ from typing import Any
 
 from saerun.errors import SaerunError, SpecError
 from saerun.plan import Job, ModelDims, Plan, build_plan
-from saerun.spec import LineMap, Spec, load_spec, locate
+from saerun.spec import LineMap, Spec, launcher_with, load_spec, locate
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -40,6 +41,7 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
     elsewhere: dict[str, str] = field(default_factory=dict)  # run id -> the live process on it
+    submitted: dict[str, str] = field(default_factory=dict)  # run id -> its cluster job's id
 
 
 class Heartbeat:
@@ -162,12 +164,20 @@ def environment(device: str, numerics_mode: str) -> dict[str, Any]:
 
 
 def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
-             retry_failed: bool = False) -> Summary:
-    """Validate, plan, train what is not done yet, evaluate, register."""
+             retry_failed: bool = False, launcher: dict[str, Any] | None = None,
+             wait: bool = True) -> Summary:
+    """Validate, plan, train what is not done yet, evaluate, register.
+
+    launcher: the command line's options over the spec's launcher section (`spec.launcher_with`),
+    e.g. {"kind": "slurm", "partition": "gpu"}. `slurm` hands the groups to launch/slurm.py,
+    and `wait` says whether to stay until their jobs end.
+    """
+    from saerun.launch import local, slurm
     from saerun.registry import OWNER, Registry
 
     prepared = prepare(path, offline_dims=False)
     plan = prepared.plan
+    launcher_cfg = launcher_with(prepared.spec.launcher, launcher or {})
     with Registry(registry_path) as reg:
         spec_hash = reg.add_spec(plan.spec.name, str(prepared.path), prepared.text)
         statuses = reg.ensure_runs(
@@ -178,6 +188,17 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
                 for j in plan.jobs
             ],
         )
+        # Runs handed to cluster jobs that have ended since are registered (or failed) first.
+        try:
+            slurm.reconcile(reg, [j.run_id for j in plan.jobs])
+        except SaerunError:  # no Slurm here: a local run leaves runs out in jobs alone
+            if launcher_cfg.kind == "slurm":
+                raise
+        if launcher_cfg.kind == "slurm":
+            return slurm.drive(reg, plan, launcher_cfg, retry_failed, progress, wait)
+        devices = local.devices_to_spread(launcher_cfg, plan)
+        if devices:
+            return local.spread(reg, prepared.path, plan, devices, retry_failed)
         summary = Summary(jobs=plan.jobs)
         for jobs in plan.groups.values():
             wanted = [j.run_id for j in jobs if statuses[j.run_id] in ("planned", "running")
@@ -190,18 +211,16 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
             todo = [j for j in jobs if j.run_id in claimed]
             if not todo:
                 continue
+            reg.record_launch(claimed, launcher_cfg.model_dump(mode="json"))
             try:
                 with Heartbeat(reg.path, claimed):
-                    failures = _run_group(reg, todo, progress)
+                    failures = run_group(reg, todo, progress)
                 summary.failed.update(failures)
                 summary.trained += [j.run_id for j in todo if j.run_id not in failures]
             except SaerunError:
                 raise
             except Exception as err:  # a crash in one group must not lose the others
-                reason = f"{type(err).__name__}: {err}"
-                if isinstance(err, OSError) and err.errno in DISK_FULL:
-                    reason = (f"disk full while writing ({err}); free space and run again with "
-                              "--retry-failed: training resumes from the last checkpoint")
+                reason = failure_reason(err)
                 for job in todo:
                     reg.mark_failed(job.run_id, reason, OWNER)
                     summary.failed[job.run_id] = reason
@@ -210,9 +229,20 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Any = None,
     return summary
 
 
-def _run_group(reg: Any, jobs: list[Job], progress: Any) -> dict[str, str]:
+def failure_reason(err: Exception) -> str:
+    """What a run that crashed is marked failed with."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return (f"disk full while writing ({err}); free space and run again with "
+                "--retry-failed: training resumes from the last checkpoint")
+    return f"{type(err).__name__}: {err}"
+
+
+def run_group(reg: Any, jobs: list[Job], progress: Any) -> dict[str, str]:
     """Train, evaluate and register one group of claimed jobs; returns {run_id: reason} of the
-    runs that failed numerically (marked failed; the others were finished)."""
+    runs that failed numerically (marked failed; the others were finished).
+
+    `reg` is the Registry, or inside a cluster job `launch.results.RunFolders`, which takes the
+    same calls and writes them as files in the run folders for the driver to ingest."""
     import torch
 
     from saerun import artifacts, data
