@@ -327,10 +327,15 @@ def test_a_job_that_raises_fails_its_runs_with_the_reason_and_log(tmp_path, slur
 
 
 def test_a_cancelled_job_fails_its_runs_and_the_retry_resumes_bit_identically(tmp_path,
-                                                                             slurm_env, cli):
+                                                                             slurm_env, cli,
+                                                                             monkeypatch):
     longer = ONE_GROUP.replace("train_tokens: 4096", "train_tokens: 16384")  # 32 steps
     folder = fresh(tmp_path, "cancelled", longer)
+    # The job (which inherits the driver's environment) sleeps 0.3 s per step, so the cancel
+    # lands mid-training however fast the machine is; the retry below runs at full speed.
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:0.3")
     code, out, _ = cli(folder, "spec.yaml", "--launcher", "slurm", "--no-wait")
+    monkeypatch.delenv("SAERUN_FAULT_DELAY")
     assert code == 0 and "submitted 1 run(s) in 1 Slurm job(s)" in out
     (run,) = runs_of(folder).values()
     assert run["status"] == "running" and run["job_id"]
