@@ -78,12 +78,14 @@ class GatedSAE(SAE):
         if active is not None and sparse.pays(int(active.sum()), active):
             rows, cols, offsets = sparse.where(active)
             pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
-            pi_mag = self.r_mag.exp()[cols] * (pi_gate - self.b_enc[cols]) + self.b_mag[cols]
+            take = sparse.take
+            pi_mag = (take(self.r_mag.exp(), cols) * (pi_gate - take(self.b_enc, cols))
+                      + take(self.b_mag, cols))
             f = Codes(cols, torch.relu(pi_mag), rows, offsets, self.cfg.d_sae)
             gate = f.with_vals(torch.relu(pi_gate))
             w_dec = self.train_decoder()
             x_hat = sparse.decode(f, w_dec) + self.b_dec
-            weights = self.penalty_weights(w_dec)[cols]
+            weights = take(self.penalty_weights(w_dec), cols)
             sparsity = (gate.vals * weights).sum() / x.shape[0]
             x_hat_frozen = sparse.decode(gate, w_dec.detach()) + self.b_dec.detach()
             return self._combine(x, step, x_hat, sparsity, x_hat_frozen,

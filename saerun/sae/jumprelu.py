@@ -143,23 +143,26 @@ class JumpReLUSAE(SAE):
         rows, cols, offsets = sparse.where(near)
         pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
         theta = self.threshold
-        f = Codes(cols, JumpReLUFn.apply(pre_e, theta[cols], cfg.bandwidth), rows, offsets,
+        theta_e = sparse.take(theta, cols)
+        f = Codes(cols, JumpReLUFn.apply(pre_e, theta_e, cfg.bandwidth), rows, offsets,
                   cfg.d_sae)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
         mse = mse_per_token(x, sparse.decode(f, w_dec) + self.b_dec).mean()
         batch = x.shape[0]
         if cfg.sparsity_mode == "tanh":
-            sparsity = torch.tanh(cfg.tanh_scale * f.vals * weights[cols]).sum() / batch
+            weights_e = sparse.take(weights, cols)
+            sparsity = torch.tanh(cfg.tanh_scale * f.vals * weights_e).sum() / batch
         else:
-            l0 = StepFn.apply(pre_e, theta[cols], cfg.bandwidth).sum() / batch
+            l0 = StepFn.apply(pre_e, theta_e, cfg.bandwidth).sum() / batch
             sparsity = l0 if cfg.sparsity_mode == "l0" else (l0 / cfg.target_l0 - 1.0) ** 2
         loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
         if cfg.pre_act_coefficient > 0:
             b_rows, b_cols, b_offsets = sparse.where(below)
             pre_b = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, b_rows, b_cols,
                                          b_offsets)
-            pre_act = (torch.relu(theta[b_cols] - pre_b) * weights[b_cols]).sum() / batch
+            pre_act = (torch.relu(sparse.take(theta, b_cols) - pre_b)
+                       * sparse.take(weights, b_cols)).sum() / batch
             loss = loss + cfg.pre_act_coefficient * pre_act
         detached = f.with_vals(f.vals.detach())
         return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)

@@ -71,7 +71,7 @@ class ReluSAE(SAE):
         w_dec = self.train_decoder()
         x_hat = sparse.decode(codes, w_dec) + self.b_dec
         mse = mse_per_token(x, x_hat).mean()
-        weights = self.penalty_weights(w_dec)[cols]
+        weights = sparse.take(self.penalty_weights(w_dec), cols)
         sparsity = self.penalty_terms(vals * weights).sum() / x.shape[0]
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
         detached = codes.with_vals(vals.detach())

@@ -138,7 +138,7 @@ def _csr(offsets: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) ->
 def _csr_t(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
     """The transpose [d_sae, B] of `_csr`, built by one argsort of the columns (torch's own
     CSR transpose sorts far more slowly on the CPU)."""
-    perm = cols.argsort()
+    perm = cols.argsort(stable=True)  # stable: the same summation order in every process
     counts = torch.bincount(cols, minlength=shape[1])
     ccol = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     return torch.sparse_csr_tensor(ccol, rows[perm], vals[perm], (shape[1], shape[0]),
@@ -167,8 +167,7 @@ class _GatherLinear(torch.autograd.Function):
             grad_x = F.embedding_bag(cols, w_enc.t().contiguous(), offsets, mode="sum",
                                      per_sample_weights=grad)
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(w_enc.shape[1], dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, cols, grad)
+            grad_b = _scatter_sum(cols, grad, w_enc.shape[1])
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -217,6 +216,34 @@ class _Linear(torch.autograd.Function):
 def linear(x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor) -> Tensor:
     """x_c W + b with gradients, its value `pre` (computed without grad) reused."""
     return _Linear.apply(x_c, w, b, pre.detach())
+
+
+def _scatter_sum(index: Tensor, values: Tensor, size: int) -> Tensor:
+    """out[j] = sum of values[e] with index[e] = j, in entry order (bincount is a serial loop on
+    the CPU; index_add_ and index_put_ may split the sum across threads, so their bits can
+    change from run to run)."""
+    return torch.bincount(index, weights=values, minlength=size).to(values.dtype)
+
+
+class _Take(torch.autograd.Function):
+    """values[index] whose backward sums into values deterministically (`_scatter_sum`)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.size = values.shape[0]
+        return values[index]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return _scatter_sum(index, grad, ctx.size), None
+
+
+def take(values: Tensor, index: Tensor) -> Tensor:
+    """values[index] for a per-latent vector [d_sae] and entries' latents [nnz], with a
+    bit-reproducible backward: use it for every per-latent parameter read at the entries."""
+    return _Take.apply(values, index)
 
 
 def gather_linear(x_c: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor, rows: Tensor,
