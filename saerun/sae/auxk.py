@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from saerun.sae.base import mse_per_token
-from saerun.sae.sparse import codes_from_rows_cols, decode, gather_linear
+from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
 
 
 def resolve_aux_k(cfg: Any) -> int:
@@ -62,13 +62,9 @@ def sparse_auxk_loss(sae: Any, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec
     n_dead = dead.numel()
     if n_dead == 0:
         return pre.new_zeros(())
-    k = min(aux_k, n_dead)
-    local = pre[:, dead].topk(k, dim=-1, sorted=False).indices
-    batch = pre.shape[0]
-    rows = torch.arange(batch, device=pre.device).repeat_interleave(k)
-    cols = dead[local].flatten()
-    codes = codes_from_rows_cols(rows, cols, pre.new_empty(0), batch, pre.shape[1])
-    vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, codes.offsets))
-    e_hat = decode(codes.with_vals(vals), w_dec)
+    rows, local, offsets = row_topk(pre[:, dead], min(aux_k, n_dead))
+    cols = dead[local]
+    vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, offsets))
+    e_hat = decode(Codes(cols, vals, rows, offsets, pre.shape[1]), w_dec)
     scale = min(n_dead / aux_k, 1.0)
     return scale * mse_per_token(residual.detach(), e_hat).mean()

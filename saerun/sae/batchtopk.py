@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from saerun.sae.base import LossOutput, StepInfo
-from saerun.sae.sparse import Codes, flat_topk
+from saerun.sae.sparse import Codes, flat_topk, offsets
 from saerun.sae.topk import TopKSAE
 
 UNSET = -1.0  # any negative value: every real threshold is a positive activation
@@ -62,8 +62,7 @@ class BatchTopKSAE(TopKSAE):
     def train_indices(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = min(self.cfg.k * pre.shape[0], pre.numel())
         rows, cols = flat_topk(pre, n)  # the top n of pre: ReLU keeps the same non-zeros
-        counts = torch.bincount(rows, minlength=pre.shape[0])
-        return rows, cols, torch.cumsum(counts, 0) - counts
+        return rows, cols, offsets(rows, pre.shape[0])
 
     def select(self, pre: Tensor) -> Tensor:
         if self.training:

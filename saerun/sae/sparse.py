@@ -58,9 +58,7 @@ class Codes(NamedTuple):
 
     def fired(self) -> Tensor:
         """[d_sae] bool: latents with a non-zero value on some token."""
-        counts = torch.zeros(self.d_sae, dtype=torch.long, device=self.cols.device)
-        counts.index_add_(0, self.cols, (self.vals > 0).long())
-        return counts > 0
+        return torch.bincount(self.cols[self.vals > 0], minlength=self.d_sae) > 0
 
     def l0(self) -> Tensor:
         return (self.vals > 0).float().sum() / self.batch
@@ -71,19 +69,14 @@ class Codes(NamedTuple):
     def select(self, keep: Tensor) -> Codes:
         """The entries where `keep` [nnz] bool is True, in bag layout."""
         rows = self.rows[keep]
-        counts = torch.bincount(rows, minlength=self.batch)
-        return Codes(self.cols[keep], self.vals[keep], rows, _starts(counts), self.d_sae)
+        return Codes(self.cols[keep], self.vals[keep], rows, offsets(rows, self.batch),
+                     self.d_sae)
 
 
-def _starts(counts: Tensor) -> Tensor:
-    """Bag offsets from per-token counts: [0, c0, c0 + c1, ...] (length B)."""
+def offsets(rows: Tensor, batch: int) -> Tensor:
+    """Bag offsets of entries sorted by row: where each token's entries start (length B)."""
+    counts = torch.bincount(rows, minlength=batch)
     return torch.cumsum(counts, 0) - counts
-
-
-def codes_from_rows_cols(rows: Tensor, cols: Tensor, vals: Tensor, batch: int,
-                         d_sae: int) -> Codes:
-    """Codes from entries sorted by row."""
-    return Codes(cols, vals, rows, _starts(torch.bincount(rows, minlength=batch)), d_sae)
 
 
 def row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,8 +117,7 @@ def flat_topk(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
 def where(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, offsets) of the True entries of mask [B, d_sae], in bag layout."""
     rows, cols = mask.nonzero().unbind(1)  # row-major order: sorted by row
-    counts = torch.bincount(rows, minlength=mask.shape[0])
-    return rows, cols, _starts(counts)
+    return rows, cols, offsets(rows, mask.shape[0])
 
 
 def _csr(offsets: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
