@@ -14,12 +14,7 @@ import torch
 from torch import Tensor
 
 from saerun import faults
-from saerun.metrics import (
-    MetricAccumulator,
-    ce_from_logprobs,
-    kl_from_logprobs,
-    next_token_logprobs,
-)
+from saerun.metrics import MetricAccumulator, NextTokenScorer
 from saerun.sae import SAE
 
 LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl"}
@@ -63,31 +58,22 @@ def evaluate_group(
     for tokens in eval_batches:
         faults.point("eval")
         keep = positions(tokens)
-        pred = keep[:, :-1]  # CE/KL at positions whose input token counts
         if with_lm:
-            # Log-probabilities once per forward, at the scored positions only; every CE and KL
-            # of this batch is read from them.
-            targets = tokens[:, 1:][pred]
-
-            def logprobs(logits: Tensor, pred: Tensor = pred) -> Tensor:
-                return next_token_logprobs(logits)[pred]
-
+            # The clean distribution once per batch; each patched forward is then scored with a
+            # logsumexp, a gather and a dot per position (metrics.NextTokenScorer).
             logits, acts = lm.forward_with_capture(tokens, hooks)
-            clean = logprobs(logits)
-            ce_orig = ce_from_logprobs(clean, targets)
+            # CE/KL at the positions whose input token counts
+            scorer = NextTokenScorer(logits, tokens, keep[:, :-1])
+            del logits
             ablated = {}
             for h in hooks:
                 mask = keep[..., None]
-                zero = logprobs(
+                ce_zero, kl_zero = scorer.ce_kl(
                     lm.logits_patched(tokens, h, lambda a, m=mask: torch.where(m, 0.0, a)))
-                mean_ = logprobs(lm.logits_patched(
+                ce_mean = scorer.ce(lm.logits_patched(
                     tokens, h, lambda a, m=mask, mu=means[h]: torch.where(m, mu.to(a), a)
                 ))
-                ablated[h] = (
-                    ce_from_logprobs(zero, targets),
-                    ce_from_logprobs(mean_, targets),
-                    kl_from_logprobs(clean, zero),
-                )
+                ablated[h] = (ce_zero, ce_mean, kl_zero)
         else:
             acts = lm.capture(tokens, hooks)
         for run_id, (sae, hook) in saes.items():
@@ -97,16 +83,11 @@ def evaluate_group(
             accs[run_id].update_reconstruction(x[keep], x_hat[keep], f[keep])
             if with_lm:
                 patch = torch.where(keep[..., None], x_hat.to(acts[hook].dtype), acts[hook])
-                patched = logprobs(lm.logits_patched(tokens, hook, lambda a, p=patch: p))
+                ce_sae, kl_sae = scorer.ce_kl(
+                    lm.logits_patched(tokens, hook, lambda a, p=patch: p))
                 ce_zero, ce_mean, kl_zero = ablated[hook]
-                accs[run_id].update_lm(
-                    ce_orig=ce_orig,
-                    ce_sae=ce_from_logprobs(patched, targets),
-                    ce_zero=ce_zero,
-                    ce_mean=ce_mean,
-                    kl_sae=kl_from_logprobs(clean, patched),
-                    kl_zero=kl_zero,
-                )
+                accs[run_id].update_lm(ce_orig=scorer.ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
+                                       ce_mean=ce_mean, kl_sae=kl_sae, kl_zero=kl_zero)
     return {
         run_id: EvalResult(acc.result(), acc.feature_density()) for run_id, acc in accs.items()
     }

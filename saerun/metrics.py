@@ -40,6 +40,46 @@ def kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
 
 
+class NextTokenScorer:
+    """CE and KL(P_clean || Q) of many patched forwards against one clean forward, fast.
+
+    The clean logits give log P, P and sum P log P once. A patched forward's logits z then
+    cost one logsumexp, one gather and one P.z dot per position, never a log_softmax:
+    CE = lse(z) - z[target] and KL = sum P log P - P.z + lse(z) sum P. Everything stays on the
+    [b, T-1] grid of positions with a next token (no [n, V] copies); `pred` [b, T-1] picks
+    the scored positions at the end. Equal to `per_token_ce` / `per_token_kl` within float32
+    rounding (tests/test_metrics.py); a position whose dot is not finite (-inf logits where
+    P = 0) is recomputed with the exact formula.
+    """
+
+    def __init__(self, clean_logits: Tensor, tokens: Tensor, pred: Tensor) -> None:
+        self.pred = pred.to(clean_logits.device)
+        self.targets = tokens[:, 1:, None].to(clean_logits.device)
+        self.logp = next_token_logprobs(clean_logits)
+        self.p = self.logp.exp()
+        self.p_sum = self.p.sum(-1)
+        self.neg_entropy = torch.where(self.p > 0, self.p * self.logp, 0.0).sum(-1)
+        self.ce_clean = -self.logp.gather(-1, self.targets).squeeze(-1)[self.pred]
+
+    def _ce(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        z = logits[:, :-1].float()
+        lse = torch.logsumexp(z, dim=-1)
+        return z, lse, lse - z.gather(-1, self.targets).squeeze(-1)
+
+    def ce(self, logits: Tensor) -> Tensor:
+        """CE (nats) of patched logits [b, T, V] at each scored position."""
+        return self._ce(logits)[2][self.pred]
+
+    def ce_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(CE, KL(P_clean || Q_patched)) at each scored position."""
+        z, lse, ce = self._ce(logits)
+        kl = self.neg_entropy - torch.linalg.vecdot(self.p, z) + lse * self.p_sum
+        bad = ~torch.isfinite(kl)
+        if bad.any():
+            kl[bad] = kl_from_logprobs(self.logp[bad], torch.log_softmax(z[bad], -1))
+        return ce[self.pred], kl[self.pred]
+
+
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
     """Next-token cross-entropy (nats) at every position but the last.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import TypeAdapter
 
 from saerun.activations import (
     ActivationStream,
@@ -11,8 +12,11 @@ from saerun.activations import (
     estimate_norm_scale,
     token_batches,
 )
+from saerun.evaluate import evaluate_group
+from saerun.metrics import per_token_ce, per_token_kl
 from saerun.models import hook_names, model_info
-from saerun.spec import DataConfig
+from saerun.sae import build_sae
+from saerun.spec import METRIC_NAMES, DataConfig, SAEConfig
 
 DATA = DataConfig(context_size=32, train_tokens=4096, eval_tokens=512, shuffle_buffer_tokens=2048,
                   lm_batch_sequences=8)
@@ -92,3 +96,45 @@ def test_norm_scale_makes_expected_norm_sqrt_d(lm):
     scale = estimate_norm_scale(lm, DATA, [hook], n_tokens=2048)[hook]
     batch = next(iter(ActivationStream(lm, DATA, [hook], 1024)))[hook]
     assert (batch * scale).norm(dim=-1).mean().item() == pytest.approx(128**0.5, rel=0.1)
+
+
+def test_evaluate_group_lm_metrics_equal_the_plain_formulas(lm):
+    """evaluate_group's CE/KL (shared clean pass, NextTokenScorer) against a direct
+    computation: per_token_ce / per_token_kl of full forwards, BOS positions excluded, means
+    over the scored positions."""
+    hook = "blocks.1.hook_resid_post"
+    batches = list(token_batches(lm, DATA, "eval"))
+    cfg = TypeAdapter(SAEConfig).validate_python(
+        {"architecture": "relu", "d_in": 128, "d_sae": 256})
+    sae = build_sae(cfg, seed=0).eval()
+    out = evaluate_group(lm, batches, {"r": (sae, hook)}, set(METRIC_NAMES))["r"].metrics
+
+    keep = [~lm.special_mask(t) for t in batches]
+    acts = [lm.capture(t, [hook])[hook] for t in batches]
+    mean = torch.cat([a[k] for a, k in zip(acts, keep, strict=True)]).double().mean(0).float()
+    sums: dict[str, float] = {}
+    n = 0
+    for tokens, k, a in zip(batches, keep, acts, strict=True):
+        pred = k[:, :-1]
+        clean, _ = lm.forward_with_capture(tokens, [hook])
+        with torch.no_grad():
+            x_hat = sae.decode(sae.encode(a))
+        variants = {
+            "sae": torch.where(k[..., None], x_hat, a),
+            "zero": torch.where(k[..., None], 0.0, a),
+            "mean": torch.where(k[..., None], mean, a),
+        }
+        logits = {name: lm.logits_patched(tokens, hook, lambda _a, v=v: v)
+                  for name, v in variants.items()}
+        per = {"ce_orig": per_token_ce(clean, tokens)}
+        per.update({f"ce_{name}": per_token_ce(z, tokens) for name, z in logits.items()})
+        per.update({f"kl_{name}": per_token_kl(clean, logits[name]) for name in ("sae", "zero")})
+        for key, value in per.items():
+            sums[key] = sums.get(key, 0.0) + value[pred].double().sum().item()
+        n += int(pred.sum())
+    m = {key: value / n for key, value in sums.items()}
+    for key in ("ce_orig", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero"):
+        assert out[key] == pytest.approx(m[key], rel=1e-5, abs=1e-6), key
+    assert out["ce_loss_recovered"] == pytest.approx(
+        (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_orig"]), rel=1e-4)
+    assert out["kl_score"] == pytest.approx((m["kl_zero"] - m["kl_sae"]) / m["kl_zero"], rel=1e-4)

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from saerun.metrics import MetricAccumulator, pareto_mask, per_token_ce, per_token_kl
+from saerun.metrics import (
+    MetricAccumulator,
+    NextTokenScorer,
+    pareto_mask,
+    per_token_ce,
+    per_token_kl,
+)
 
 # 3 tokens x 2 dims.
 #   x_bar = [1, 1]; sum ||x - x_bar||^2 = 1 + 1 + 2 = 4
@@ -157,6 +163,35 @@ def test_per_token_kl():
     # a token P gives probability 0 adds nothing (0 log 0 = 0), even where Q is 0 too
     masked = torch.tensor([[[0.0, -math.inf], [0.0, 0.0]]])
     assert per_token_kl(masked, masked).item() == 0.0
+
+
+def test_next_token_scorer_equals_the_formulas():
+    """The evaluation's fast CE/KL (logsumexp + dot, no log_softmax of the patched logits)
+    against per_token_ce / per_token_kl, at the scored positions only, with large logits (the
+    cancellation in sum P log P - P.z + lse is where float32 could lose digits) and a -inf
+    logit where P = 0 (the exact-formula fallback)."""
+    g = torch.Generator().manual_seed(3)
+    b, t, v = 3, 6, 50
+    tokens = torch.randint(0, v, (b, t), generator=g)
+    clean = 8 * torch.randn(b, t, v, generator=g)
+    patched = clean + 0.5 * torch.randn(b, t, v, generator=g)
+    clean[0, 1, 7] = patched[0, 1, 7] = -math.inf  # P = Q = 0 for token 7 at one position
+    pred = torch.ones(b, t - 1, dtype=torch.bool)
+    pred[1, 0] = pred[2, 3] = False  # excluded positions (BOS inputs)
+    scorer = NextTokenScorer(clean, tokens, pred)
+    ce, kl = scorer.ce_kl(patched)
+    assert torch.allclose(ce, per_token_ce(patched, tokens)[pred], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(kl, per_token_kl(clean, patched)[pred], rtol=1e-4, atol=2e-5)
+    assert torch.isfinite(kl).all() and (kl > 0).all()
+    assert torch.equal(scorer.ce(patched), ce)
+    assert torch.allclose(scorer.ce_clean, per_token_ce(clean, tokens)[pred], atol=1e-5)
+    assert ce.shape == (b * (t - 1) - 2,)
+    # identical distributions: KL 0 (to rounding)
+    assert scorer.ce_kl(clean)[1].abs().max() < 1e-4
+    # Q = 0 where P > 0: KL is +inf, as the formula says
+    hole = patched.clone()
+    hole[2, 0, tokens[2, 1]] = -math.inf
+    assert math.isinf(scorer.ce_kl(hole)[1][pred[:2].sum() + 0].item())
 
 
 def test_pareto_mask_by_hand():
