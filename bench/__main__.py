@@ -1,4 +1,4 @@
-"""python -m bench [--setup] [--quick] [--workload step|sweep|all] [--arch A ...] [--write]
+"""python -m bench [--setup] [--quick] [--workload step|trained|sweep|all] [--arch A ...] [--write]
 
 Prints one JSON line per comparison on stdout (progress on stderr), saves every result to
 bench/results.json, and with --write rewrites BENCHMARKS.md from them.
@@ -25,7 +25,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="with --setup: recreate the venvs")
     p.add_argument("--quick", action="store_true",
                    help="fewer rounds, steps and tokens (a few minutes once the venvs exist)")
-    p.add_argument("--workload", choices=["step", "sweep", "all"], default="all")
+    p.add_argument("--workload", choices=["step", "trained", "sweep", "all"], default="all",
+                   help="step: the training step from fresh SAEs; trained: the same from one "
+                   "trained SAE per ReLU-family architecture, loaded into every tool "
+                   "(bench/trained.py); sweep: 8 SAEs end to end; all: the three")
     p.add_argument("--arch", nargs="+", choices=step.ARCHS, default=list(step.ARCHS))
     p.add_argument("--peer", nargs="+", choices=list(common.PEERS), default=list(common.PEERS))
     p.add_argument("--rounds", type=int, help="alternation rounds (default 2 quick, 3 full)")
@@ -105,6 +108,12 @@ def run(args: argparse.Namespace) -> dict:
         _, raw = step.run(args.arch, args.peer, rounds, steps, warmup, grouped=grouped,
                           emit=emit)
         results["raw"]["step"] = raw
+    if args.workload in ("trained", "all"):
+        grouped = quick if args.grouped is None else args.grouped
+        results["settings"]["grouped"] = grouped
+        _, raw = step.run(args.arch, args.peer, rounds, steps, warmup, grouped=grouped,
+                          emit=emit, state="trained")
+        results["raw"]["step_trained"] = raw
     if args.workload in ("sweep", "all"):
         tokens = args.sweep_tokens or (100_000 if quick else 500_000)
         sweep_rounds = args.rounds or 1

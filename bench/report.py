@@ -73,20 +73,22 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
-def step_table(comparisons: list[dict]) -> list[str]:
-    rows = [c for c in comparisons if c["workload"] == "step"]
+def step_table(comparisons: list[dict], workload: str = "step") -> list[str]:
+    rows = [c for c in comparisons if c["workload"] == workload]
     if not rows:
         return ["(not run)"]
+    density = any("saerun_density" in c for c in rows)
     lines = [
         "| architecture | peer | saerun tok/s | peer tok/s | ratio | saerun RSS MB | "
-        "peer RSS MB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "peer RSS MB |" + (" saerun density |" if density else ""),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if density else ""),
     ]
     for c in rows:
         lines.append(
             f"| {c['architecture']} | {c['peer']} | {_k(c['saerun_tokens_per_s'])} | "
             f"{_k(c['peer_tokens_per_s'])} | {c['ratio']:.2f}x | "
-            f"{_mb(c.get('saerun_peak_rss_mb'))} | {_mb(c.get('peer_peak_rss_mb'))} |")
+            f"{_mb(c.get('saerun_peak_rss_mb'))} | {_mb(c.get('peer_peak_rss_mb'))} |"
+            + (f" {c.get('saerun_density', float('nan')):.1%} |" if density else ""))
     lines += ["", f"Target: every architecture at least {STEP_TARGET}x the fastest peer that has "
               "it (TopK: including sparsify).", "",
               "| architecture | fastest peer | ratio to it | speed target | peak RSS vs leanest "
@@ -109,39 +111,49 @@ def step_table(comparisons: list[dict]) -> list[str]:
 
 
 def sweep_table(comparisons: list[dict], raw: dict) -> list[str]:
-    rows = [c for c in comparisons if c["workload"] == "sweep"]
+    rows = [c for c in comparisons if c["workload"] in ("sweep", "sweep_full_eval")]
     lines = []
     if rows:
         lines += [
-            "| peer | saerun tok/s | peer tok/s | ratio | saerun s | peer s | saerun RSS MB | "
-            "peer RSS MB | target |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| saerun | peer | saerun tok/s | peer tok/s | ratio | saerun s | peer s | "
+            "saerun RSS MB | peer RSS MB | target |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for c in rows:
             target = ""
-            if c["peer"] == "sae_lens":
+            if c["peer"] == "sae_lens" and c["workload"] == "sweep":
                 target = f"{SWEEP_TARGET}x: " + ("met" if c["ratio"] >= SWEEP_TARGET else
                                                  "**missed**")
+            variant = "same work" if c["workload"] == "sweep" else "full eval"
             lines.append(
-                f"| {c['peer']} | {_k(c['saerun_tokens_per_s'])} | {_k(c['peer_tokens_per_s'])} "
-                f"| {c['ratio']:.2f}x | {c.get('saerun_wall_s', '-')} | {c.get('peer_wall_s', '-')}"
-                f" | {_mb(c.get('saerun_peak_rss_mb'))} | {_mb(c.get('peer_peak_rss_mb'))} "
+                f"| {variant} | {c['peer']} | {_k(c['saerun_tokens_per_s'])} | "
+                f"{_k(c['peer_tokens_per_s'])} | {c['ratio']:.2f}x | "
+                f"{c.get('saerun_wall_s', '-')} | {c.get('peer_wall_s', '-')} | "
+                f"{_mb(c.get('saerun_peak_rss_mb'))} | {_mb(c.get('peer_peak_rss_mb'))} "
                 f"| {target} |")
-        lean = [c for c in rows if c.get("peer_peak_rss_mb") is not None]
-        if lean and rows[0].get("saerun_peak_rss_mb") is not None:
+        same = [c for c in rows if c["workload"] == "sweep"]
+        lean = [c for c in same if c.get("peer_peak_rss_mb") is not None]
+        if lean and same[0].get("saerun_peak_rss_mb") is not None:
             leanest = min(lean, key=lambda c: c["peer_peak_rss_mb"])
             ok = leanest["saerun_peak_rss_mb"] <= leanest["peer_peak_rss_mb"]
-            lines += ["", f"Memory target (peak RSS no higher than the leanest peer's, "
-                      f"{leanest['peer']}): {leanest['saerun_peak_rss_mb']:.0f} vs "
-                      f"{leanest['peer_peak_rss_mb']:.0f} MB: {'met' if ok else '**missed**'}."]
-        train_only = [c for c in rows if c.get("saerun_train_only_tokens_per_s")]
-        if train_only:
-            c = train_only[0]
-            lines += ["", f"saerun's phases (from its registry): training alone (the shared "
-                      f"model pass + 8 SAE steps per batch; model load, norm estimate and "
-                      f"evaluation excluded) {c['saerun_train_only_s']} s = "
-                      f"{_k(c['saerun_train_only_tokens_per_s'])} tokens/s; the whole process "
-                      f"less evaluation {c['saerun_wall_without_eval_s']} s."]
+            lines += ["", f"Memory target (peak RSS on the same work no higher than the "
+                      f"leanest peer's, {leanest['peer']}): {leanest['saerun_peak_rss_mb']:.0f}"
+                      f" vs {leanest['peer_peak_rss_mb']:.0f} MB: "
+                      f"{'met' if ok else '**missed**'}."]
+        phases = []
+        for workload, name in (("sweep", "same work"), ("sweep_full_eval", "full eval")):
+            c = next((c for c in rows if c["workload"] == workload
+                      and c.get("saerun_train_only_tokens_per_s")), None)
+            if c:
+                phases.append(f"{name}: training {c['saerun_train_only_s']} s = "
+                              f"{_k(c['saerun_train_only_tokens_per_s'])} tokens/s, evaluation "
+                              f"{c.get('saerun_eval_s', '-')} s, the rest (interpreter, "
+                              f"imports, model load, norm estimate, saving) "
+                              f"{c['saerun_wall_without_eval_s'] - c['saerun_train_only_s']:.1f}"
+                              " s")
+        if phases:
+            lines += ["", "saerun's phases (from its registry; training = the shared model pass "
+                      "+ 8 SAE steps per batch): " + "; ".join(phases) + "."]
     else:
         lines.append("(not run)")
     for err in raw.get("errors", []):
@@ -184,6 +196,10 @@ def render(results: dict, old: str = "") -> str:
         "",
         *step_table(comparisons),
         "",
+        "## (a') The same step from a trained state",
+        "",
+        *trained_section(comparisons, raw.get("step_trained")),
+        "",
         "## (b) Sweep of 8 SAEs at one site, end to end on the embedded model",
         "",
         *sweep_section(comparisons, raw.get("sweep")),
@@ -198,7 +214,7 @@ def render(results: dict, old: str = "") -> str:
         notes(old),
         "",
     ]
-    errors = raw.get("step", {}).get("errors", [])
+    errors = raw.get("step", {}).get("errors", []) + raw.get("step_trained", {}).get("errors", [])
     if errors:
         lines[-1:-1] = ["## Failures in this run", ""] + [
             f"- step {e['arch']} / {e['tool']}: {e['error'].splitlines()[0]}" for e in errors
@@ -218,6 +234,26 @@ def caution(results: dict) -> list[str]:
                    "during the run (other jobs): absolute rates are several times below a quiet "
                    "machine's and single ratios can be off by tens of percent")
     return out
+
+
+def trained_section(comparisons: list[dict], raw: dict | None) -> list[str]:
+    if not raw:
+        return ["(not run)"]
+    trained = raw.get("trained", {})
+    states = "; ".join(f"{a} {t['l0']:g} latents of {t['d_sae']} ({t['density']:.1%})"
+                       for a, t in trained.items() if "d_sae" in t)
+    return [
+        "A fresh ReLU, Gated or JumpReLU SAE fires on about half its latents, so every tool's "
+        "step is dense; after a few hundred steps only a few percent fire, the state most of a "
+        "real run is spent in. Here saerun trains one SAE per architecture for "
+        f"{raw.get('trained_steps', '?')} steps on other synthetic activations "
+        "(bench/trained.py, cached in bench/.cache/), and every tool's driver loads those same "
+        "weights (`--init`, mapped onto its own parameter names) before the same warm-up and "
+        "timed steps as in (a). Firing on the timed batches at the start: "
+        f"{states or '?'}. 'saerun density' is measured after the timed steps.",
+        "",
+        *step_table(comparisons, "step_trained"),
+    ]
 
 
 def sweep_section(comparisons: list[dict], raw: dict | None) -> list[str]:

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import common, data
+from bench import common, data, trained
 from bench.common import Comparison, DriverError, log
 
 ARCHS = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka")
@@ -28,7 +28,8 @@ N_BATCHES = 4  # distinct batches the drivers cycle through
 
 def run(archs: list[str], peers: list[str], rounds: int, steps: int, warmup: int,
         venvs: Path = common.VENVS, timeout: float = 1800, grouped: bool = False,
-        emit: Callable[[Comparison], None] = lambda c: None) -> tuple[list[Comparison], dict]:
+        emit: Callable[[Comparison], None] = lambda c: None, state: str = "fresh",
+        ) -> tuple[list[Comparison], dict]:
     """Returns the comparisons (each also passed to `emit` once its architecture is done) and
     the raw driver outputs (for BENCHMARKS.md).
 
@@ -36,9 +37,19 @@ def run(archs: list[str], peers: list[str], rounds: int, steps: int, warmup: int
     architecture each (the strictest alternation). grouped=True (--quick): per round, one
     process per tool covering all its architectures, each in a forked child (one interpreter
     start and import per tool and round instead of per architecture).
+
+    state="trained": only the architectures of bench/trained.py, every tool starting from the
+    same trained weights (`--init`); the comparisons' workload is "step_trained".
     """
     pythons = {p: py for p in peers if (py := common.venv_python(p, venvs)) is not None}
-    raw: dict = {"runs": [], "versions": {}, "errors": [], "grouped": grouped}
+    raw: dict = {"runs": [], "versions": {}, "errors": [], "grouped": grouped, "state": state}
+    workload = "step" if state == "fresh" else "step_trained"
+    init: list[str] = []
+    if state == "trained":
+        archs = [a for a in archs if a in trained.ARCHS]
+        raw["trained"] = trained.ensure(archs)
+        raw["trained_steps"] = trained.STEPS
+        init = ["--init", *(f"{a}={trained.path_for(a)}" for a in archs)]
     results: dict[str, dict[str, list[dict]]] = {a: {"saerun": []} for a in archs}
     for arch in archs:
         results[arch].update({p: [] for p in pythons if arch in PEER_ARCHS[p]})
@@ -47,7 +58,7 @@ def run(archs: list[str], peers: list[str], rounds: int, steps: int, warmup: int
     def launch(tool: str, tool_archs: list[str], acts: Path, label: str) -> None:
         python = common.SAERUN_PYTHON if tool == "saerun" else pythons[tool]
         cmd = [python, common.PEERS_DIR / SCRIPTS[tool], "--arch", *tool_archs,
-               "--acts", acts, "--steps", str(steps), "--warmup", str(warmup)]
+               "--acts", acts, "--steps", str(steps), "--warmup", str(warmup), *init]
         log(f"step {label}: {tool} ({' '.join(tool_archs)})")
         try:
             lines = common.run_json_lines(cmd, timeout)
@@ -69,7 +80,7 @@ def run(archs: list[str], peers: list[str], rounds: int, steps: int, warmup: int
                 f"peak RSS {out['peak_rss_mb']:.0f} MB")
 
     def finish(arch: str) -> None:
-        for c in compare(arch, results[arch]):
+        for c in compare(arch, results[arch], workload):
             emit(c)
             comparisons.append(c)
 
@@ -92,19 +103,22 @@ def run(archs: list[str], peers: list[str], rounds: int, steps: int, warmup: int
     return comparisons, raw
 
 
-def compare(arch: str, results: dict[str, list[dict]]) -> list[Comparison]:
+def compare(arch: str, results: dict[str, list[dict]], workload: str = "step"
+            ) -> list[Comparison]:
     """One comparison per peer with results, against saerun's pooled step times."""
     ours = results.get("saerun") or []
     if not ours:
         return []
     mine = summarize(ours)
+    densities = [r["density"] for r in ours if "density" in r]
+    extra = {"saerun_density": common.median(densities)} if densities else None
     out = []
     for tool, runs in results.items():
         if tool == "saerun" or not runs:
             continue
         theirs = summarize(runs)
-        out.append(Comparison("step", arch, mine["tokens_per_s"], tool, theirs["tokens_per_s"],
-                              mine["peak_rss_mb"], theirs["peak_rss_mb"]))
+        out.append(Comparison(workload, arch, mine["tokens_per_s"], tool, theirs["tokens_per_s"],
+                              mine["peak_rss_mb"], theirs["peak_rss_mb"], extra=extra))
     return out
 
 

@@ -2,8 +2,9 @@
 embedded model (saerun/tiny-stdlib, a 4-layer GPT-2, d_model 128; blocks.2.hook_resid_post),
 end to end, each tool its usual way:
 
-- saerun: one spec, `saerun SPEC --registry TMP --quiet` (one model pass per batch feeds all 8;
-  evaluation included; the registry's train/eval seconds give the phases apart);
+- saerun: one spec, `saerun SPEC --registry TMP --quiet` (one model pass per batch feeds all 8),
+  run twice: reconstruction metrics only (the peers' work) and every metric (CE/KL: spliced
+  forwards); the registry's train/eval seconds give the phases apart;
 - SAELens: 8 `LanguageModelSAETrainingRunner` runs in one process, one after the other;
 - dictionary_learning: `trainSAE` with 8 trainer configs sharing one ActivationBuffer.
 
@@ -36,6 +37,7 @@ site: {{hook_name: blocks.{layer}.hook_resid_post}}
 data: {{dataset: saerun/stdlib, context_size: {context}, train_tokens: {tokens}}}
 sae: {{architecture: relu, d_sae: {d_sae}, sparsity: {{penalty: l1, coefficient: 1}}}}
 train: {{lr: {lr}, batch_tokens: {batch}}}
+{eval}
 sweep:
   zip: {{sae.sparsity.coefficient: {coefficients}}}
 """
@@ -48,9 +50,12 @@ def description(tokens: int) -> list[str]:
         f"lr {LR}, {tokens:,} training tokens per SAE, L1 coefficients {COEFFICIENTS}.",
         "",
         "- saerun: one spec through its CLI (`saerun SPEC --registry TMP --quiet`): one model "
-        "pass per batch feeds all 8 SAEs; evaluation (32,768 held-out tokens, every metric, "
-        "CE/KL included) is inside its wall time, SAELens and dictionary_learning evaluate "
-        "nothing here.",
+        "pass per batch feeds all 8 SAEs. It runs twice per round. 'saerun' does the peers' "
+        "work: `eval: {metrics: []}`, so its evaluation is the reconstruction metrics on "
+        "32,768 held-out tokens (no language-model pass beyond the site). 'saerun, full eval' "
+        "adds every metric, CE loss recovered and KL included: a clean, a zero-ablated, a "
+        "mean-ablated and 8 spliced forwards per eval batch. SAELens and dictionary_learning "
+        "evaluate nothing here.",
         "- SAELens: 8 `LanguageModelSAETrainingRunner` runs (its usual way) in one process: "
         "each loads the model and streams its own activations. (SAELens 6.54 also ships a "
         "`MultiSAETrainingRunner`; not measured here.)",
@@ -70,11 +75,21 @@ def description(tokens: int) -> list[str]:
     ]
 
 
-def saerun_job(tmp: Path, tokens: int) -> tuple[list, Callable[[dict], dict]]:
+# saerun runs twice per round: with its full evaluation (CE/KL need 2 + 8 spliced forwards per
+# eval batch), and as the same work the peers do here (they evaluate nothing): only the
+# reconstruction metrics, which need no language-model pass past the site.
+# tool -> (the spec's eval section, the workload name of its comparisons)
+SAERUN_VARIANTS = {"saerun": ("eval: {metrics: []}", "sweep"),
+                   "saerun_full_eval": ("eval: {}", "sweep_full_eval")}
+
+
+def saerun_job(tmp: Path, tokens: int, eval_section: str = "eval: {}"
+               ) -> tuple[list, Callable[[dict], dict]]:
     """The saerun command and a function adding the registry's phase timings to its result."""
     spec = tmp / "spec.yaml"
     spec.write_text(SPEC.format(layer=LAYER, context=CONTEXT, tokens=tokens, d_sae=D_SAE,
-                                lr=LR, batch=BATCH, coefficients=json.dumps(COEFFICIENTS)))
+                                lr=LR, batch=BATCH, coefficients=json.dumps(COEFFICIENTS),
+                                eval=eval_section))
     registry = tmp / "saerun.db"
     saerun = common.ROOT / ".venv" / "bin" / "saerun"
     cmd = [saerun, spec, "--registry", registry, "--quiet"]
@@ -108,15 +123,15 @@ def run(peers: list[str], tokens: int, rounds: int = 1, venvs: Path = common.VEN
                and (py := common.venv_python(p, venvs)) is not None}
     raw: dict = {"runs": [], "versions": {}, "errors": [], "description": description(tokens),
                  "tokens_per_sae": tokens}
-    results: dict[str, list[dict]] = {t: [] for t in ["saerun", *pythons]}
+    results: dict[str, list[dict]] = {t: [] for t in [*SAERUN_VARIANTS, *pythons]}
     for r in range(rounds):
         for tool in results:
             with tempfile.TemporaryDirectory(prefix="saerun-bench-sweep-") as tmp_name:
                 tmp = Path(tmp_name)
                 log(f"sweep round {r + 1}/{rounds}: {tool}")
                 try:
-                    if tool == "saerun":
-                        cmd, finish = saerun_job(tmp, tokens)
+                    if tool in SAERUN_VARIANTS:
+                        cmd, finish = saerun_job(tmp, tokens, SAERUN_VARIANTS[tool][0])
                         res = finish(common.run_measured(cmd, timeout))
                         res.pop("json", None)
                     else:
@@ -143,29 +158,33 @@ def run(peers: list[str], tokens: int, rounds: int = 1, venvs: Path = common.VEN
 
 
 def compare(results: dict[str, list[dict]], tokens: int) -> list[Comparison]:
-    ours = results.get("saerun") or []
-    if not ours:
-        return []
+    """Per saerun variant and peer, one comparison (workload "sweep": the same work as the
+    peers, reconstruction metrics only; "sweep_full_eval": saerun with every metric)."""
     total = len(COEFFICIENTS) * tokens
-    wall = common.median([r["wall_s"] for r in ours])
-    extra_ours = {"saerun_wall_s": round(wall, 1)}
-    if all("eval_s" in r for r in ours):
-        no_eval = common.median([r["wall_s"] - r["eval_s"] for r in ours])
-        train = common.median([r["train_s"] for r in ours])
-        extra_ours.update({
-            "saerun_wall_without_eval_s": round(no_eval, 1),
-            "saerun_train_only_s": round(train, 1),
-            "saerun_train_only_tokens_per_s": round(total / train, 1),
-        })
     out = []
-    for tool, runs in results.items():
-        if tool == "saerun" or not runs:
+    for variant, (_, workload) in SAERUN_VARIANTS.items():
+        ours = results.get(variant) or []
+        if not ours:
             continue
-        peer_wall = common.median([r["wall_s"] for r in runs])
-        out.append(Comparison(
-            "sweep", "relu", total / wall, tool, total / peer_wall,
-            max(r["peak_rss_mb"] for r in ours), max(r["peak_rss_mb"] for r in runs),
-            extra={**extra_ours, "peer_wall_s": round(peer_wall, 1), "n_saes": len(COEFFICIENTS),
-                   "tokens_per_sae": tokens},
-        ))
+        wall = common.median([r["wall_s"] for r in ours])
+        extra_ours = {"saerun_wall_s": round(wall, 1)}
+        if all("eval_s" in r for r in ours):
+            no_eval = common.median([r["wall_s"] - r["eval_s"] for r in ours])
+            train = common.median([r["train_s"] for r in ours])
+            extra_ours.update({
+                "saerun_eval_s": round(common.median([r["eval_s"] for r in ours]), 1),
+                "saerun_wall_without_eval_s": round(no_eval, 1),
+                "saerun_train_only_s": round(train, 1),
+                "saerun_train_only_tokens_per_s": round(total / train, 1),
+            })
+        for tool, runs in results.items():
+            if tool in SAERUN_VARIANTS or not runs:
+                continue
+            peer_wall = common.median([r["wall_s"] for r in runs])
+            out.append(Comparison(
+                workload, "relu", total / wall, tool, total / peer_wall,
+                max(r["peak_rss_mb"] for r in ours), max(r["peak_rss_mb"] for r in runs),
+                extra={**extra_ours, "peer_wall_s": round(peer_wall, 1),
+                       "n_saes": len(COEFFICIENTS), "tokens_per_sae": tokens},
+            ))
     return out

@@ -64,10 +64,11 @@ def test_missing_peer_venv_is_skipped_with_a_message(tmp_path, capsys):
 def test_sweep_without_peer_venvs_runs_no_peer(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(common, "run_measured", lambda cmd, timeout: calls.append(cmd) or {})
-    monkeypatch.setattr(sweep, "saerun_job", lambda tmp, tokens: (["saerun"], lambda r: {
+    monkeypatch.setattr(sweep, "saerun_job", lambda tmp, tokens, ev: (["saerun", ev], lambda r: {
         "wall_s": 10.0, "peak_rss_mb": 500.0, "train_s": 6.0, "eval_s": 3.0}))
     comparisons, raw = sweep.run(["sae_lens", "dictionary_learning"], 10_000, venvs=tmp_path)
-    assert comparisons == [] and calls == [["saerun"]] and raw["tokens_per_sae"] == 8192
+    assert comparisons == [] and raw["tokens_per_sae"] == 8192
+    assert calls == [["saerun", "eval: {metrics: []}"], ["saerun", "eval: {}"]]
     assert "skipping dictionary_learning" in capsys.readouterr().err
 
 
@@ -96,13 +97,18 @@ def test_run_measured_reports_wall_rss_and_the_last_json_line():
 def test_sweep_compare_counts_every_sae_and_separates_saerun_phases():
     results = {
         "saerun": [{"wall_s": 20.0, "peak_rss_mb": 600.0, "train_s": 10.0, "eval_s": 5.0}],
+        "saerun_full_eval": [{"wall_s": 40.0, "peak_rss_mb": 800.0, "train_s": 10.0,
+                              "eval_s": 25.0}],
         "sae_lens": [{"wall_s": 80.0, "peak_rss_mb": 900.0}],
     }
-    (c,) = sweep.compare(results, 4096)
-    assert c.saerun_tokens_per_s == 8 * 4096 / 20.0 and c.ratio == 4.0
-    line = c.as_dict()
-    assert line["saerun_wall_without_eval_s"] == 15.0
+    same, full = sweep.compare(results, 4096)
+    assert same.workload == "sweep" and full.workload == "sweep_full_eval"
+    assert same.saerun_tokens_per_s == 8 * 4096 / 20.0 and same.ratio == 4.0
+    assert full.ratio == 2.0 and full.saerun_peak_rss_mb == 800.0
+    line = same.as_dict()
+    assert line["saerun_wall_without_eval_s"] == 15.0 and line["saerun_eval_s"] == 5.0
     assert line["saerun_train_only_tokens_per_s"] == round(8 * 4096 / 10.0, 1)
+    assert sweep.compare({"saerun": [], "sae_lens": results["sae_lens"]}, 4096) == []
 
 
 def test_report_marks_targets_and_keeps_the_notes():
@@ -138,3 +144,115 @@ def test_saved_runs_merge_into_one_report():
     assert merged["comparisons"] == [{"a": 1}, {"b": 2}] and set(merged["raw"]) == {"step", "sweep"}
     assert merged["seconds"] == 15 and merged["settings"] == {"steps": 3, "sweep_rounds": 1}
     assert merged["command"].endswith("; python -m bench --workload sweep")
+
+
+def _peer_drivers():
+    """The step drivers are scripts beside _driver.py, imported the way they import it."""
+    peers = str(common.PEERS_DIR)
+    if peers not in sys.path:
+        sys.path.insert(0, peers)
+    import _driver
+    import dictlearn_step
+    import saelens_step
+
+    return _driver, saelens_step, dictlearn_step
+
+
+def _saerun_weights(d_in=3, d_sae=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    names = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+             "r_mag": (d_sae,), "b_mag": (d_sae,), "log_threshold": (d_sae,)}
+    return {k: torch.randn(shape, generator=g) for k, shape in names.items()}
+
+
+def _module(**shapes):
+    """A stand-in for a peer's SAE: parameters of the peer's names and shapes, all zeros."""
+    m = torch.nn.Module()
+    for name, shape in shapes.items():
+        *path, leaf = name.split(".")
+        owner = m
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, torch.nn.Module())
+            owner = getattr(owner, part)
+        owner.register_parameter(leaf, torch.nn.Parameter(torch.zeros(shape)))
+    return m
+
+
+def test_init_weights_map_onto_each_peers_names(tmp_path, monkeypatch):
+    """--init (bench/trained.py's state, saerun's names) lands on SAELens's and
+    dictionary_learning's parameters with their layouts: transposed nn.Linear weights,
+    b_gate / gate_bias for Gated's b_enc, threshold = exp(log_threshold)."""
+    from safetensors.torch import save_file
+
+    _driver, saelens_step, dictlearn_step = _peer_drivers()
+    w = _saerun_weights()
+    path = tmp_path / "w.safetensors"
+    save_file(w, str(path))
+
+    def give(arch):
+        monkeypatch.setitem(_driver.INIT, arch, str(path))
+
+    give("gated")
+    sl = _module(W_enc=(3, 5), b_gate=(5,), r_mag=(5,), b_mag=(5,), W_dec=(5, 3), b_dec=(3,))
+    saelens_step.load_init(sl, "gated")
+    assert torch.equal(sl.b_gate, w["b_enc"]) and torch.equal(sl.W_dec, w["W_dec"])
+    assert "gated" not in _driver.INIT  # consumed: main() checks every --init was used
+
+    give("jumprelu")
+    sl = _module(W_enc=(3, 5), b_enc=(5,), W_dec=(5, 3), b_dec=(3,), threshold=(5,))
+    saelens_step.load_init(sl, "jumprelu")
+    assert torch.allclose(sl.threshold, w["log_threshold"].exp())
+
+    give("relu")
+    dl = _module(**{"encoder.weight": (5, 3), "encoder.bias": (5,), "decoder.weight": (3, 5),
+                    "bias": (3,)})
+    dictlearn_step.load_init(dl, "relu")
+    assert torch.equal(dl.encoder.weight, w["W_enc"].T)
+    assert torch.equal(dl.decoder.weight, w["W_dec"].T) and torch.equal(dl.bias, w["b_dec"])
+
+    give("gated")
+    dl = _module(**{"encoder.weight": (5, 3), "gate_bias": (5,), "r_mag": (5,), "mag_bias": (5,),
+                    "decoder.weight": (3, 5), "decoder_bias": (3,)})
+    dictlearn_step.load_init(dl, "gated")
+    assert torch.equal(dl.gate_bias, w["b_enc"]) and torch.equal(dl.mag_bias, w["b_mag"])
+
+    give("relu")  # a peer whose parameters disagree is refused, never half-loaded silently
+    with pytest.raises(ValueError, match="shape"):
+        saelens_step.load_init(_module(W_enc=(5, 3), b_enc=(5,), W_dec=(5, 3), b_dec=(3,)),
+                               "relu")
+    give("relu")
+    with pytest.raises(ValueError, match="no initial value"):
+        saelens_step.load_init(_module(W_enc=(3, 5), b_enc=(5,), W_dec=(5, 3), b_dec=(3,),
+                                       extra=(2,)), "relu")
+
+
+def test_report_has_the_trained_state_section():
+    results = {
+        "command": "python -m bench --workload trained", "machine": report.machine(),
+        "settings": {}, "versions": {}, "load_before": [1.0], "load_after": [1.0],
+        "comparisons": [common.Comparison("step_trained", "relu", 12000, "dictionary_learning",
+                                          5000, 700, 710, {"saerun_density": 0.03}).as_dict()],
+        "raw": {"step_trained": {"trained": {"relu": {"density": 0.032, "l0": 131.1,
+                                                         "d_sae": 4096}},
+                                 "trained_steps": 300, "errors": []}},
+    }
+    text = report.render(results, "")
+    section = text.split("## (a') ")[1].split("## (b)")[0]
+    assert "300 steps" in section and "relu 131.1 latents of 4096 (3.2%)" in section
+    assert "| relu | dictionary_learning | 12.00k | 5.00k | 2.40x |" in section
+    assert "| 3.0% |" in section and "| relu | dictionary_learning | 2.40x | met |" in section
+
+
+@pytest.mark.parametrize("variant", list(sweep.SAERUN_VARIANTS))
+def test_sweep_specs_validate_and_compile_to_one_group_of_eight(tmp_path, variant):
+    from saerun.plan import build_plan
+    from saerun.runner import model_dims
+    from saerun.spec import load_spec
+
+    cmd, _ = sweep.saerun_job(tmp_path, 8192, sweep.SAERUN_VARIANTS[variant][0])
+    spec, raw, lines, _ = load_spec(cmd[1])
+    jobs = build_plan(spec, raw, lines, str(cmd[1]), model_dims).jobs
+    assert len(jobs) == 8 and len({j.config.site.hook_name for j in jobs}) == 1
+    metrics = set(jobs[0].config.eval.metrics)
+    assert ("ce_loss_recovered" in metrics) == (variant == "saerun_full_eval")

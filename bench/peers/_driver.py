@@ -25,7 +25,42 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--acts", required=True, help="a .pt file of [n_batches, BATCH, D_IN] fp32")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--init", nargs="*", default=[], metavar="ARCH=FILE",
+                   help="start that architecture's SAE from these weights (a safetensors file "
+                   "in saerun's parameter names, bench/trained.py); the driver maps them")
     return p.parse_args()
+
+
+ARGS: argparse.Namespace | None = None  # the parsed command line, once main() has run
+
+# ARCH -> safetensors file from --init; an architecture's entry is removed when its driver
+# reads it, and main() refuses a driver that ignored one.
+INIT: dict[str, str] = {}
+
+
+def initial_weights(arch: str) -> dict[str, torch.Tensor] | None:
+    """The --init weights for `arch` in saerun's names and layouts (W_enc [d_in, d_sae],
+    W_dec [d_sae, d_in], b_enc, b_dec; gated r_mag, b_mag; jumprelu log_threshold), or None."""
+    path = INIT.pop(arch, None)
+    if path is None:
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+@torch.no_grad()
+def copy_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy each named tensor into the module's parameter or buffer of that name (shapes must
+    match exactly; every parameter must be given)."""
+    own = dict(module.named_parameters()) | dict(module.named_buffers())
+    missing = set(dict(module.named_parameters())) - set(tensors)
+    if missing:
+        raise ValueError(f"no initial value for {sorted(missing)}")
+    for name, value in tensors.items():
+        if own[name].shape != value.shape:
+            raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(own[name].shape)}")
+        own[name].copy_(value)
 
 
 def setup_torch() -> None:
@@ -71,14 +106,19 @@ def main(tool: str, version: str, supported: Collection[str],
     library is imported once and each architecture runs in a forked child, so it gets a fresh
     SAE and its own peak RSS but no second interpreter start. (The parent runs no torch op
     before forking, so the child's thread pool is unaffected.)"""
-    args = parse_args()
+    global ARGS
+    args = ARGS = parse_args()
+    INIT.update(item.split("=", 1) for item in args.init)
     setup_torch()
     batches = load_batches(args.acts)
 
     def one(arch: str) -> None:
+        given = arch in INIT
         step = make_step(arch)
+        if arch in INIT:
+            raise RuntimeError(f"{tool}'s driver ignored --init for {arch}")
         times = time_steps(step, batches, args.warmup, args.steps)
-        emit(tool, version, arch, times, **extra(arch))
+        emit(tool, version, arch, times, init=given, **extra(arch))
 
     for arch in args.arch:
         if arch not in supported:

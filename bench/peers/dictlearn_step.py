@@ -47,8 +47,31 @@ def make_trainer(arch: str):
     raise ValueError(f"unknown architecture {arch!r}")
 
 
+def load_init(ae, arch: str) -> None:
+    """--init weights (saerun's names) onto dictionary_learning's: nn.Linear weights are the
+    transposes; Gated's b_enc is gate_bias and b_mag mag_bias; JumpReLU's threshold is
+    exp(log_threshold)."""
+    w = _driver.initial_weights(arch)
+    if w is None:
+        return
+    if arch == "relu":
+        mapped = {"encoder.weight": w["W_enc"].T, "encoder.bias": w["b_enc"],
+                  "decoder.weight": w["W_dec"].T, "bias": w["b_dec"]}
+    elif arch == "gated":
+        mapped = {"encoder.weight": w["W_enc"].T, "gate_bias": w["b_enc"], "r_mag": w["r_mag"],
+                  "mag_bias": w["b_mag"], "decoder.weight": w["W_dec"].T,
+                  "decoder_bias": w["b_dec"]}
+    elif arch == "jumprelu":
+        mapped = {k: w[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        mapped["threshold"] = w["log_threshold"].exp()
+    else:
+        raise ValueError(f"no --init mapping for {arch}")
+    _driver.copy_into(ae, mapped)
+
+
 def make_step(arch: str):
     trainer = make_trainer(arch)
+    load_init(trainer.ae, arch)
     counter = {"step": 0}
 
     def step(x):

@@ -37,12 +37,31 @@ def make_sae(arch: str):
     raise ValueError(f"unknown architecture {arch!r}")
 
 
+def load_init(sae, arch: str) -> None:
+    """--init weights (saerun's names) onto SAELens's: same layouts; Gated's b_enc is b_gate,
+    JumpReLU's threshold is exp(log_threshold)."""
+    w = _driver.initial_weights(arch)
+    if w is None:
+        return
+    mapped = {k: w[k] for k in ("W_enc", "W_dec", "b_dec")}
+    if arch == "relu":
+        mapped["b_enc"] = w["b_enc"]
+    elif arch == "gated":
+        mapped.update(b_gate=w["b_enc"], r_mag=w["r_mag"], b_mag=w["b_mag"])
+    elif arch == "jumprelu":
+        mapped.update(b_enc=w["b_enc"], threshold=w["log_threshold"].exp())
+    else:
+        raise ValueError(f"no --init mapping for {arch}")
+    _driver.copy_into(sae, mapped)
+
+
 def make_step(arch: str):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
     from tqdm import tqdm
 
     sae = make_sae(arch)
+    load_init(sae, arch)
     cfg = SAETrainerConfig(total_training_samples=_driver.BATCH * 100_000,
                            train_batch_size_samples=_driver.BATCH, lr=3e-4, lr_end=3e-4,
                            device="cpu")

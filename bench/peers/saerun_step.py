@@ -10,10 +10,22 @@ from pathlib import Path
 import _driver
 
 ARCHS = ("relu", "topk", "batchtopk", "gated", "jumprelu", "matryoshka")
+TRAINERS: dict = {}  # arch -> its Trainer, for `density`
 
 
-def make_step(arch: str):
-    """A callable doing one full saerun training step on a [BATCH, D_IN] tensor."""
+def density(arch: str, acts: str) -> dict:
+    """The fraction of latents firing on the first timed batch, after the timed steps: which
+    side of the sparse kernels' density threshold the steps ran on."""
+    import torch
+
+    x = _driver.load_batches(acts)[0]
+    with torch.no_grad():
+        return {"density": round((TRAINERS[arch].sae.encode(x) > 0).float().mean().item(), 5)}
+
+
+def make_trainer(arch: str, train_steps: int = 100_000):
+    """saerun's Trainer for the benchmark's sizes, its defaults otherwise; `train_steps` sets
+    the schedule's length (long by default, so the timed steps sit at the constant LR)."""
     from saerun.spec import RunConfig
     from saerun.train import Trainer
 
@@ -28,13 +40,21 @@ def make_step(arch: str):
         "seed": 0,
         "model": {},
         "site": {"hook_name": "bench"},
-        # Long enough that the timed steps sit in the constant-LR part of the schedule.
-        "data": {"train_tokens": _driver.BATCH * 100_000},
+        "data": {"train_tokens": _driver.BATCH * train_steps},
         "sae": sae,
         "train": {"batch_tokens": _driver.BATCH, "lr": 1e-3},
         "eval": {},
     })
-    trainer = Trainer.create("bench" + arch, config, "cpu")
+    return Trainer.create("bench" + arch, config, "cpu")
+
+
+def make_step(arch: str):
+    """A callable doing one full saerun training step on a [BATCH, D_IN] tensor."""
+    trainer = TRAINERS[arch] = make_trainer(arch)
+    init = _driver.initial_weights(arch)
+    if init is not None:
+        _driver.copy_into(trainer.sae, init)
+        trainer.step = 1  # past step 0's b_dec initialisation from the batch
     return trainer.train_step
 
 
@@ -54,4 +74,5 @@ def version() -> str:
 
 if __name__ == "__main__":
     import saerun.train  # noqa: F401  (imported once, before any fork)
-    _driver.main("saerun", version(), ARCHS, make_step)
+    _driver.main("saerun", version(), ARCHS, make_step,
+                 extra=lambda arch: density(arch, _driver.ARGS.acts))
