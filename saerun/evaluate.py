@@ -77,12 +77,14 @@ def evaluate_group(
         else:
             acts = lm.capture(tokens, hooks)
         for run_id, (sae, hook) in saes.items():
-            x = acts[hook].to(device=device, dtype=torch.float32)
+            x = acts[hook][keep].to(device=device, dtype=torch.float32)  # counted positions
             f = sae.encode(x)
             x_hat = sae.decode(f)
-            accs[run_id].update_reconstruction(x[keep], x_hat[keep], f[keep])
+            accs[run_id].update_reconstruction(x, x_hat, f)
+            del f
             if with_lm:
-                patch = torch.where(keep[..., None], x_hat.to(acts[hook].dtype), acts[hook])
+                patch = acts[hook].clone()
+                patch[keep] = x_hat.to(patch.dtype)
                 ce_sae, kl_sae = scorer.ce_kl(
                     lm.logits_patched(tokens, hook, lambda a, p=patch: p))
                 ce_zero, ce_mean, kl_zero = ablated[hook]

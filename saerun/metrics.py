@@ -43,40 +43,62 @@ def kl_from_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
 class NextTokenScorer:
     """CE and KL(P_clean || Q) of many patched forwards against one clean forward, fast.
 
-    The clean logits give log P, P and sum P log P once. A patched forward's logits z then
-    cost one logsumexp, one gather and one P.z dot per position, never a log_softmax:
+    The clean logits give P and sum P log P once. A patched forward's logits z then cost one
+    logsumexp, one gather and one P.z dot per position, never a log_softmax:
     CE = lse(z) - z[target] and KL = sum P log P - P.z + lse(z) sum P. Everything stays on the
-    [b, T-1] grid of positions with a next token (no [n, V] copies); `pred` [b, T-1] picks
-    the scored positions at the end. Equal to `per_token_ce` / `per_token_kl` within float32
-    rounding (tests/test_metrics.py); a position whose dot is not finite (-inf logits where
-    P = 0) is recomputed with the exact formula.
+    [b, T-1] grid of positions with a next token; `pred` [b, T-1] picks the scored positions
+    at the end. The per-position reductions run over a few sequences at a time, so no
+    temporary is as large as the logits (evaluation's peak memory). Equal to `per_token_ce` /
+    `per_token_kl` within float32 rounding (tests/test_metrics.py); a position whose dot is not
+    finite (-inf logits where P = 0) is recomputed with the exact formula.
     """
 
-    def __init__(self, clean_logits: Tensor, tokens: Tensor, pred: Tensor) -> None:
-        self.pred = pred.to(clean_logits.device)
-        self.targets = tokens[:, 1:, None].to(clean_logits.device)
-        self.logp = next_token_logprobs(clean_logits)
-        self.p = self.logp.exp()
-        self.p_sum = self.p.sum(-1)
-        self.neg_entropy = torch.where(self.p > 0, self.p * self.logp, 0.0).sum(-1)
-        self.ce_clean = -self.logp.gather(-1, self.targets).squeeze(-1)[self.pred]
+    CHUNK_ELEMENTS = 1 << 22  # logits entries per reduction chunk (16 MB of float32)
 
-    def _ce(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z = logits[:, :-1].float()
-        lse = torch.logsumexp(z, dim=-1)
-        return z, lse, lse - z.gather(-1, self.targets).squeeze(-1)
+    def __init__(self, clean_logits: Tensor, tokens: Tensor, pred: Tensor) -> None:
+        b, t, v = clean_logits.shape
+        device = clean_logits.device
+        self.pred = pred.to(device)
+        self.targets = tokens[:, 1:, None].to(device)
+        self.rows = max(1, self.CHUNK_ELEMENTS // (t * v))  # sequences per chunk
+        self.p = torch.empty(b, t - 1, v, device=device)
+        self.neg_entropy = torch.empty(b, t - 1, device=device)
+        ce = torch.empty(b, t - 1, device=device)
+        for i in range(0, b, self.rows):
+            logp = next_token_logprobs(clean_logits[i:i + self.rows])
+            p = torch.exp(logp, out=self.p[i:i + self.rows])
+            self.neg_entropy[i:i + self.rows] = torch.where(p > 0, p * logp, 0.0).sum(-1)
+            ce[i:i + self.rows] = -logp.gather(-1, self.targets[i:i + self.rows]).squeeze(-1)
+        self.p_sum = self.p.sum(-1)
+        self.ce_clean = ce[self.pred]
+
+    def _scores(self, logits: Tensor, with_kl: bool) -> tuple[Tensor, Tensor | None]:
+        z = logits[:, :-1]
+        ce = torch.empty(self.neg_entropy.shape, device=z.device)
+        kl = torch.empty_like(ce) if with_kl else None
+        for i in range(0, z.shape[0], self.rows):
+            s = slice(i, i + self.rows)
+            zc = z[s].float()
+            lse = torch.logsumexp(zc, dim=-1)
+            ce[s] = lse - zc.gather(-1, self.targets[s]).squeeze(-1)
+            if kl is not None:
+                kl[s] = self.neg_entropy[s] - torch.linalg.vecdot(self.p[s], zc) \
+                    + lse * self.p_sum[s]
+        if kl is not None:
+            bad = ~torch.isfinite(kl)
+            if bad.any():  # log P from P: -inf where P = 0, which the formula counts as 0
+                kl[bad] = kl_from_logprobs(self.p[bad].log(),
+                                           torch.log_softmax(z[bad].float(), -1))
+        return ce, kl
 
     def ce(self, logits: Tensor) -> Tensor:
         """CE (nats) of patched logits [b, T, V] at each scored position."""
-        return self._ce(logits)[2][self.pred]
+        return self._scores(logits, with_kl=False)[0][self.pred]
 
     def ce_kl(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(CE, KL(P_clean || Q_patched)) at each scored position."""
-        z, lse, ce = self._ce(logits)
-        kl = self.neg_entropy - torch.linalg.vecdot(self.p, z) + lse * self.p_sum
-        bad = ~torch.isfinite(kl)
-        if bad.any():
-            kl[bad] = kl_from_logprobs(self.logp[bad], torch.log_softmax(z[bad], -1))
+        ce, kl = self._scores(logits, with_kl=True)
+        assert kl is not None
         return ce[self.pred], kl[self.pred]
 
 
@@ -184,9 +206,11 @@ class MetricAccumulator:
         # A zero vector has no direction: its cosine counts as 0 (the clamp avoids 0/0).
         self.sum_cos = self.sum_cos + (dot / (x_norm * xh_norm).clamp_min(1e-12)).sum()
         self.sum_l2_ratio = self.sum_l2_ratio + (xh_norm / x_norm.clamp_min(1e-12)).sum()
-        self.sum_l0 = self.sum_l0 + (f != 0).sum(dtype=torch.float64)
-        fires = (f > 0).sum(0, dtype=torch.float64)
-        self.fires = fires if self.fires is None else self.fires + fires
+        # Counted without a [n, d_sae] float64 copy of the mask (33 MB per 4k tokens x 1k
+        # latents, once per SAE and batch, was most of evaluation's peak memory).
+        self.sum_l0 = self.sum_l0 + torch.count_nonzero(f).double()
+        fires = sum(torch.count_nonzero(chunk > 0, dim=0) for chunk in f.split(1024))
+        self.fires = fires.double() if self.fires is None else self.fires + fires
 
     def update_lm(self, ce_orig: Tensor, ce_sae: Tensor, ce_zero: Tensor, ce_mean: Tensor,
                   kl_sae: Tensor, kl_zero: Tensor) -> None:

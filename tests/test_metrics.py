@@ -165,11 +165,14 @@ def test_per_token_kl():
     assert per_token_kl(masked, masked).item() == 0.0
 
 
-def test_next_token_scorer_equals_the_formulas():
+@pytest.mark.parametrize("chunk", [None, 2 * 6 * 50])  # one chunk; 2 sequences (uneven: 2+1)
+def test_next_token_scorer_equals_the_formulas(monkeypatch, chunk):
     """The evaluation's fast CE/KL (logsumexp + dot, no log_softmax of the patched logits)
     against per_token_ce / per_token_kl, at the scored positions only, with large logits (the
     cancellation in sum P log P - P.z + lse is where float32 could lose digits) and a -inf
     logit where P = 0 (the exact-formula fallback)."""
+    if chunk:
+        monkeypatch.setattr(NextTokenScorer, "CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(3)
     b, t, v = 3, 6, 50
     tokens = torch.randint(0, v, (b, t), generator=g)
@@ -179,6 +182,7 @@ def test_next_token_scorer_equals_the_formulas():
     pred = torch.ones(b, t - 1, dtype=torch.bool)
     pred[1, 0] = pred[2, 3] = False  # excluded positions (BOS inputs)
     scorer = NextTokenScorer(clean, tokens, pred)
+    assert min(scorer.rows, b) == (2 if chunk else b)
     ce, kl = scorer.ce_kl(patched)
     assert torch.allclose(ce, per_token_ce(patched, tokens)[pred], rtol=1e-5, atol=1e-5)
     assert torch.allclose(kl, per_token_kl(clean, patched)[pred], rtol=1e-4, atol=2e-5)

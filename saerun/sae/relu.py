@@ -37,7 +37,10 @@ class ReluSAE(SAE):
         return torch.relu(self.pre_acts(x))
 
     def penalty(self, f: Tensor, w_dec: Tensor) -> Tensor:
-        """The sparsity penalty per token, before lambda: [batch]."""
+        """The sparsity penalty per token, before lambda: [batch]. L1 (f >= 0, so |f| = f) is
+        one matrix-vector product, f @ ||W_dec||, with no [batch, d_sae] product in between."""
+        if self.cfg.sparsity.penalty == "l1":
+            return f @ self.penalty_weights(w_dec)
         return self.penalty_terms(f * self.penalty_weights(w_dec)).sum(-1)
 
     def penalty_terms(self, weighted: Tensor) -> Tensor:
@@ -87,5 +90,5 @@ class ReluSAE(SAE):
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
         if self.cfg.ghost_grads:
             loss = loss + ghost_grads_loss(pre, x, x_hat, w_dec, step.dead_mask)
-        l0 = (f > 0).float().sum(-1).mean()
-        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
+        l0 = torch.count_nonzero(f.detach()) / f.shape[0]
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0, f.detach())
