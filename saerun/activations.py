@@ -23,10 +23,12 @@ NUMERICS_MODE = "transformer_bridge/raw_hf"
 
 
 class LanguageModel:
-    def __init__(self, name: str, bridge: Any, device: str) -> None:
+    def __init__(self, name: str, bridge: Any, device: str,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.name = name
         self.bridge = bridge
         self.device = device
+        self.dtype = dtype
         self.tokenizer = bridge.tokenizer
         self.numerics_mode = NUMERICS_MODE
         self.n_layers = bridge.cfg.n_layers
@@ -47,7 +49,7 @@ class LanguageModel:
         info = model_info(name)
         bridge = TransformerBridge.boot_transformers(info.source, device=device, dtype=dtype)
         bridge.eval()
-        return cls(name, bridge, device)
+        return cls(name, bridge, device, dtype)
 
     def special_mask(self, tokens: Tensor) -> Tensor:
         """[b, T] True where the token is special (BOS/EOS/pad)."""
@@ -125,6 +127,44 @@ def token_batches(lm: LanguageModel, data: Any, split: str) -> Iterator[Tensor]:
             return
 
 
+def activation_cache(lm: LanguageModel, data: Any, hook_names: list[str]):
+    """The on-disk activation cache of this stream (saerun/actcache.py), or None when off."""
+    from saerun import actcache
+
+    root = actcache.cache_root()
+    if root is None:
+        return None
+    ingredients = {
+        "model": actcache.model_identity(lm.name, model_info(lm.name).source),
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "device_type": torch.device(lm.device).type,
+        "numerics_mode": lm.numerics_mode,
+        "data": data_mod.fingerprint(data),
+        "context_size": data.context_size,
+        "lm_batch_sequences": data.lm_batch_sequences,
+        "exclude_special_tokens": data.exclude_special_tokens,
+    }
+    return actcache.ActivationCache(root, ingredients, hook_names)
+
+
+def train_activations(lm: LanguageModel, data: Any, hook_names: list[str]
+                      ) -> Iterator[dict[str, Tensor]]:
+    """{hook: [n, d]} at the counted positions of each language-model batch of the train
+    stream, in order, in the model's dtype; read from the activation cache where it has the
+    batch, else one forward pass (written to the cache when one is on)."""
+    cache = activation_cache(lm, data, hook_names)
+    for index, tokens in enumerate(token_batches(lm, data, "train")):
+        acts = cache.get(index) if cache is not None else None
+        if acts is None:
+            captured = lm.capture(tokens, hook_names)
+            keep = (~lm.special_mask(tokens) if data.exclude_special_tokens
+                    else torch.ones_like(tokens, dtype=torch.bool)).to(lm.device)
+            acts = {h: captured[h][keep] for h in hook_names}
+            if cache is not None:
+                cache.put(index, acts)
+        yield {h: a.to(lm.device) for h, a in acts.items()}
+
+
 def eval_token_batches(lm: LanguageModel, data: Any) -> list[Tensor]:
     return list(token_batches(lm, data, "eval"))
 
@@ -149,11 +189,8 @@ class ActivationStream:
         self._skip = n_batches
 
     def _vectors(self) -> Iterator[dict[str, Tensor]]:
-        for tokens in token_batches(self.lm, self.data, "train"):
-            acts = self.lm.capture(tokens, self.hooks)
-            keep = (~self.lm.special_mask(tokens) if self.data.exclude_special_tokens
-                    else torch.ones_like(tokens, dtype=torch.bool)).to(self.lm.device)
-            yield {h: acts[h][keep].float() for h in self.hooks}
+        for acts in train_activations(self.lm, self.data, self.hooks):
+            yield {h: a.float() for h, a in acts.items()}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         g = torch.Generator().manual_seed(self.data.shuffle_seed)
@@ -191,14 +228,15 @@ def estimate_norm_scale(lm: LanguageModel, data: Any, hook_names: list[str],
     sums = dict.fromkeys(hook_names, 0.0)
     count = 0
     widths: dict[str, int] = {}
-    for tokens in token_batches(lm, data, "train"):
-        acts = lm.capture(tokens, hook_names)
-        keep = ~lm.special_mask(tokens).to(lm.device)
+    # Special tokens are always left out of the estimate (a BOS residual can be far larger
+    # than any text token's), whether or not the SAEs train on them.
+    counted = data.model_copy(update={"exclude_special_tokens": True})
+    for acts in train_activations(lm, counted, hook_names):
         for h in hook_names:
-            x = acts[h][keep].float()
+            x = acts[h].float()
             sums[h] += x.norm(dim=-1).double().sum().item()
             widths[h] = x.shape[-1]
-        count += int(keep.sum())
+        count += x.shape[0]
         if count >= n_tokens:
             break
     return {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--activation-cache", type=Path, metavar="DIR",
+                   help="read and write training activations under DIR, content-addressed by "
+                   "model, hook, data and context: a later spec on the same stream skips the "
+                   "model (default: $SAERUN_ACTIVATION_CACHE, else off)")
     g = p.add_argument_group("launcher (over the spec's launcher section)")
     g.add_argument("--launcher", choices=["local", "slurm"], dest="kind",
                    help="where the jobs run (default: the spec's, else local)")
@@ -156,6 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     progress = None if args.quiet else Progress(console)
+    if args.activation_cache is not None:
+        from saerun import actcache
+
+        # An environment variable, so local worker processes and Slurm jobs inherit it.
+        os.environ[actcache.ENV] = str(args.activation_cache.resolve())
     summary = run_spec(args.spec, _registry_path(args), progress, args.retry_failed,
                        _launcher_options(args), wait=not args.no_wait)
     if not summary.trained and not summary.failed and not summary.elsewhere:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pydantic import TypeAdapter
@@ -138,3 +140,45 @@ def test_evaluate_group_lm_metrics_equal_the_plain_formulas(lm):
     assert out["ce_loss_recovered"] == pytest.approx(
         (m["ce_zero"] - m["ce_sae"]) / (m["ce_zero"] - m["ce_orig"]), rel=1e-4)
     assert out["kl_score"] == pytest.approx((m["kl_zero"] - m["kl_sae"]) / m["kl_zero"], rel=1e-4)
+
+
+def test_activation_cache_is_bit_identical_reused_and_keyed(lm, tmp_path, monkeypatch):
+    """--activation-cache: the stream read back from the cache equals the computed one bit
+    for bit, a second stream (another batch size and shuffle seed: shuffling happens after the
+    cache) never runs the model, and another context size or hook is another key."""
+    from saerun import actcache
+
+    hooks = ["blocks.1.hook_resid_post"]
+    plain = list(ActivationStream(lm, DATA, hooks, batch_tokens=256))
+    other = DataConfig(**{**DATA.model_dump(), "shuffle_seed": 3})
+    plain_other = list(ActivationStream(lm, other, hooks, batch_tokens=512))
+    scale = estimate_norm_scale(lm, DATA, hooks, n_tokens=2048)
+    monkeypatch.setenv(actcache.ENV, str(tmp_path / "cache"))
+    filled = list(ActivationStream(lm, DATA, hooks, batch_tokens=256))
+    (folder,) = (tmp_path / "cache").iterdir()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["hook"] == hooks[0] and meta["context_size"] == 32
+    assert meta["model"].startswith("sha256:")  # the embedded model's folder, by content
+    files = sorted(folder.glob("*.safetensors"))
+    assert len(files) >= 2 and all(torch.equal(a[hooks[0]], b[hooks[0]])
+                                   for a, b in zip(plain, filled, strict=True))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran although the cache holds every batch")
+
+    monkeypatch.setattr(lm, "capture", no_model)
+    again = list(ActivationStream(lm, other, hooks, batch_tokens=512))
+    assert all(torch.equal(a[hooks[0]], b[hooks[0]]) for a, b in zip(again, plain_other,
+                                                                        strict=True))
+    assert estimate_norm_scale(lm, DATA, hooks, n_tokens=2048) == scale
+    assert sorted(folder.glob("*.safetensors")) == files  # nothing written twice
+
+    # a truncated file is recomputed, not trusted; another context size is another key
+    monkeypatch.undo()
+    monkeypatch.setenv(actcache.ENV, str(tmp_path / "cache"))
+    files[0].write_bytes(files[0].read_bytes()[:50])
+    first = next(iter(ActivationStream(lm, DATA, hooks, batch_tokens=256)))
+    assert torch.equal(first[hooks[0]], plain[0][hooks[0]])
+    short = DataConfig(**{**DATA.model_dump(), "context_size": 16})
+    next(iter(ActivationStream(lm, short, hooks, batch_tokens=256)))
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -73,6 +73,22 @@ def test_run_rerun_ls_show_report(tmp_path):
     assert empty.returncode == 2 and "no finished runs match" in empty.stderr
 
 
+def test_activation_cache_changes_no_result(tmp_path):
+    """The same spec with and without --activation-cache: the same runs, bit-identical
+    weights; the cache holds the stream's batches afterwards."""
+    weights = {}
+    for name, flags in (("plain", []), ("cached", ["--activation-cache", "acts"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(TINY)
+        out = saerun("tiny.yaml", "--quiet", *flags, cwd=folder)
+        assert out.returncode == 0, out.stderr
+        weights[name] = {p.parent.name: p.read_bytes()
+                         for p in (folder / "registry" / "runs").glob("*/sae_weights.safetensors")}
+    assert len(weights["plain"]) == 3 and weights["plain"] == weights["cached"]
+    assert len(list((tmp_path / "cached" / "acts").glob("*/*.safetensors"))) > 0
+
+
 BAD = [
     ("train: {lr: 5e-3, batch_tokens: 512,", "train: {lrr: 5e-3, batch_tokens: 512,",
      "error: bad.yaml:7: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"),
