@@ -208,3 +208,14 @@ def test_pareto_mask_by_hand():
     assert pareto_mask([1, 1, 2], [0.5, 0.5, 0.4]) == [True, True, True]
     assert pareto_mask([1, 2, 3], [math.nan, 0.5, 0.6]) == [False, True, False]
     assert pareto_mask([], []) == []
+
+
+def test_counts_are_exact_across_row_chunks():
+    from saerun.metrics import _counts
+
+    d = (1 << 19) + 1  # one row per chunk: 3 chunks
+    f = torch.zeros(3, d)
+    f[0, :5], f[1, 3:9], f[2, -1] = 1.0, -2.0, 0.5  # negatives count in L0, not as firing
+    nonzero, fires = _counts(f)
+    assert nonzero.item() == 12 and fires.dtype == torch.float64
+    assert fires[:5].tolist() == [1, 1, 1, 1, 1] and fires[-1] == 1 and fires.sum() == 6

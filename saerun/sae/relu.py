@@ -90,5 +90,5 @@ class ReluSAE(SAE):
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
         if self.cfg.ghost_grads:
             loss = loss + ghost_grads_loss(pre, x, x_hat, w_dec, step.dead_mask)
-        l0 = torch.count_nonzero(f.detach()) / f.shape[0]
+        l0 = f.detach().gt(0).sum(dtype=torch.float32) / f.shape[0]  # (count_nonzero: 5x slower)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0, f.detach())
