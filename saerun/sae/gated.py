@@ -75,7 +75,7 @@ class GatedSAE(SAE):
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
         active = None if sparse.probably_dense(pre, 0.0) else pre > 0
-        if active is not None and sparse.pays(int(active.sum()), active):
+        if active is not None and sparse.pays(sparse.count(active), active):
             rows, cols, offsets = sparse.where(active)
             pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
             take = sparse.take

@@ -131,7 +131,7 @@ class JumpReLUSAE(SAE):
                 below = (pre < theta) & step.dead_mask.to(pre.device)
                 if self.cfg.pre_act_coefficient <= 0:
                     below.zero_()
-                if sparse.pays(int(near.sum()) + int(below.sum()), near):
+                if sparse.pays(sparse.count(near) + sparse.count(below), near):
                     masks = near, below
         if masks is not None:
             return self.sparse_loss(x, x_c, pre, step, *masks)

@@ -61,8 +61,7 @@ class ReluSAE(SAE):
             pre = x_c @ self.W_enc + self.b_enc
         if not self.cfg.ghost_grads and not sparse.probably_dense(pre, 0.0):
             active = pre > 0
-            nnz = int(active.sum())
-            if sparse.pays(nnz, active):
+            if sparse.pays(sparse.count(active), active):
                 return self.sparse_loss(x, x_c, pre, step, sparse.where(active))
         return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
 
