@@ -188,7 +188,9 @@ def test_init_weights_map_onto_each_peers_names(tmp_path, monkeypatch):
     _driver, saelens_step, dictlearn_step = _peer_drivers()
     w = _saerun_weights()
     path = tmp_path / "w.safetensors"
-    save_file(w, str(path))
+    state = {f"sae.{k}": v for k, v in w.items()}  # bench/trained.py's file: a trainer state
+    state["adam.0.exp_avg"] = torch.zeros(3, 5)
+    save_file(state, str(path), metadata={"trainer": json.dumps({"step": 300})})
 
     def give(arch):
         monkeypatch.setitem(_driver.INIT, arch, str(path))
@@ -256,3 +258,29 @@ def test_sweep_specs_validate_and_compile_to_one_group_of_eight(tmp_path, varian
     assert len(jobs) == 8 and len({j.config.site.hook_name for j in jobs}) == 1
     metrics = set(jobs[0].config.eval.metrics)
     assert ("ce_loss_recovered" in metrics) == (variant == "saerun_full_eval")
+
+
+def test_saerun_driver_resumes_the_trained_state(tmp_path, monkeypatch):
+    """saerun's step driver with --init resumes bench/trained.py's whole training state
+    (weights, Adam's moments, step) with the sparsity coefficient at full strength."""
+    from safetensors.torch import save_file
+
+    _driver, _, _ = _peer_drivers()
+    import saerun_step
+
+    source = saerun_step.make_trainer("relu", train_steps=8)
+    x = data.make_batches(1, 64, _driver.D_IN, seed=5)[0]
+    for _ in range(2):
+        source.train_step(x)
+    tensors, meta = source.state()
+    path = tmp_path / "relu.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"trainer": json.dumps(meta)})
+    monkeypatch.setitem(_driver.INIT, "relu", str(path))
+    saerun_step.make_step("relu")
+    resumed = saerun_step.TRAINERS["relu"]
+    assert resumed.step == 2 and "relu" not in _driver.INIT
+    assert torch.equal(resumed.sae.W_enc, source.sae.W_enc)
+    moments = [st["exp_avg_sq"] for st in resumed.optimizer.state.values()]
+    assert moments and all(m.abs().sum() > 0 for m in moments)
+    assert resumed.config.train.sparsity_warmup_fraction == 0.0

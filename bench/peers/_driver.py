@@ -38,15 +38,27 @@ ARGS: argparse.Namespace | None = None  # the parsed command line, once main() h
 INIT: dict[str, str] = {}
 
 
-def initial_weights(arch: str) -> dict[str, torch.Tensor] | None:
-    """The --init weights for `arch` in saerun's names and layouts (W_enc [d_in, d_sae],
-    W_dec [d_sae, d_in], b_enc, b_dec; gated r_mag, b_mag; jumprelu log_threshold), or None."""
+def initial_state(arch: str) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The --init file for `arch` as it is: saerun's whole training state (tensors "sae.*",
+    "adam.*", "tokens_since_fired"; the trainer's step etc. in the metadata), or None."""
     path = INIT.pop(arch, None)
     if path is None:
         return None
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    return load_file(path)
+    with safe_open(path, "pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("trainer", "{}"))
+    return load_file(path), meta
+
+
+def initial_weights(arch: str) -> dict[str, torch.Tensor] | None:
+    """The --init SAE weights for `arch` in saerun's names and layouts (W_enc [d_in, d_sae],
+    W_dec [d_sae, d_in], b_enc, b_dec; gated r_mag, b_mag; jumprelu log_threshold), or None."""
+    state = initial_state(arch)
+    if state is None:
+        return None
+    return {k.removeprefix("sae."): v for k, v in state[0].items() if k.startswith("sae.")}
 
 
 @torch.no_grad()

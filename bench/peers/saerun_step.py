@@ -23,9 +23,11 @@ def density(arch: str, acts: str) -> dict:
         return {"density": round((TRAINERS[arch].sae.encode(x) > 0).float().mean().item(), 5)}
 
 
-def make_trainer(arch: str, train_steps: int = 100_000):
+def make_trainer(arch: str, train_steps: int = 100_000, train_fields: dict | None = None,
+                 **sae_fields):
     """saerun's Trainer for the benchmark's sizes, its defaults otherwise; `train_steps` sets
-    the schedule's length (long by default, so the timed steps sit at the constant LR)."""
+    the schedule's length (long by default, so the timed steps sit at the constant LR),
+    `train_fields` and `sae_fields` override the train and SAE sections."""
     from saerun.spec import RunConfig
     from saerun.train import Trainer
 
@@ -36,13 +38,14 @@ def make_trainer(arch: str, train_steps: int = 100_000):
         # The peers' objective (SAELens and dictionary_learning both train JumpReLU on the L0
         # with no pre-activation term), not saerun's default tanh + pre-act, so the work is equal.
         sae.update(sparsity_mode="l0", pre_act_coefficient=0.0)
+    sae.update(sae_fields)
     config = RunConfig.model_validate({
         "seed": 0,
         "model": {},
         "site": {"hook_name": "bench"},
         "data": {"train_tokens": _driver.BATCH * train_steps},
         "sae": sae,
-        "train": {"batch_tokens": _driver.BATCH, "lr": 1e-3},
+        "train": {"batch_tokens": _driver.BATCH, "lr": 1e-3, **(train_fields or {})},
         "eval": {},
     })
     return Trainer.create("bench" + arch, config, "cpu")
@@ -50,11 +53,15 @@ def make_trainer(arch: str, train_steps: int = 100_000):
 
 def make_step(arch: str):
     """A callable doing one full saerun training step on a [BATCH, D_IN] tensor."""
-    trainer = TRAINERS[arch] = make_trainer(arch)
-    init = _driver.initial_weights(arch)
-    if init is not None:
-        _driver.copy_into(trainer.sae, init)
-        trainer.step = 1  # past step 0's b_dec initialisation from the batch
+    init = _driver.initial_state(arch)
+    if init is None:
+        trainer = TRAINERS[arch] = make_trainer(arch)
+        return trainer.train_step
+    # Resume bench/trained.py's run as a resumed saerun run would (weights, Adam's moments,
+    # step, clocks), with the sparsity coefficient at full strength: the 100k-step schedule's
+    # warm-up would otherwise still be at 6 % at step 300.
+    trainer = TRAINERS[arch] = make_trainer(arch, train_fields={"sparsity_warmup_fraction": 0.0})
+    trainer.load_state(*init)
     return trainer.train_step
 
 
