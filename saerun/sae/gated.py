@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from saerun.sae import sparse
-from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes
 
 
@@ -99,7 +99,7 @@ class GatedSAE(SAE):
         mse = mse_per_token(x, x_hat).mean()
         aux = mse_per_token(x, x_hat_frozen).mean()
         loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity + aux
-        l0 = f.l0() if isinstance(f, Codes) else (f > 0).float().sum(-1).mean()
+        l0 = f.l0() if isinstance(f, Codes) else l0_of(f)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f)
 
     def dense_loss(self, x: Tensor, step: StepInfo, pi_gate: Tensor,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from saerun.sae import sparse
-from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes
 
 
@@ -184,8 +184,7 @@ class JumpReLUSAE(SAE):
             dead = step.dead_mask.to(pre.device, pre.dtype)
             pre_act = (torch.relu(theta - pre) * (weights * dead)).sum(-1).mean()
             loss = loss + cfg.pre_act_coefficient * pre_act
-        l0 = (f > 0).float().sum(-1).mean()
-        return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f.detach())
+        return LossOutput(loss, mse.detach(), sparsity.detach(), l0_of(f), f.detach())
 
     def export_tensors(self) -> dict[str, Tensor]:
         """SAELens's JumpReLUSAE names: W_enc, b_enc, W_dec, b_dec, threshold."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from saerun.sae.auxk import auxk_loss, resolve_aux_k, sparse_auxk_loss
-from saerun.sae.base import SAE, LossOutput, StepInfo, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
 
 
@@ -96,7 +96,7 @@ class TopKSAE(SAE):
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():  # the full reconstruction (matryoshka's term is a weighted sum)
             mse = mse_per_token(x, x_hat).mean()
-        l0 = (f > 0).float().sum(-1).mean()
+        l0 = l0_of(f)
         return LossOutput(loss, mse, aux.detach(), l0.detach(), f.detach())
 
     def saelens_cfg(self) -> dict[str, Any]:
