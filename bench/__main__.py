@@ -78,7 +78,11 @@ def merge(parts: list[dict]) -> dict:
         merged["comparisons"] = merged["comparisons"] + part["comparisons"]
         merged["raw"] = {**merged["raw"], **part["raw"]}
         merged["settings"] = {**merged["settings"], **part["settings"]}
-        merged["versions"] = {**merged.get("versions", {}), **part.get("versions", {})}
+        versions = dict(merged.get("versions", {}))
+        for tool, version in part.get("versions", {}).items():
+            had = versions.get(tool)  # runs at different commits: both are named, in order
+            versions[tool] = version if had in (None, version) else f"{had}, then {version}"
+        merged["versions"] = versions
         merged["seconds"] = merged.get("seconds", 0) + part.get("seconds", 0)
         merged["load_after"] = part.get("load_after")
     return merged

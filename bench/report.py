@@ -249,7 +249,10 @@ def trained_section(comparisons: list[dict], raw: dict | None) -> list[str]:
         f"{raw.get('trained_steps', '?')} steps on other synthetic activations "
         "(bench/trained.py, cached in bench/.cache/), and every tool's driver loads those same "
         "weights (`--init`, mapped onto its own parameter names) before the same warm-up and "
-        "timed steps as in (a). Firing on the timed batches at the start: "
+        "timed steps as in (a). saerun's driver resumes the whole training state (Adam's "
+        "moments, step, clocks, the sparsity coefficient at full strength), as a resumed run "
+        "would; the peers start their own optimizers (their steps are dense products whatever "
+        "the weights). Firing on the timed batches at the start: "
         f"{states or '?'}. 'saerun density' is measured after the timed steps.",
         "",
         *step_table(comparisons, "step_trained"),
