@@ -32,8 +32,9 @@ from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes
 
 
-def rectangle(u: Tensor) -> Tensor:
-    return (u.abs() < 0.5).to(u.dtype)
+def _near(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """K((pre - theta) / eps) as a mask: pre within eps/2 of theta (one temporary, reused)."""
+    return (pre - theta).abs_() < eps / 2
 
 
 def _sum_to_theta(grad: Tensor, theta: Tensor) -> Tensor:
@@ -48,15 +49,15 @@ class JumpReLUFn(torch.autograd.Function):
     def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.eps = eps
-        return pre * (pre > theta).to(pre.dtype)
+        return torch.where(pre > theta, pre, 0.0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         pre, theta = ctx.saved_tensors
         eps = ctx.eps
-        grad_pre = (pre > theta).to(pre.dtype) * grad
-        grad_theta = -(theta / eps) * rectangle((pre - theta) / eps) * grad
-        return grad_pre, _sum_to_theta(grad_theta, theta), None
+        grad_pre = torch.where(pre > theta, grad, 0.0)
+        near_grad = _sum_to_theta(torch.where(_near(pre, theta, eps), grad, 0.0), theta)
+        return grad_pre, -(theta / eps) * near_grad, None
 
 
 class StepFn(torch.autograd.Function):
@@ -69,11 +70,11 @@ class StepFn(torch.autograd.Function):
         return (pre > theta).to(pre.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
         pre, theta = ctx.saved_tensors
-        eps = ctx.eps
-        grad_theta = -(1.0 / eps) * rectangle((pre - theta) / eps) * grad
-        return torch.zeros_like(pre), _sum_to_theta(grad_theta, theta), None
+        near_grad = _sum_to_theta(torch.where(_near(pre, theta, ctx.eps), grad, 0.0), theta)
+        # d/dpre is 0: None, so autograd neither allocates nor adds a [batch, d_sae] zero.
+        return None, -(1.0 / ctx.eps) * near_grad, None
 
 
 class JumpReLUSAE(SAE):
