@@ -63,7 +63,7 @@ class GatedSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self.pre_acts(x)
         # A comparison has no gradient: the gate is a true Heaviside step in the backward pass.
-        return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        return torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
 
     def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
         """On the sparse kernels when few gates are open (`sae.sparse`): every term is zero, with
@@ -104,11 +104,11 @@ class GatedSAE(SAE):
 
     def dense_loss(self, x: Tensor, step: StepInfo, pi_gate: Tensor,
                    pi_mag: Tensor) -> LossOutput:
-        f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        f = torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
         w_dec = self.train_decoder()
         x_hat = f @ w_dec + self.b_dec
         gate = torch.relu(pi_gate)
-        sparsity = (gate * self.penalty_weights(w_dec)).sum(-1).mean()
+        sparsity = (gate @ self.penalty_weights(w_dec)).mean()  # L1 of gate >= 0: one GEMV
         x_hat_frozen = gate @ w_dec.detach() + self.b_dec.detach()
         return self._combine(x, step, x_hat, sparsity, x_hat_frozen, f.detach())
 
