@@ -90,7 +90,7 @@ class GatedSAE(SAE):
             x_hat_frozen = sparse.decode(gate, w_dec.detach()) + self.b_dec.detach()
             return self._combine(x, step, x_hat, sparsity, x_hat_frozen,
                                  f.with_vals(f.vals.detach()))
-        pi_gate = sparse.linear(x_c, self.W_enc, self.b_enc, pre)
+        pi_gate = sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec)
         pi_mag = self.r_mag.exp() * (pi_gate - self.b_enc) + self.b_mag
         return self.dense_loss(x, step, pi_gate, pi_mag)
 

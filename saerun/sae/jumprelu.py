@@ -136,7 +136,7 @@ class JumpReLUSAE(SAE):
                     masks = near, below
         if masks is not None:
             return self.sparse_loss(x, x_c, pre, step, *masks)
-        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
+        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec))
 
     def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo, near: Tensor,
                     below: Tensor) -> LossOutput:

@@ -63,7 +63,7 @@ class ReluSAE(SAE):
             active = pre > 0
             if sparse.pays(sparse.count(active), active):
                 return self.sparse_loss(x, x_c, pre, step, sparse.where(active))
-        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre))
+        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec))
 
     def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
                     entries: tuple[Tensor, Tensor, Tensor]) -> LossOutput:

@@ -189,10 +189,13 @@ class _Decode(torch.autograd.Function):
 
 class _Linear(torch.autograd.Function):
     """pre = x_c W + b, given pre already computed without grad: the dense backward, without a
-    second forward (the density check that chose the dense path computed it)."""
+    second forward (the density check that chose the dense path computed it). With `centre`
+    (x_c = x - centre for data x), centre's gradient -sum_b g_b W^T is one matrix-vector
+    product: no [B, d_in] gradient for x_c, a product as large as the forward's."""
 
     @staticmethod
-    def forward(ctx: Any, x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor) -> Tensor:
+    def forward(ctx: Any, x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor,
+                centre: Tensor | None) -> Tensor:
         ctx.save_for_backward(x_c, w)
         return pre
 
@@ -201,13 +204,21 @@ class _Linear(torch.autograd.Function):
         x_c, w = ctx.saved_tensors
         grad_x = grad @ w.t() if ctx.needs_input_grad[0] else None
         grad_w = x_c.t() @ grad if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
+        grad_b = grad.sum(0) if ctx.needs_input_grad[2] or ctx.needs_input_grad[4] else None
+        grad_centre = -(grad_b @ w.t()) if ctx.needs_input_grad[4] else None
+        if not ctx.needs_input_grad[2]:
+            grad_b = None
+        return grad_x, grad_w, grad_b, None, grad_centre
 
 
-def linear(x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor) -> Tensor:
-    """x_c W + b with gradients, its value `pre` (computed without grad) reused."""
-    return _Linear.apply(x_c, w, b, pre.detach())
+def linear(x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor,
+           centre: Tensor | None = None) -> Tensor:
+    """x_c W + b with gradients, its value `pre` (computed without grad) reused. `centre`:
+    the b_dec of x_c = x - b_dec, for a batch x that needs no gradient; b_dec then gets its
+    gradient as a matrix-vector product (one of the dense step's six products saved)."""
+    if centre is not None:
+        x_c = x_c.detach()
+    return _Linear.apply(x_c, w, b, pre.detach(), centre)
 
 
 def _scatter_sum(index: Tensor, values: Tensor, size: int) -> Tensor:
