@@ -80,8 +80,11 @@ def merge(parts: list[dict]) -> dict:
         merged["settings"] = {**merged["settings"], **part["settings"]}
         versions = dict(merged.get("versions", {}))
         for tool, version in part.get("versions", {}).items():
-            had = versions.get(tool)  # runs at different commits: both are named, in order
-            versions[tool] = version if had in (None, version) else f"{had}, then {version}"
+            had = versions.get(tool)  # runs at different commits: each is named, in order
+            if had is None:
+                versions[tool] = version
+            elif had.split(", then ")[-1] != version:
+                versions[tool] = f"{had}, then {version}"
         merged["versions"] = versions
         merged["seconds"] = merged.get("seconds", 0) + part.get("seconds", 0)
         merged["load_after"] = part.get("load_after")

@@ -142,8 +142,9 @@ def test_saved_runs_merge_into_one_report():
                  "load_after": [2.0]}
     step_run["versions"] = {"saerun": "aaa", "torch": "2.13"}
     sweep_run["versions"] = {"saerun": "bbb", "torch": "2.13"}
-    merged = merge([step_run, sweep_run])
+    merged = merge([step_run, sweep_run, {**sweep_run, "command": "c"}])
     assert merged["versions"] == {"saerun": "aaa, then bbb", "torch": "2.13"}
+    merged = merge([step_run, sweep_run])
     assert merged["comparisons"] == [{"a": 1}, {"b": 2}] and set(merged["raw"]) == {"step", "sweep"}
     assert merged["seconds"] == 15 and merged["settings"] == {"steps": 3, "sweep_rounds": 1}
     assert merged["command"].endswith("; python -m bench --workload sweep")
