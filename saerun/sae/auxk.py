@@ -64,7 +64,8 @@ def sparse_auxk_loss(sae: Any, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec
         return pre.new_zeros(())
     rows, local, offsets = row_topk(pre[:, dead], min(aux_k, n_dead))
     cols = dead[local]
-    vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, offsets))
+    vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, offsets,
+                                    sae.b_dec))
     e_hat = decode(Codes(cols, vals, rows, offsets, pre.shape[1]), w_dec)
     scale = min(n_dead / aux_k, 1.0)
     return scale * mse_per_token(residual.detach(), e_hat).mean()

@@ -77,7 +77,8 @@ class GatedSAE(SAE):
         active = None if sparse.probably_dense(pre, 0.0) else pre > 0
         if active is not None and sparse.pays(sparse.count(active), active):
             rows, cols, offsets = sparse.where(active)
-            pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
+            pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols,
+                                           offsets, self.b_dec)
             take = sparse.take
             pi_mag = (take(self.r_mag.exp(), cols) * (pi_gate - take(self.b_enc, cols))
                       + take(self.b_mag, cols))

@@ -142,7 +142,8 @@ class JumpReLUSAE(SAE):
                     below: Tensor) -> LossOutput:
         cfg = self.cfg
         rows, cols, offsets = sparse.where(near)
-        pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets)
+        pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
+                                     self.b_dec)
         theta = self.threshold
         theta_e = sparse.take(theta, cols)
         f = Codes(cols, JumpReLUFn.apply(pre_e, theta_e, cfg.bandwidth), rows, offsets,
@@ -161,7 +162,7 @@ class JumpReLUSAE(SAE):
         if cfg.pre_act_coefficient > 0:
             b_rows, b_cols, b_offsets = sparse.where(below)
             pre_b = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, b_rows, b_cols,
-                                         b_offsets)
+                                         b_offsets, self.b_dec)
             pre_act = (torch.relu(sparse.take(theta, b_cols) - pre_b)
                        * sparse.take(weights, b_cols)).sum() / batch
             loss = loss + cfg.pre_act_coefficient * pre_act

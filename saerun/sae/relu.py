@@ -68,7 +68,8 @@ class ReluSAE(SAE):
     def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
                     entries: tuple[Tensor, Tensor, Tensor]) -> LossOutput:
         rows, cols, offsets = entries
-        vals = torch.relu(sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, *entries))
+        vals = torch.relu(sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, *entries,
+                                                 self.b_dec))
         codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
         w_dec = self.train_decoder()
         x_hat = sparse.decode(codes, w_dec) + self.b_dec

@@ -139,11 +139,13 @@ def _csr_t(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> 
 
 class _GatherLinear(torch.autograd.Function):
     """vals[e] = pre[rows[e], cols[e]] for pre = x_c W_enc + b_enc, given the dense pre
-    (computed without grad), with a backward in O(nnz * d_in)."""
+    (computed without grad), with a backward in O(nnz * d_in). With `centre` (x_c = x - centre
+    for data x), centre's gradient is -(sum of the entries' gradients per latent) W_enc^T, one
+    matrix-vector product, instead of a [B, d_in] gradient for x_c."""
 
     @staticmethod
     def forward(ctx: Any, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor,
-                codes_idx: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+                codes_idx: tuple[Tensor, Tensor, Tensor], centre: Tensor | None) -> Tensor:
         rows, cols, offsets = codes_idx
         ctx.save_for_backward(x_c, w_enc, rows, cols, offsets)
         return pre[rows, cols]
@@ -151,16 +153,19 @@ class _GatherLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x_c, w_enc, rows, cols, offsets = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = grad_b = grad_centre = None
         if ctx.needs_input_grad[1]:  # d/dW_enc = x_c^T G, G = grad as a sparse [B, d_sae]
             g_t = _csr_t(rows, cols, grad, (x_c.shape[0], w_enc.shape[1]))
             grad_w = (g_t @ x_c).t()
         if ctx.needs_input_grad[0]:  # d/dx_c = G W_enc^T: a sum of W_enc columns per token
             grad_x = F.embedding_bag(cols, w_enc.t().contiguous(), offsets, mode="sum",
                                      per_sample_weights=grad)
-        if ctx.needs_input_grad[2]:
-            grad_b = _scatter_sum(cols, grad, w_enc.shape[1])
-        return grad_x, grad_w, grad_b, None, None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[5]:
+            per_latent = _scatter_sum(cols, grad, w_enc.shape[1])
+            grad_b = per_latent if ctx.needs_input_grad[2] else None
+            if ctx.needs_input_grad[5]:
+                grad_centre = -(per_latent @ w_enc.t())
+        return grad_x, grad_w, grad_b, None, None, grad_centre
 
 
 class _Decode(torch.autograd.Function):
@@ -250,9 +255,13 @@ def take(values: Tensor, index: Tensor) -> Tensor:
 
 
 def gather_linear(x_c: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor, rows: Tensor,
-                  cols: Tensor, offsets: Tensor) -> Tensor:
-    """The pre-activations at (rows, cols), differentiable in x_c, W_enc and b_enc."""
-    return _GatherLinear.apply(x_c, w_enc, b_enc, pre.detach(), (rows, cols, offsets))
+                  cols: Tensor, offsets: Tensor, centre: Tensor | None = None) -> Tensor:
+    """The pre-activations at (rows, cols), differentiable in x_c, W_enc and b_enc; with
+    `centre` (the b_dec of x_c = x - b_dec, for a batch x that needs no gradient), in b_dec
+    through a matrix-vector product instead of through x_c."""
+    if centre is not None:
+        x_c = x_c.detach()
+    return _GatherLinear.apply(x_c, w_enc, b_enc, pre.detach(), (rows, cols, offsets), centre)
 
 
 def decode(codes: Codes, w_dec: Tensor) -> Tensor:

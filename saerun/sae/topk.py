@@ -73,7 +73,8 @@ class TopKSAE(SAE):
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
         rows, cols, offsets = self.train_indices(pre)
-        vals = torch.relu(gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets))
+        vals = torch.relu(gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
+                                         self.b_dec))
         codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
         w_dec = self.train_decoder()
         recon, x_hat = self.sparse_reconstruction(x, codes, w_dec)
