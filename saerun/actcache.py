@@ -18,7 +18,6 @@ this point, so the shuffle seed and batch size are not in the key.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -40,19 +39,18 @@ def cache_root() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-@functools.lru_cache(maxsize=16)
 def model_identity(name: str, source: str) -> str:
     """A hub name as it is; a local folder by the sha256 of its files' contents (so a copy
-    elsewhere hits the cache and an edited checkpoint misses it); hashed once per process."""
+    elsewhere hits the cache and an edited checkpoint misses it). Each file's hash comes from
+    `data.file_sha256`, cached while its size and mtime stay the same."""
+    from saerun.data import file_sha256
+
     folder = Path(source)
     if not folder.is_dir():
         return name
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{path.relative_to(folder)}\0{file_sha256(path)}\0".encode())
     return "sha256:" + h.hexdigest()
 
 

@@ -236,7 +236,7 @@ def estimate_norm_scale(lm: LanguageModel, data: Any, hook_names: list[str],
             x = acts[h].float()
             sums[h] += x.norm(dim=-1).double().sum().item()
             widths[h] = x.shape[-1]
-        count += x.shape[0]
+        count += acts[hook_names[0]].shape[0]  # the same counted positions at every hook
         if count >= n_tokens:
             break
     return {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}

@@ -33,44 +33,45 @@ OPPOSING = (-0.9, -0.7)
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 
 
-class Thresholded(nn.Module):
-    """An SAE whose latents below t are zeroed: f' = f * 1[f >= t]; decode unchanged."""
+class _ReEncoded(nn.Module):
+    """A trained SAE with another encode; its decoder (W_dec, decode) unchanged."""
 
-    def __init__(self, sae: nn.Module, t: float) -> None:
+    def __init__(self, sae: nn.Module) -> None:
         super().__init__()
-        self.sae, self.t = sae, float(t)
+        self.sae = sae
 
     @property
     def W_dec(self) -> Tensor:
         return self.sae.W_dec
+
+    def decode(self, f: Tensor) -> Tensor:
+        return self.sae.decode(f)
+
+
+class Thresholded(_ReEncoded):
+    """An SAE whose latents below t are zeroed: f' = f * 1[f >= t]; decode unchanged."""
+
+    def __init__(self, sae: nn.Module, t: float) -> None:
+        super().__init__(sae)
+        self.t = float(t)
 
     def encode(self, x: Tensor) -> Tensor:
         f = self.sae.encode(x)
         return torch.where(f >= self.t, f, torch.zeros_like(f))
 
-    def decode(self, f: Tensor) -> Tensor:
-        return self.sae.decode(f)
 
-
-class TopKAt(nn.Module):
+class TopKAt(_ReEncoded):
     """A TopK-family SAE evaluated at k' latents per token: ReLU of the k' largest
     pre-activations of each token, zeros elsewhere."""
 
     def __init__(self, sae: nn.Module, k: int) -> None:
-        super().__init__()
-        self.sae, self.k = sae, int(k)
-
-    @property
-    def W_dec(self) -> Tensor:
-        return self.sae.W_dec
+        super().__init__(sae)
+        self.k = int(k)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.sae.pre_acts(x)
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
-
-    def decode(self, f: Tensor) -> Tensor:
-        return self.sae.decode(f)
 
 
 def opposing_pairs(w_dec: Tensor, cutoffs: tuple[float, ...] = OPPOSING) -> dict[float, int]:

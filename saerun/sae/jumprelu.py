@@ -32,9 +32,12 @@ from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes
 
 
-def _near(pre: Tensor, theta: Tensor, eps: float) -> Tensor:
-    """K((pre - theta) / eps) as a mask: pre within eps/2 of theta (one temporary, reused)."""
-    return (pre - theta).abs_() < eps / 2
+def _near_sum(pre: Tensor, theta: Tensor, eps: float, grad: Tensor) -> Tensor:
+    """sum over the batch of grad * K((pre - theta) / eps), per latent: the part of both
+    straight-through gradients w.r.t. theta that the kernel selects (pre within eps/2 of
+    theta; one temporary, reused)."""
+    near = (pre - theta).abs_() < eps / 2
+    return _sum_to_theta(torch.where(near, grad, 0.0), theta)
 
 
 def _sum_to_theta(grad: Tensor, theta: Tensor) -> Tensor:
@@ -56,8 +59,7 @@ class JumpReLUFn(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         eps = ctx.eps
         grad_pre = torch.where(pre > theta, grad, 0.0)
-        near_grad = _sum_to_theta(torch.where(_near(pre, theta, eps), grad, 0.0), theta)
-        return grad_pre, -(theta / eps) * near_grad, None
+        return grad_pre, -(theta / eps) * _near_sum(pre, theta, eps, grad), None
 
 
 class StepFn(torch.autograd.Function):
@@ -72,9 +74,8 @@ class StepFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
         pre, theta = ctx.saved_tensors
-        near_grad = _sum_to_theta(torch.where(_near(pre, theta, ctx.eps), grad, 0.0), theta)
         # d/dpre is 0: None, so autograd neither allocates nor adds a [batch, d_sae] zero.
-        return None, -(1.0 / ctx.eps) * near_grad, None
+        return None, -(1.0 / ctx.eps) * _near_sum(pre, theta, ctx.eps, grad), None
 
 
 class JumpReLUSAE(SAE):

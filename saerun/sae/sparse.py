@@ -209,10 +209,9 @@ class _Linear(torch.autograd.Function):
         x_c, w = ctx.saved_tensors
         grad_x = grad @ w.t() if ctx.needs_input_grad[0] else None
         grad_w = x_c.t() @ grad if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.needs_input_grad[2] or ctx.needs_input_grad[4] else None
-        grad_centre = -(grad_b @ w.t()) if ctx.needs_input_grad[4] else None
-        if not ctx.needs_input_grad[2]:
-            grad_b = None
+        per_latent = grad.sum(0)
+        grad_b = per_latent if ctx.needs_input_grad[2] else None
+        grad_centre = -(per_latent @ w.t()) if ctx.needs_input_grad[4] else None
         return grad_x, grad_w, grad_b, None, grad_centre
 
 
