@@ -20,6 +20,6 @@ def test_readme_opens_with_the_two_commands():
     lines = README.read_text().splitlines()
     block = lines[lines.index("```bash") + 1: lines.index("```bash") + 3]
     assert block[0].startswith("bash scripts/setup.sh && .venv/bin/saerun specs/quickstart.yaml")
-    assert block[1] == "bash scripts/setup.sh --dev && .venv/bin/pytest"
+    assert block[1] == "bash scripts/setup.sh --dev && .venv/bin/mypy && .venv/bin/pytest"
     ci = (README.parent / ".ci" / "run").read_text()
     assert block[1] in ci
