@@ -18,9 +18,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saerun.metrics import pareto_mask
+from saerun.pareto import pareto_mask
 from saerun.report.common import STAR, Table, by_site, cell, ok, prepare, slug
-from saerun.report.plots import frontier_plot
+from saerun.report.figures import frontier_plot
 
 # (metric, file-name suffix, caption) of the plots written per site.
 PLOTS = (
