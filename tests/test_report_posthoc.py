@@ -6,15 +6,15 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from saerun.report.posthoc import (
+from saerun.posthoc import (
     Thresholded,
     TopKAt,
-    build_posthoc,
     k_primes,
     opposing_pairs,
     reconstruction_sweep,
     thresholds_for,
 )
+from saerun.report.posthoc import build_posthoc
 from saerun.sae import build_sae
 from saerun.spec import SAEConfig
 
