@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from saerun.errors import SaerunError
-from saerun.report.frontier import write_frontier_report
+from saerun.report.frontier import build_frontier
 
 MODEL, HOOK = "gpt2", "blocks.6.hook_resid_post"
 
@@ -36,6 +38,15 @@ ROWS = [
     row("bbbb04ffffff", "sqrt_l1", 3.0, 35.0, 0.20, 0.85, lr=1e-3),
 ]
 STARRED = {"aaaa01ffffff", "aaaa03ffffff", "bbbb01ffffff", "bbbb02ffffff", "bbbb03ffffff"}
+
+
+def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """`out_dir/frontier.md` and its PNGs under `out_dir/frontier/`; nothing on an error."""
+    text, _ = build_frontier(rows, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "frontier.md"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def table_line(md: str, run_id: str) -> str:

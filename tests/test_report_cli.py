@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from saerun.cli import main
 from saerun.registry import Registry
-from saerun.report.synthetic import synthetic_registry
+from saerun.report.rows import results
+
+# bench/ is not an installed package: import its synthetic registry from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.synthetic import synthetic_registry  # noqa: E402
 
 N_RUNS = 36  # relu/l1 (6 coefficients x 3 LRs) and relu/sqrt_l1 (the same), one site, one seed
 
@@ -92,7 +98,7 @@ def test_findings_page_answers_from_the_rows(registry):
     from saerun.report.findings import findings_page
 
     with Registry(registry) as reg:
-        rows = reg.results()
+        rows = results(reg)
         curves = reg.curves([r["run_id"] for r in rows])
     front = [r for r in rows if r["lr"] == 0.001]
     plans = {"frontier.yaml": [r["run_id"] for r in front]}
