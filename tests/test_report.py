@@ -112,3 +112,16 @@ def test_no_rows_raises_and_writes_nothing(tmp_path):
     with pytest.raises(SaerunError, match="no finished runs match"):
         write_frontier_report([], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_compute_classes_read_the_stored_step_flops(tmp_path):
+    counted = [dict(r, step_flops_per_token=1e6 if r["penalty"] == "l1" else 1.05e6)
+               for r in ROWS]
+    counted[-1]["step_flops_per_token"] = None  # registered by an older saerun
+    md = write_frontier_report(counted, tmp_path).read_text(encoding="utf-8")
+    assert "| relu/l1 | 0.01 |" in md and "| relu/sqrt_l1 | 0.0105 |" in md  # 1e6 * 10,000
+    assert ("- 1 of these 7 runs have no step FLOPs in the registry (registered by an older "
+            "saerun): they are left out of the compute classes.") in md
+    assert "6 runs at 0.01 TFLOP (+10%)" in md
+    assert "The training cost of these runs is unknown." in write_frontier_report(
+        ROWS, tmp_path / "b").read_text(encoding="utf-8")
