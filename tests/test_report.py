@@ -123,5 +123,6 @@ def test_compute_classes_read_the_stored_step_flops(tmp_path):
     assert ("- 1 of these 7 runs have no step FLOPs in the registry (registered by an older "
             "saerun): they are left out of the compute classes.") in md
     assert "6 runs at 0.01 TFLOP (+10%)" in md
-    assert "The training cost of these runs is unknown." in write_frontier_report(
+    assert ("- The training cost of these runs is unknown (no step FLOPs in the registry: "
+            "registered by an older saerun).") in write_frontier_report(
         ROWS, tmp_path / "b").read_text(encoding="utf-8")

@@ -186,7 +186,9 @@ def _compute_section(model: str, hook: str, rows: list[dict[str, Any]], out_dir:
         md += [f"- {uncounted} of these {len(rows)} runs have no step FLOPs in the registry "
                "(registered by an older saerun): they are left out of the compute classes.", ""]
     if not costs:
-        return [*md, "- The training cost of these runs is unknown.", ""]
+        why = " (no step FLOPs in the registry: registered by an older saerun)" if uncounted \
+            else ""
+        return [*md, f"- The training cost of these runs is unknown{why}.", ""]
     md.append("Training FLOPs = FLOPs per token of one step (matrix products of the loss and "
               "its backward, `saerun.sae.cost`) × tokens trained.")
     md += ["", "| series | training TFLOP (min-max) |", "|---|---:|"]
