@@ -199,7 +199,8 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
             out[run_id] = {"opposing": {"kind": "opposing", "param": None,
                                         **{f"pairs_below_{-c:g}": n for c, n in pairs.items()}}}
             for variant, (kind, param) in _variants(run_cfg, sae, flat[hook]).items():
-                wrapped = Thresholded(sae, param) if kind == "threshold" else TopKAt(sae, param)
+                wrapped = (Thresholded(sae, param) if kind == "threshold"
+                           else TopKAt(sae, int(param)))
                 saes[f"{run_id}|{variant}"] = (wrapped, hook)
                 meta[f"{run_id}|{variant}"] = (run_id, variant, kind, param)
         results = evaluate_group(lm, batches, saes, {"ce_loss_recovered"},

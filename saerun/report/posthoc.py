@@ -64,7 +64,9 @@ def build_posthoc(rows: list[dict[str, Any]], records: list[dict[str, Any]],
             continue
         md += [f"## {model} · `{hook}`", ""]
         names = sorted({r["series"] for r in site_rows})
-        t_rows, k_rows, o_rows = [], [], []
+        t_rows: list[dict[str, Any]] = []
+        k_rows: list[dict[str, Any]] = []
+        o_rows: list[dict[str, Any]] = []
         for x in recs:
             r = site_ids[x["run_id"]]
             base = {"run_id": x["run_id"][:10], "series": r["series"], "knob": r["knob"],
