@@ -2,7 +2,7 @@
 
     python bench/report_speed.py [--runs 1000] [--repeats 3] [--out /tmp/bench_report.md]
 
-Synthesises a registry of N finished runs (`saerun.report.synthetic`: schema-valid configs over
+Synthesises a registry of N finished runs (`bench/synthetic.py`: schema-valid configs over
 7 recipes, 2 widths, 3 sites, 3 learning rates and 2 seeds, realistic metrics, 25-point training
 curves, per-latent densities on disk), then times `saerun report --frontier --death --lr
 --curves` (everything but the post-hoc analyses, which need trained weights and the model) as
@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_report.md"))
     args = ap.parse_args()
 
-    from saerun.report.synthetic import synthetic_registry
+    from bench.synthetic import synthetic_registry
 
     work = Path(tempfile.mkdtemp(prefix="saerun-bench-report-"))
     registry = work / "saerun.db"

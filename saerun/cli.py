@@ -452,16 +452,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not sep:
             raise SaerunError(f"filter {item!r} is not KEY=VALUE", hint="e.g. architecture=relu")
         filters[key] = value
-    for path in write_reports(_registry_path(args), kinds, filters, args.out, args.format):
+    registry = _registry_path(args)
+    if "posthoc" in kinds:  # re-evaluate what is missing or stale; the report only reads
+        from saerun.posthoc import compute
+        from saerun.report.build import load_inputs
+
+        compute(registry, [r["run_id"] for r in load_inputs(registry, filters, ())["rows"]])
+    for path in write_reports(registry, kinds, filters, args.out, args.format):
         print(f"wrote {os.path.relpath(path)}")
     return 0
 
 
 def cmd_findings(args: argparse.Namespace) -> int:
-    from saerun.report.findings import run_findings
+    from saerun import campaign, posthoc
+    from saerun.report.findings import posthoc_run_ids, write_findings
 
-    page = run_findings(args.specs, args.registry, args.out, train=not args.no_train,
-                        progress=None)
+    plans, failed = campaign.run(args.specs, args.registry, train=not args.no_train)
+    posthoc.compute(args.registry, posthoc_run_ids(args.registry, plans))
+    page = write_findings(args.registry, plans, failed, args.out)
     print(f"wrote {os.path.relpath(page)}")
     return 0
 

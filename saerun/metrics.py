@@ -124,37 +124,6 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den != 0 else math.nan
 
 
-def pareto_mask(l0: list[float], loss: list[float], higher_is_better: bool = False) -> list[bool]:
-    """True for each point no other point dominates.
-
-    q dominates p when q.l0 <= p.l0 and q.loss is at least as good, one of them strictly. Points
-    with a missing or NaN coordinate are never on the frontier and dominate nothing. Equal
-    points do not dominate each other (both are kept). O(n^2): sweeps hold hundreds of runs.
-    """
-    sign = -1.0 if higher_is_better else 1.0  # turn "higher is better" into "lower is better"
-    pts = [
-        (float(a), sign * float(b)) if _finite(a) and _finite(b) else None
-        for a, b in zip(l0, loss, strict=True)
-    ]
-    out = []
-    for i, p in enumerate(pts):
-        if p is None:
-            out.append(False)
-            continue
-        a, b = p
-        dominated = any(
-            q is not None and q[0] <= a and q[1] <= b and (q[0] < a or q[1] < b)
-            for j, q in enumerate(pts)
-            if j != i
-        )
-        out.append(not dominated)
-    return out
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
-
-
 def _counts(f: Tensor) -> tuple[Tensor, Tensor]:
     """(#entries != 0, #entries > 0 per column) of f [n, d], exact, float64. Row chunks of at
     most 2^20 entries: a float32 sum of that many ones is exact, and no temporary is larger

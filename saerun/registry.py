@@ -3,7 +3,7 @@
 One file, `registry/saerun.db` by default, with each run's artifacts under
 `registry/runs/<run_id>/`. WAL journal plus a 30 s busy timeout so several saerun processes can
 share the file; every write is one short `BEGIN IMMEDIATE` transaction. The schema is versioned
-with `PRAGMA user_version` and migrated forward on open.
+with `PRAGMA user_version` and migrated forward on open (the steps: saerun/migrations.py).
 
 A run moves planned -> running -> done | failed (failed -> running on retry, running -> running
 on resume). A finished run's row is never rewritten by re-running its spec; only
@@ -12,7 +12,6 @@ on resume). A finished run's row is never rewritten by re-running its spec; only
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -31,66 +30,11 @@ import sqlite_utils
 
 from saerun import faults
 from saerun.errors import SaerunError
+from saerun.migrations import MIGRATIONS
 
 STATUSES = ("planned", "running", "done", "failed")
 CURVE_COLUMNS = ("step", "tokens", "loss", "mse", "l0", "dead_fraction", "lr")
 
-# Each entry upgrades the schema by one version. Never edit a released entry: append one.
-# (sqlite-utils' `Migrations` helper is not used: it decides what is pending outside its write
-# transaction, so two processes opening a fresh file at once would both try to create the
-# tables. Here the version is re-read after `BEGIN IMMEDIATE`, and a newer file is refused.)
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE specs (
-        spec_hash TEXT PRIMARY KEY, name TEXT NOT NULL, path TEXT, yaml_text TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, name TEXT NOT NULL, group_key TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('planned', 'running', 'done', 'failed')),
-        config TEXT NOT NULL, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,
-        train_seconds REAL, eval_seconds REAL, tokens_trained INTEGER, environment TEXT,
-        data_fingerprint TEXT, error TEXT
-    );
-    CREATE TABLE spec_runs (
-        spec_hash TEXT NOT NULL REFERENCES specs(spec_hash),
-        run_id TEXT NOT NULL REFERENCES runs(run_id),
-        PRIMARY KEY (spec_hash, run_id)
-    );
-    CREATE TABLE metrics (
-        run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL,
-        PRIMARY KEY (run_id, name)
-    );
-    CREATE TABLE curves (
-        run_id TEXT NOT NULL REFERENCES runs(run_id), step INTEGER NOT NULL,
-        tokens INTEGER, loss REAL, mse REAL, l0 REAL, dead_fraction REAL, lr REAL,
-        PRIMARY KEY (run_id, step)
-    );
-    CREATE INDEX runs_status ON runs(status);
-    """,
-    # v2: the spec that first asked for a run (its `spec_name` in results); backfilled from the
-    # oldest linked spec.
-    """
-    ALTER TABLE runs ADD COLUMN spec_hash TEXT REFERENCES specs(spec_hash);
-    UPDATE runs SET spec_hash = (
-        SELECT sr.spec_hash FROM spec_runs sr JOIN specs s USING (spec_hash)
-        WHERE sr.run_id = runs.run_id ORDER BY s.created_at, sr.spec_hash LIMIT 1
-    );
-    CREATE INDEX spec_runs_run ON spec_runs(run_id);
-    """,
-    # v3: who is running a run, and until when their lease holds (claims, take-over).
-    """
-    ALTER TABLE runs ADD COLUMN owner TEXT;
-    ALTER TABLE runs ADD COLUMN lease_until REAL;
-    """,
-    # v4: how a run was launched (the launcher section as JSON), and for a cluster job its id and
-    # log file (see saerun/launch/).
-    """
-    ALTER TABLE runs ADD COLUMN launcher TEXT;
-    ALTER TABLE runs ADD COLUMN job_id TEXT;
-    ALTER TABLE runs ADD COLUMN log_path TEXT;
-    """,
-)
 SCHEMA_VERSION = len(MIGRATIONS)
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
 
@@ -129,16 +73,6 @@ def _now() -> str:
 def _json(obj: Any) -> str:
     # Sorted keys, no spaces: the same config is always the same bytes.
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{'sae': {'d_sae': 8}} -> {'sae.d_sae': 8}; lists stay values."""
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
 
 
 class Registry:
@@ -252,7 +186,8 @@ class Registry:
         """Insert missing runs as 'planned' and link them to the spec; returns {run_id: status}.
 
         Existing runs stay byte-identical (only a missing spec link is added). Each job is a
-        dict with run_id, name, group_key and config (the fully resolved job config).
+        dict with run_id, name, group_key and config (the fully resolved job config), and
+        optionally step_flops_per_token (the planner's count; not part of the run id).
         """
         now = _now()  # one moment per call: runs of a spec sort by run_id among themselves
         with self._write():
@@ -264,10 +199,10 @@ class Registry:
                 # name or config still fails loudly.
                 self.db.execute(
                     "INSERT INTO runs (run_id, spec_hash, name, group_key, status, config, "
-                    "created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?) "
+                    "created_at, step_flops_per_token) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?) "
                     "ON CONFLICT (run_id) DO NOTHING",
                     [job["run_id"], spec_hash, job["name"], job["group_key"],
-                     _json(job["config"]), now],
+                     _json(job["config"]), now, job.get("step_flops_per_token")],
                 )
                 self.db.execute(
                     "INSERT INTO spec_runs (spec_hash, run_id) VALUES (?, ?) "
@@ -396,14 +331,15 @@ class Registry:
         )
 
     def reset_to_planned(self, run_id: str) -> None:
-        """Any status -> planned: clears timings, environment, error, metrics and curve.
+        """Any status -> planned: clears timings, environment, error, metrics, curve and
+        post-hoc records.
 
         The one way to redo a done run. Artifacts on disk are the caller's business.
         """
         with self._write():
             self._status(run_id)
-            self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
-            self.db.execute("DELETE FROM curves WHERE run_id=?", [run_id])
+            for table in ("metrics", "curves", "posthoc"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id=?", [run_id])
             self.db.execute(
                 "UPDATE runs SET status='planned', owner=NULL, lease_until=NULL, "
                 "started_at=NULL, finished_at=NULL, "
@@ -490,6 +426,28 @@ class Registry:
                 self._set_failed(run_id, result["error"])
         return True
 
+    def set_posthoc(self, run_id: str, tokens: int, run_finished_at: str | None,
+                    records: dict[str, dict[str, Any]]) -> None:
+        """Replace a run's post-hoc records ({variant: JSON-able record}) in one transaction."""
+        with self._write():
+            self.db.execute("DELETE FROM posthoc WHERE run_id=?", [run_id])
+            for variant, record in sorted(records.items()):
+                self.db.execute(
+                    "INSERT INTO posthoc (run_id, variant, tokens, run_finished_at, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [run_id, variant, int(tokens), run_finished_at, _json(record)])
+
+    def posthoc(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """The post-hoc records of `run_ids` (full ids), by run and variant: each record's
+        fields plus `tokens` and `run_finished_at` (what it was computed on)."""
+        wanted = set(run_ids)
+        out = []
+        for row in self.db.query("SELECT * FROM posthoc ORDER BY run_id, variant"):
+            if row["run_id"] in wanted:
+                out.append({**json.loads(row["record"]), "run_id": row["run_id"],
+                            "tokens": row["tokens"], "run_finished_at": row["run_finished_at"]})
+        return out
+
     # -- reads -------------------------------------------------------------------------------
     def _resolve(self, prefix: str) -> str | None:
         """A full run id from a unique prefix; None when nothing matches."""
@@ -547,67 +505,33 @@ class Registry:
         sql = (
             "SELECT r.run_id, r.name, s.name AS spec_name, r.group_key, r.status, r.created_at, "
             "r.started_at, r.finished_at, r.train_seconds, r.eval_seconds, r.tokens_trained, "
-            "r.error, r.launcher, r.job_id, r.log_path "
+            "r.error, r.launcher, r.job_id, r.log_path, r.step_flops_per_token "
             "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
             + ("WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.created_at, r.run_id"
         )
         return list(self.db.query(sql, args))
 
-    def results(self, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """One flat dict per done run, sorted by run_id: the config as dotted keys
-        (`sae.d_sae`), convenience keys (model, hook_name, architecture, penalty,
-        sparsity_coefficient, d_sae, lr, seed, train_tokens), timings and every metric by name.
-
-        filters: {key: value} kept when str(row[key]) == value, or numerically equal when both
-        parse as numbers. A key no row has is an error that suggests the closest one.
-        """
+    def finished_runs(self) -> list[dict[str, Any]]:
+        """Every done run, sorted by run_id, read in one snapshot: run_id, name, spec_name,
+        config (parsed), train_seconds, eval_seconds, tokens_trained, finished_at,
+        step_flops_per_token and metrics ({name: value}). What the reports are built from."""
         with self.db.atomic():  # one read snapshot for both queries
-            runs = list(self.db.execute(
-                "SELECT r.run_id, r.name, s.name, r.config, r.train_seconds, r.eval_seconds, "
-                "r.tokens_trained, r.finished_at FROM runs r "
-                "LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
+            runs = list(self.db.query(
+                "SELECT r.run_id, r.name, s.name AS spec_name, r.config, r.train_seconds, "
+                "r.eval_seconds, r.tokens_trained, r.finished_at, r.step_flops_per_token "
+                "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
                 "WHERE r.status = 'done' ORDER BY r.run_id"))
-            metrics: dict[str, dict[str, Any]] = {}
+            metrics: dict[str, dict[str, float | None]] = {}
             for run_id, name, value in self.db.execute(
                 "SELECT m.run_id, m.name, m.value FROM metrics m JOIN runs r USING (run_id) "
                 "WHERE r.status = 'done' ORDER BY m.run_id, m.name"
             ):
                 metrics.setdefault(run_id, {})[name] = value
-        rows = []
-        for run_id, name, spec_name, config_text, train_s, eval_s, tokens, finished in runs:
-            config = json.loads(config_text)
-            sae = config["sae"]
-            sparsity = sae.get("sparsity") or {}
-            row: dict[str, Any] = {"run_id": run_id, "name": name, "spec_name": spec_name,
-                                   "status": "done", **_flatten(config)}
-            row.update(
-                model=config["model"]["name"],
-                hook_name=config["site"]["hook_name"],
-                architecture=sae["architecture"],
-                # relu/gated name a penalty, jumprelu a sparsity mode: one column for both.
-                penalty=sparsity.get("penalty") or sae.get("sparsity_mode"),
-                sparsity_coefficient=sparsity.get("coefficient", sae.get("coefficient")),
-                d_sae=sae["d_sae"],
-                lr=config["train"]["lr"],
-                seed=config["seed"],
-                train_tokens=config["data"]["train_tokens"],
-                train_seconds=train_s,
-                eval_seconds=eval_s,
-                tokens_trained=tokens,
-                finished_at=finished,
-            )
-            row.update(metrics.get(run_id, {}))
-            rows.append(row)
-        for key in filters or {}:
-            known = sorted({k for row in rows for k in row})
-            if rows and key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                raise SaerunError(
-                    f"no run has a result key {key!r}",
-                    hint=f"did you mean {close[0]!r}?" if close else "see `saerun show RUN --json`",
-                )
-        return [r for r in rows if all(_matches(r.get(k), v) for k, v in (filters or {}).items())]
+        for run in runs:
+            run["config"] = json.loads(run["config"])
+            run["metrics"] = metrics.get(run["run_id"], {})
+        return runs
 
     def curve(self, run_id: str) -> list[dict[str, Any]]:
         """The training curve of one run (full id), by step."""
@@ -634,14 +558,3 @@ class Registry:
             raise SaerunError(f"invalid run id {run_id!r}", hint="8-64 lowercase hex characters")
         return self.path.parent / "runs" / run_id
 
-
-def _matches(value: Any, wanted: str) -> bool:
-    """A filter test: None matches 'none'/'null'/'', bools 'true'/'false', numbers numerically."""
-    if value is None:
-        return wanted.strip().lower() in ("none", "null", "")
-    if isinstance(value, bool):
-        return str(value).lower() == wanted.strip().lower()
-    try:
-        return float(value) == float(wanted)
-    except (TypeError, ValueError):
-        return str(value) == wanted

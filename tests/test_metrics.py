@@ -10,10 +10,10 @@ import torch
 from saerun.metrics import (
     MetricAccumulator,
     NextTokenScorer,
-    pareto_mask,
     per_token_ce,
     per_token_kl,
 )
+from saerun.pareto import frontier_points, pareto_mask
 
 # 3 tokens x 2 dims.
 #   x_bar = [1, 1]; sum ||x - x_bar||^2 = 1 + 1 + 2 = 4
@@ -208,6 +208,18 @@ def test_pareto_mask_by_hand():
     assert pareto_mask([1, 1, 2], [0.5, 0.5, 0.4]) == [True, True, True]
     assert pareto_mask([1, 2, 3], [math.nan, 0.5, 0.6]) == [False, True, False]
     assert pareto_mask([], []) == []
+
+
+def test_pareto_mask_is_the_frontier_points_rule():
+    # same L0: only the strictly better value is on; a bool is not a number
+    assert pareto_mask([10, 10, 20], [0.2, 0.1, 0.05]) == [False, True, True]
+    assert pareto_mask([True, 2], [0.1, 0.2]) == [False, True]
+    # the points of the mask, deduplicated and sorted, are frontier_points
+    l0 = [12, 5, 30, 5, 40, 8, 12]
+    fvu = [0.15, 0.35, 0.16, 0.35, 0.08, 0.30, 0.15]
+    on = sorted({(a, b) for a, b, m in zip(l0, fvu, pareto_mask(l0, fvu), strict=True) if m})
+    assert frontier_points(list(zip(l0, fvu, strict=True))) == on
+    assert on == [(5, 0.35), (8, 0.30), (12, 0.15), (40, 0.08)]
 
 
 def test_counts_are_exact_across_row_chunks():

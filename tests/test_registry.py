@@ -11,8 +11,9 @@ import pytest
 
 from saerun.errors import SaerunError
 from saerun.registry import MIGRATIONS, SCHEMA_VERSION, Registry, default_registry_path
+from saerun.report.rows import results
 
-TABLES = {"specs", "runs", "spec_runs", "metrics", "curves"}
+TABLES = {"specs", "runs", "spec_runs", "metrics", "curves", "posthoc"}
 
 
 def config(arch: str = "relu", lr: float = 3e-4, coefficient: float = 5.0) -> dict[str, Any]:
@@ -205,7 +206,7 @@ def test_results_flatten_and_filter(reg: Registry) -> None:
                         job("cccc0003", coefficient=2.0)])
     finish(reg, "bbbb0002", l0=10.0, fvu=0.3)
     finish(reg, "aaaa0001", l0=20.0, fvu=0.1)
-    rows = reg.results()  # cccc0003 is not done: left out
+    rows = results(reg)  # cccc0003 is not done: left out
     assert [r["run_id"] for r in rows] == ["aaaa0001", "bbbb0002"]
     row = rows[1]
     expected = {
@@ -216,13 +217,47 @@ def test_results_flatten_and_filter(reg: Registry) -> None:
         "sae.sparsity.coefficient": 5.0, "l0": 10.0, "fvu": 0.3, "tokens_trained": 4096,
     }
     assert {k: row[k] for k in expected} == expected
-    assert [r["run_id"] for r in reg.results({"architecture": "gated"})] == ["aaaa0001"]
-    assert [r["run_id"] for r in reg.results({"train.lr": "0.001"})] == ["bbbb0002"]
-    assert [r["run_id"] for r in reg.results({"lr": "1e-3", "penalty": "l1"})] == ["bbbb0002"]
-    assert [r["run_id"] for r in reg.results({"d_sae": "64.0"})] == ["aaaa0001", "bbbb0002"]
-    assert reg.results({"architecture": "topk"}) == []
+    assert [r["run_id"] for r in results(reg, {"architecture": "gated"})] == ["aaaa0001"]
+    assert [r["run_id"] for r in results(reg, {"train.lr": "0.001"})] == ["bbbb0002"]
+    assert [r["run_id"] for r in results(reg, {"lr": "1e-3", "penalty": "l1"})] == ["bbbb0002"]
+    assert [r["run_id"] for r in results(reg, {"d_sae": "64.0"})] == ["aaaa0001", "bbbb0002"]
+    assert results(reg, {"architecture": "topk"}) == []
     with pytest.raises(SaerunError, match="did you mean 'architecture'"):
-        reg.results({"archtecture": "relu"})
+        results(reg, {"archtecture": "relu"})
+
+
+def test_step_flops_are_stored_with_the_run_and_keep_its_id(reg: Registry) -> None:
+    h = reg.add_spec("s", "s.yaml", "x")
+    reg.ensure_runs(h, [dict(job("aaaa0001"), step_flops_per_token=1.5e6), job("bbbb0002")])
+    finish(reg, "aaaa0001")
+    finish(reg, "bbbb0002")
+    assert reg.get_run("aaaa0001")["step_flops_per_token"] == 1.5e6  # type: ignore[index]
+    assert [r["step_flops_per_token"] for r in reg.list_runs()] == [1.5e6, None]
+    assert [r["step_flops_per_token"] for r in results(reg)] == [1.5e6, None]
+    # a second spec asking for the run with another count leaves the row as it was
+    h2 = reg.add_spec("t", "t.yaml", "y")
+    reg.ensure_runs(h2, [dict(job("aaaa0001"), step_flops_per_token=9.0)])
+    assert reg.get_run("aaaa0001")["step_flops_per_token"] == 1.5e6  # type: ignore[index]
+
+
+def test_posthoc_records_are_replaced_per_run_and_cleared_on_reset(reg: Registry) -> None:
+    h = reg.add_spec("s", "s.yaml", "x")
+    reg.ensure_runs(h, [job("aaaa0001"), job("bbbb0002")])
+    finish(reg, "aaaa0001")
+    finish(reg, "bbbb0002")
+    done_at = reg.get_run("aaaa0001")["finished_at"]  # type: ignore[index]
+    reg.set_posthoc("aaaa0001", 4096, done_at, {
+        "t=0.0": {"kind": "threshold", "param": 0.0, "fvu": float("nan")},
+        "k=8": {"kind": "k", "param": 8, "fvu": 0.25}})
+    reg.set_posthoc("bbbb0002", 4096, None, {"opposing": {"kind": "opposing", "param": None}})
+    got = reg.posthoc(["aaaa0001"])
+    assert [(x["kind"], x["param"], x["tokens"], x["run_finished_at"]) for x in got] == [
+        ("k", 8, 4096, done_at), ("threshold", 0.0, 4096, done_at)]
+    assert isinstance(got[0]["param"], int) and got[1]["fvu"] != got[1]["fvu"]  # NaN kept
+    reg.set_posthoc("aaaa0001", 2048, done_at, {"k=8": {"kind": "k", "param": 8}})
+    assert [x["tokens"] for x in reg.posthoc(["aaaa0001", "bbbb0002"])] == [2048, 4096]
+    reg.reset_to_planned("aaaa0001")
+    assert [x["run_id"] for x in reg.posthoc(["aaaa0001", "bbbb0002"])] == ["bbbb0002"]
 
 
 def test_list_runs(reg: Registry) -> None:
@@ -270,7 +305,7 @@ def test_two_connections_can_both_write(tmp_path: Path) -> None:
         finish(b, "bbbb0002", l0=2.0)
         # b sees a's finished run and cannot redo it; a sees b's.
         assert b.mark_running("aaaa0001", {}, "fp") is False
-        assert [r["run_id"] for r in a.results()] == ["aaaa0001", "bbbb0002"]
+        assert [r["run_id"] for r in results(a)] == ["aaaa0001", "bbbb0002"]
     with Registry(path, must_exist=True) as c:
         assert [r["status"] for r in c.list_runs()] == ["done", "done"]
 

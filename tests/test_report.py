@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from saerun.errors import SaerunError
-from saerun.report.frontier import write_frontier_report
+from saerun.report.frontier import build_frontier
 
 MODEL, HOOK = "gpt2", "blocks.6.hook_resid_post"
 
@@ -36,6 +38,15 @@ ROWS = [
     row("bbbb04ffffff", "sqrt_l1", 3.0, 35.0, 0.20, 0.85, lr=1e-3),
 ]
 STARRED = {"aaaa01ffffff", "aaaa03ffffff", "bbbb01ffffff", "bbbb02ffffff", "bbbb03ffffff"}
+
+
+def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """`out_dir/frontier.md` and its PNGs under `out_dir/frontier/`; nothing on an error."""
+    text, _ = build_frontier(rows, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "frontier.md"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def table_line(md: str, run_id: str) -> str:
@@ -101,3 +112,17 @@ def test_no_rows_raises_and_writes_nothing(tmp_path):
     with pytest.raises(SaerunError, match="no finished runs match"):
         write_frontier_report([], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_compute_classes_read_the_stored_step_flops(tmp_path):
+    counted = [dict(r, step_flops_per_token=1e6 if r["penalty"] == "l1" else 1.05e6)
+               for r in ROWS]
+    counted[-1]["step_flops_per_token"] = None  # registered by an older saerun
+    md = write_frontier_report(counted, tmp_path).read_text(encoding="utf-8")
+    assert "| relu/l1 | 0.01 |" in md and "| relu/sqrt_l1 | 0.0105 |" in md  # 1e6 * 10,000
+    assert ("- 1 of these 7 runs have no step FLOPs in the registry (registered by an older "
+            "saerun): they are left out of the compute classes.") in md
+    assert "6 runs at 0.01 TFLOP (+10%)" in md
+    assert ("- The training cost of these runs is unknown (no step FLOPs in the registry: "
+            "registered by an older saerun).") in write_frontier_report(
+        ROWS, tmp_path / "b").read_text(encoding="utf-8")

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from saerun.cli import main
+from saerun.errors import SaerunError
 from saerun.registry import Registry
-from saerun.report.synthetic import synthetic_registry
+from saerun.report.rows import results
+
+# bench/ is not an installed package: import its synthetic registry from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.synthetic import synthetic_registry  # noqa: E402
 
 N_RUNS = 36  # relu/l1 (6 coefficients x 3 LRs) and relu/sqrt_l1 (the same), one site, one seed
 
@@ -92,7 +99,7 @@ def test_findings_page_answers_from_the_rows(registry):
     from saerun.report.findings import findings_page
 
     with Registry(registry) as reg:
-        rows = reg.results()
+        rows = results(reg)
         curves = reg.curves([r["run_id"] for r in rows])
     front = [r for r in rows if r["lr"] == 0.001]
     plans = {"frontier.yaml": [r["run_id"] for r in front]}
@@ -107,3 +114,21 @@ def test_findings_page_answers_from_the_rows(registry):
     assert "**Yes**: sqrt-L1's frontier is below L1's across the whole shared L0 range." in page
     assert "(6 relu/sqrt_l1 runs against 6 relu/l1 runs)" in page
     assert "| relu/l1 λ=0.1 | 3 | 0.001 |" in page  # 3 LRs, best in the middle
+
+
+def test_findings_reports_are_written_from_the_registry_alone(registry, tmp_path):
+    from saerun.report.findings import posthoc_run_ids, write_findings
+
+    with Registry(registry) as reg:
+        ids = [r["run_id"] for r in results(reg)]
+    plans = {"frontier.yaml": ids[:12], "lr.yaml": ids}
+    assert posthoc_run_ids(registry, plans) == ids[:12]  # the frontier spec's runs
+    page = write_findings(registry, plans, {ids[0]: "boom"}, tmp_path)
+    assert page == tmp_path / "FINDINGS.md"
+    text = page.read_text(encoding="utf-8")
+    assert f"**1 runs failed** and are left out: `{ids[0][:10]}` boom" in text
+    written = sorted(p.name for p in (tmp_path / "findings").glob("*.md"))
+    assert written == ["curves.md", "death.md", "frontier.md", "lr.md", "posthoc.md"]
+    assert "0 of 12 runs analysed" in (tmp_path / "findings" / "posthoc.md").read_text()
+    with pytest.raises(SaerunError, match="no finished findings run"):
+        write_findings(registry, {"frontier.yaml": ["ffff0000"]}, {}, tmp_path / "none")

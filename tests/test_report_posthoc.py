@@ -6,15 +6,15 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from saerun.report.posthoc import (
+from saerun.posthoc import (
     Thresholded,
     TopKAt,
-    build_posthoc,
     k_primes,
     opposing_pairs,
     reconstruction_sweep,
     thresholds_for,
 )
+from saerun.report.posthoc import build_posthoc
 from saerun.sae import build_sae
 from saerun.spec import SAEConfig
 
@@ -98,3 +98,57 @@ def test_build_posthoc_from_records(tmp_path):
     assert len(tables[0].rows) == 2 and len(tables[1].rows) == 2
     assert (tmp_path / "posthoc" / "m__h__threshold.png").stat().st_size > 5000
     assert (tmp_path / "posthoc" / "m__h__progressive.png").exists()
+
+
+def _registry_with_two_done_runs(path):
+    from saerun.registry import Registry
+
+    reg = Registry(path)
+    h = reg.add_spec("s", "s.yaml", "x")
+    cfg = {"seed": 0, "model": {"name": "m"}, "site": {"hook_name": "h"}, "data": {},
+           "sae": {"architecture": "relu", "d_sae": 4}, "train": {"lr": 1e-3}}
+    reg.ensure_runs(h, [{"run_id": i, "name": i, "group_key": "g", "config": cfg}
+                        for i in ("aaaa0001", "bbbb0002", "cccc0003")])
+    for i in ("aaaa0001", "bbbb0002"):
+        reg.mark_running(i, {}, "fp")
+        reg.mark_done(i, {"fvu": 0.2}, 1.0, 1.0, 100)
+    return reg
+
+
+def test_only_missing_or_stale_records_are_pending(tmp_path):
+    from saerun.posthoc import POSTHOC_TOKENS, pending
+
+    with _registry_with_two_done_runs(tmp_path / "saerun.db") as reg:
+        ids = ["aaaa0001", "bbbb0002", "cccc0003"]
+        assert pending(reg, ids) == ["aaaa0001", "bbbb0002"]  # cccc0003 is not done
+        done_at = reg.get_run("aaaa0001")["finished_at"]
+        reg.set_posthoc("aaaa0001", POSTHOC_TOKENS, done_at, {"opposing": {"kind": "opposing"}})
+        reg.set_posthoc("bbbb0002", POSTHOC_TOKENS // 2, reg.get_run("bbbb0002")["finished_at"],
+                        {"opposing": {"kind": "opposing"}})
+        assert pending(reg, ids) == ["bbbb0002"]  # computed on other tokens: stale
+        assert pending(reg, ids, POSTHOC_TOKENS // 2) == ["aaaa0001"]
+        # trained again since: its records describe the old weights
+        reg.set_posthoc("aaaa0001", POSTHOC_TOKENS, "2000-01-01T00:00:00.000000Z",
+                        {"opposing": {"kind": "opposing"}})
+        assert pending(reg, ["aaaa0001"]) == ["aaaa0001"]
+
+
+def test_compute_skips_runs_without_weights_and_stores_nothing(tmp_path):
+    from saerun.posthoc import compute
+
+    _registry_with_two_done_runs(tmp_path / "saerun.db").close()
+    assert compute(tmp_path / "saerun.db", ["aaaa0001", "bbbb0002"]) == []  # no model loaded
+    from saerun.registry import Registry
+
+    with Registry(tmp_path / "saerun.db") as reg:
+        assert reg.posthoc(["aaaa0001", "bbbb0002"]) == []
+
+
+def test_the_page_names_the_tokens_of_the_stored_records(tmp_path):
+    rows = [{"run_id": "ab" * 8, "model": "m", "hook_name": "h", "architecture": "relu",
+             "penalty": "l1", "d_sae": 64, "l0": 8.0, "fvu": 0.2}]
+    records = [{"run_id": "ab" * 8, "kind": "threshold", "param": 0.0, "l0": 8.0, "fvu": 0.2,
+                "ce_loss_recovered": 0.9, "tokens": 4096}]
+    md, _ = build_posthoc(rows, records, None)
+    assert ("1 of 1 runs analysed (the others have no weights on disk), on the first 4,096 "
+            "held-out tokens, with the registry's metric code.") in md

@@ -1,7 +1,9 @@
 """Write the reports a command asks for, from one read of the registry.
 
 `write_reports(registry_path, kinds, filters, out_dir, form)`: reads the result rows once (and
-the curves, densities and configs only when a requested report needs them), builds each report
+the curves, densities and post-hoc records only when a requested report needs them: nothing
+here loads a model or recomputes; `saerun.posthoc.compute` stores the records first), builds
+each report
 and writes `out_dir/<kind>.md` with its PNGs (form "md"), or its tables as `<kind>.json` /
 `<kind>__<table>.csv` (form "json" / "csv", no plots).
 """
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from saerun.errors import SaerunError
+from saerun.registry import Registry
 from saerun.report.common import write_tables
+from saerun.report.rows import results
 
 KINDS = ("frontier", "death", "lr", "curves", "posthoc")
 FORMS = ("md", "json", "csv")
@@ -32,10 +36,8 @@ def read_densities(folders: dict[str, Path]) -> dict[str, list[float] | None]:
 def load_inputs(registry_path: Path, filters: dict[str, str],
                 kinds: tuple[str, ...]) -> dict[str, Any]:
     """Rows (and what the kinds need) from the registry; a clear error when there is none."""
-    from saerun.registry import Registry
-
     with Registry(registry_path, must_exist=True) as reg:
-        rows = reg.results(filters)
+        rows = results(reg, filters)
         if not rows:
             done = len(reg.list_runs(status="done"))
             if done == 0:
@@ -52,12 +54,10 @@ def load_inputs(registry_path: Path, filters: dict[str, str],
         inputs: dict[str, Any] = {"rows": rows}
         if {"death", "lr", "curves"} & set(kinds):
             inputs["curves"] = reg.curves(ids)
-        folders = {i: reg.artifacts_dir(i) for i in ids}
         if "death" in kinds:
-            inputs["densities"] = read_densities(folders)
+            inputs["densities"] = read_densities({i: reg.artifacts_dir(i) for i in ids})
         if "posthoc" in kinds:
-            inputs["folders"] = folders
-            inputs["configs"] = {i: reg.get_run(i)["config"] for i in ids}
+            inputs["posthoc_records"] = reg.posthoc(ids)
     return inputs
 
 
@@ -81,11 +81,8 @@ def build(kind: str, inputs: dict[str, Any], out_dir: Path | None) -> tuple[str,
 
         return build_curves(rows, inputs["curves"], out_dir)
     if kind == "posthoc":
-        from saerun.report.posthoc import build_posthoc, run_posthoc
+        from saerun.report.posthoc import build_posthoc
 
-        if "posthoc_records" not in inputs:
-            inputs["posthoc_records"] = run_posthoc(rows, inputs["configs"], inputs["folders"],
-                                                    inputs.get("posthoc_cache"))
         return build_posthoc(rows, inputs["posthoc_records"], out_dir)
     raise SaerunError(f"unknown report {kind!r}", hint=f"one of {', '.join(KINDS)}")
 

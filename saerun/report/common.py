@@ -1,7 +1,7 @@
 """What every report shares: formatting, grouping of result rows, tables, the frontier maths.
 
 Pure functions on the registry's flat result rows (one dict per finished run, see
-`Registry.results`). Nothing here draws or touches the disk except `write_tables`.
+`report.rows.results`). Nothing here draws or touches the disk except `write_tables`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from saerun.errors import SaerunError
+from saerun.pareto import finite as ok
+from saerun.pareto import frontier_points as frontier_points  # the reports read it here
 
 STAR = "★"
 DEFAULT_PENALTY = {"gated": "l1", "jumprelu": "tanh"}  # named in a series only when different
 # Config prefixes of the flattened result row: what makes two runs the same recipe.
 CONFIG_PREFIXES = ("model.", "site.", "data.", "sae.", "train.", "eval.")
-
-
-def ok(v: Any) -> bool:
-    """A finite number (bools excluded): what a plot or a frontier may use."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -125,22 +122,6 @@ def mean(values: Iterable[Any]) -> float:
 
 
 # -- the frontier --------------------------------------------------------------------------------
-
-
-def frontier_points(points: list[tuple[float, float]],
-                    higher_is_better: bool = False) -> list[tuple[float, float]]:
-    """The Pareto-optimal (l0, value) points sorted by L0: no other point has L0 <= and a value
-    at least as good, one strictly. Non-finite points are dropped. O(n log n)."""
-    sign = -1.0 if higher_is_better else 1.0
-    pts = sorted({(float(a), sign * float(b)) for a, b in points if ok(a) and ok(b)})
-    out: list[tuple[float, float]] = []
-    for a, b in pts:  # by L0, then value: a point is kept when it beats all before it
-        if out and b >= out[-1][1]:
-            continue
-        if out and out[-1][0] == a:  # same L0, strictly better value: replaces it
-            out.pop()
-        out.append((a, b))
-    return [(a, sign * b) for a, b in out]
 
 
 def frontier_value(front: list[tuple[float, float]], l0: float) -> float:

@@ -1,4 +1,5 @@
-"""Small-multiple figures for the death, LR, curves and post-hoc reports.
+"""Every figure of the reports: the frontier plots (`frontier_plot`) and the small multiples of
+the death, LR, curves and post-hoc reports (`line_panels`, `bars`, `histograms`).
 
 One style per series everywhere: a colour, a marker AND a line style (so a plot still reads in
 greyscale), picked by the series' index in a sorted list of names. Output bytes are
@@ -14,10 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saerun.pareto import pareto_mask
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 LINESTYLES = ("-", "--", ":", "-.")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++")
 DPI = 110
+# The frontier plot: L0 against one metric, the y-axis label (with units) and direction of each.
+L0_LABEL = "L0 (active latents per token)"
+METRICS: dict[str, tuple[str, bool]] = {
+    "fvu": ("FVU (fraction of variance unexplained)", False),
+    "ce_loss_recovered": ("CE loss recovered (fraction; 1 = clean model)", True),
+    "delta_lm_loss": ("delta LM loss (nats per token: CE with SAE - clean CE)", False),
+}
+FRONTIER_FIGSIZE, FRONTIER_DPI = (9.4, 4.6), 120
+LEGEND_IN = 2.75  # inches right of the frontier axes for the legend, so it never hides a point
 
 
 def style(i: int) -> dict[str, Any]:
@@ -35,21 +47,24 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, dpi: int = DPI) -> None:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # metadata None drops the "Software: matplotlib vX" text chunk: bytes depend on data only.
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    fig.savefig(path, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
 
 
-def _plain_ticks(axis: Any) -> None:
-    """Log-axis tick labels as plain numbers ("20", "0.001"), not "2x10^1"."""
+def _plain_ticks(axis: Any, minor: bool = True) -> None:
+    """Log-axis tick labels as plain numbers ("20", "0.001"), not "2x10^1". Minor ticks get
+    plain labels too, but LogFormatter drops them when the axis spans many decades (labels
+    would overlap)."""
     from matplotlib.ticker import FuncFormatter, LogFormatter
 
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+    if minor:
+        axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
 
 
 def wants_log(values: list[float]) -> bool:
@@ -81,6 +96,60 @@ class Panel:
     hline: float | None = None  # a dashed reference line (e.g. 1.0 = clean model)
     tokens_x: bool = False  # x is a token count: tick labels as 250k, 1.5M
     xticks: list[float] | None = None  # exactly these x ticks (e.g. the tested LRs)
+
+
+def frontier_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) -> bool:
+    """Write the L0-vs-`metric` PNG at `path`; False (and no file) when no run has both values.
+
+    rows need `series`, `l0` and `metric`; rows missing either number (or NaN) are left out.
+    Each series' own Pareto frontier is a step line (the best value reachable at or below each
+    L0); runs it dominates are faded.
+    """
+    ylabel, higher_is_better = METRICS[metric]
+    rows = [r for r in rows if _number(r.get("l0")) and r["l0"] > 0 and _number(r.get(metric))]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FRONTIER_FIGSIZE, dpi=FRONTIER_DPI)
+    for i, name in enumerate(sorted({r["series"] for r in rows})):
+        pts = sorted((r["l0"], r[metric]) for r in rows if r["series"] == name)
+        front = pareto_mask([p[0] for p in pts], [p[1] for p in pts], higher_is_better)
+        on = [p for p, keep in zip(pts, front, strict=True) if keep]
+        off = [p for p, keep in zip(pts, front, strict=True) if not keep]
+        st = style(i)
+        marks = dict(color=st["color"], marker=st["marker"], markersize=6)
+        ax.step([p[0] for p in on], [p[1] for p in on], where="post", linestyle=st["linestyle"],
+                linewidth=1.6, label=f"{name} ({len(on)}/{len(pts)} runs on its frontier)",
+                **marks)
+        if off:  # dominated runs: same marker, faded, no line
+            ax.plot([p[0] for p in off], [p[1] for p in off], linestyle="none", alpha=0.35,
+                    **marks)
+    ax.set_xscale("log")  # sweeps span decades of sparsity
+    _plain_ticks(ax.xaxis)
+    if wants_log([r[metric] for r in rows]):
+        ax.set_yscale("log")
+        _plain_ticks(ax.yaxis, minor=False)
+    ax.set_xlabel(L0_LABEL)
+    ax.set_ylabel(ylabel)
+    better = "higher" if higher_is_better else "lower"
+    ax.set_title(f"{title}\n(left and {better} is better; faded = dominated in its series)",
+                 fontsize=10)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    # The legend sits outside the axes, right of them: inside, with eight series, it hid
+    # points whatever the corner (and loc="best" searches every data point: slow).
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    # Fixed margins (tight_layout measures every tick label): room for a 3-line title.
+    lines = title.count("\n") + 2
+    width, height = FRONTIER_FIGSIZE
+    fig.subplots_adjust(left=0.9 / width, right=1 - LEGEND_IN / width,
+                        top=1 - (0.15 + 0.19 * lines) / height, bottom=0.6 / height)
+    _save(fig, path, FRONTIER_DPI)
+    return True
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
 
 
 def _token_ticks(axis: Any) -> None:

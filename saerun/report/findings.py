@@ -1,13 +1,13 @@
-"""`saerun findings`: train the findings specs on the embedded model and write docs/FINDINGS.md.
+"""docs/FINDINGS.md and its reports, from the findings runs in the registry (reads only).
 
     saerun findings [--specs specs/findings] [--registry registry/findings/saerun.db] [--out docs]
 
-1. Runs every `specs/findings/*.yaml` (files starting with "_" are bases) into its own registry.
-   Resumable: finished runs are skipped by the registry, a killed run resumes.
-2. Writes the reports under `docs/findings/`: frontier, curves and post-hoc analyses on the
+The command trains the specs first (`saerun.campaign`) and stores the post-hoc analyses of the
+frontier runs (`saerun.posthoc`); this module then:
+1. Writes the reports under `docs/findings/`: frontier, curves and post-hoc analyses on the
    frontier spec's runs (one learning rate, one seed: a clean comparison), death and LR
    sensitivity on every run.
-3. Writes `docs/FINDINGS.md`: each research question answered from the numbers, with the runs
+2. Writes `docs/FINDINGS.md`: each research question answered from the numbers, with the runs
    behind each claim and where the data disagree with the papers. Every sentence is computed
    from the registry, so the page is regenerated, never edited; it is dated by its newest run,
    so the same registry gives the same bytes.
@@ -19,53 +19,50 @@ from pathlib import Path
 from typing import Any
 
 from saerun.errors import SaerunError
-from saerun.report.common import Comparison, compare, frontier_points, ok, prepare
+from saerun.registry import Registry
+from saerun.report.build import read_densities, write_reports
+from saerun.report.common import Comparison, compare, frontier_points, interpolate, ok, prepare
+from saerun.report.death import INIT_KEY, init_label, matched_effect
+from saerun.report.frontier import training_flops
+from saerun.report.lr import build_lr
+from saerun.report.rows import results
 
 FRONTIER_SPEC = "frontier.yaml"
 L0_GRID = (8, 16, 32, 64, 128)  # where the TopK-family / JumpReLU frontiers are read off
 
 
-def spec_run_ids(specs_dir: Path) -> dict[str, list[str]]:
-    """spec file name -> run ids it plans (no model loaded, nothing written)."""
-    from saerun.runner import prepare as prepare_spec
+def _rows(reg: Registry, plans: dict[str, list[str]]) -> tuple[list[dict[str, Any]],
+                                                               list[dict[str, Any]]]:
+    """(every finished findings run, the frontier spec's: all of them when it has none)."""
+    wanted = {i for ids in plans.values() for i in ids}
+    rows = [r for r in results(reg) if r["run_id"] in wanted]
+    frontier_ids = set(plans.get(FRONTIER_SPEC, []))
+    return rows, [r for r in rows if r["run_id"] in frontier_ids] or rows
 
-    specs = sorted(p for p in Path(specs_dir).glob("*.yaml") if not p.name.startswith("_"))
-    if not specs:
-        raise SaerunError(f"no findings spec in {specs_dir}", hint="expected *.yaml files")
-    return {p.name: [j.run_id for j in prepare_spec(p).plan.jobs] for p in specs}
 
-
-def run_findings(specs_dir: Path, registry_path: Path, out: Path, train: bool = True,
-                 progress: Any = None) -> Path:
-    from saerun.registry import Registry
-    from saerun.report.build import read_densities, write_reports
-
-    plans = spec_run_ids(specs_dir)
-    failed: dict[str, str] = {}
-    if train:
-        from saerun.runner import run_spec
-
-        for name in plans:
-            failed.update(run_spec(Path(specs_dir) / name, registry_path, progress).failed)
+def posthoc_run_ids(registry_path: Path, plans: dict[str, list[str]]) -> list[str]:
+    """The runs whose post-hoc analyses the findings reports show (the frontier runs)."""
     with Registry(registry_path, must_exist=True) as reg:
-        rows = reg.results()
-        wanted = {i for ids in plans.values() for i in ids}
-        rows = [r for r in rows if r["run_id"] in wanted]
+        return [r["run_id"] for r in _rows(reg, plans)[1]]
+
+
+def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dict[str, str],
+                   out: Path) -> Path:
+    """Write the findings reports and `out/FINDINGS.md` from the registry; returns the page.
+    plans: spec file name -> its run ids; failed: run id -> why (named on the page)."""
+    with Registry(registry_path, must_exist=True) as reg:
+        rows, front_rows = _rows(reg, plans)
         if not rows:
             raise SaerunError(f"no finished findings run in {registry_path}",
                               hint="run `saerun findings` without --no-train first")
         ids = [r["run_id"] for r in rows]
         curves = reg.curves(ids)
-        folders = {i: reg.artifacts_dir(i) for i in ids}
-        configs = {i: reg.get_run(i)["config"] for i in ids}
-    frontier_ids = set(plans.get(FRONTIER_SPEC, []))
-    front_rows = [r for r in rows if r["run_id"] in frontier_ids] or rows
+        densities = read_densities({i: reg.artifacts_dir(i) for i in ids})
+        records = reg.posthoc([r["run_id"] for r in front_rows])
     report_dir = Path(out) / "findings"
-    everything = {"rows": rows, "curves": curves, "densities": read_densities(folders)}
+    everything = {"rows": rows, "curves": curves, "densities": densities}
     write_reports(registry_path, ("death", "lr"), {}, report_dir, inputs=everything)
-    front_inputs = {"rows": front_rows, "curves": curves, "folders": folders,
-                    "configs": configs,
-                    "posthoc_cache": Path(registry_path).parent / "posthoc_cache.json"}
+    front_inputs = {"rows": front_rows, "curves": curves, "posthoc_records": records}
     write_reports(registry_path, ("frontier", "curves", "posthoc"), {}, report_dir,
                   inputs=front_inputs)
     page = Path(out) / "FINDINGS.md"
@@ -163,8 +160,6 @@ def _at_grid(rows: list[dict[str, Any]], metric: str, higher: bool) -> list[str]
     names = sorted({r["series"] for r in rows})
     head = ["| series | runs | " + " | ".join(f"L0 {x}" for x in L0_GRID) + " |",
             "|---|---:|" + "---:|" * len(L0_GRID)]
-    from saerun.report.common import interpolate
-
     best = {}
     vals = {}
     for name in names:
@@ -185,8 +180,6 @@ def _at_grid(rows: list[dict[str, Any]], metric: str, higher: bool) -> list[str]
 
 
 def _ranking_words(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
-    from saerun.report.common import interpolate
-
     out = []
     for x in L0_GRID:
         vals = sorted((v, n) for v, n in ((interpolate(_front(rows, n), float(x)), n)
@@ -218,9 +211,6 @@ def _claims_table(rows: list[dict[str, Any]],
 def findings_page(rows: list[dict[str, Any]], front_rows: list[dict[str, Any]],
                   plans: dict[str, list[str]], curves: dict[str, list[dict[str, Any]]],
                   failed: dict[str, str]) -> str:
-    from saerun.report.death import INIT_KEY, init_label, matched_effect
-    from saerun.report.lr import build_lr
-
     dates = sorted(str(r.get("finished_at") or "")[:10] for r in rows)
     model = sorted({r["model"] for r in rows})
     hooks = sorted({r["hook_name"] for r in rows})
@@ -256,8 +246,6 @@ def findings_page(rows: list[dict[str, Any]], front_rows: list[dict[str, Any]],
         claims.append(("Gated beats ReLU-L1 at equal width", gated_wide, cmp, l1))
         md += [f"**At equal width** ({gated_wide} against {l1}): {verdict}", "", words, ""]
         if gated_matched:
-            from saerun.report.frontier import training_flops
-
             words, cmp = _cmp_words(fr, gated_matched, l1)
             claims.append(("Gated beats ReLU-L1 at matched compute", gated_matched, cmp, l1))
             fl_g = [training_flops(r) for r in fr if r["series"] == gated_matched]

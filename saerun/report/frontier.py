@@ -8,7 +8,8 @@ Markdown (everything sorted, fixed number formats, no dates), so a checked-in re
 changes in git when the results do.
 
 Row keys read: run_id, model, hook_name, architecture, penalty, sparsity_coefficient, d_sae, lr,
-l0, fvu, ce_loss_recovered, delta_lm_loss, dead_fraction, shrinkage, tokens_trained, sae.*
+l0, fvu, ce_loss_recovered, delta_lm_loss, dead_fraction, shrinkage, tokens_trained,
+step_flops_per_token, sae.*
 (metrics may be missing or NaN: shown as "-", never on a frontier).
 """
 
@@ -18,9 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saerun.metrics import pareto_mask
+from saerun.pareto import pareto_mask
 from saerun.report.common import STAR, Table, by_site, cell, ok, prepare, slug
-from saerun.report.plots import frontier_plot
+from saerun.report.figures import frontier_plot
 
 # (metric, file-name suffix, caption) of the plots written per site.
 PLOTS = (
@@ -91,44 +92,13 @@ def _trend_words(rows: list[dict[str, Any]]) -> list[str]:
 
 # -- compute ------------------------------------------------------------------------------------
 
-_COST_CACHE: dict[tuple, tuple[float, float]] = {}
-
-
-def step_flops(row: dict[str, Any]) -> float:
-    """Training FLOPs per token of one step of this run's SAE (`sae.cost`: the matrix products
-    of loss forward + backward); NaN when the config cannot be rebuilt. The count is
-    a + b * d_sae, and (a, b) depends on the architecture and on the few options that add
-    products (aux_k, ghost grads), not on k or the coefficients: one probe per such key, so a
-    thousand runs cost a handful."""
-    key = (row.get("architecture"), row.get("sae.d_in"), row.get("sae.aux_k"),
-           row.get("sae.ghost_grads"))
-    if key not in _COST_CACHE:
-        _COST_CACHE[key] = _cost_line(*key)
-    a, b = _COST_CACHE[key]
-    return a + b * float(row["d_sae"]) if ok(row.get("d_sae")) else math.nan
-
-
-def _cost_line(architecture: Any, d_in: Any, aux_k: Any, ghost: Any) -> tuple[float, float]:
-    from pydantic import TypeAdapter, ValidationError
-
-    from saerun.sae.cost import cost_line
-    from saerun.spec import SAEConfig
-
-    data: dict[str, Any] = {"architecture": architecture, "d_in": d_in, "d_sae": 128}
-    if aux_k is not None:
-        data["aux_k"] = min(int(aux_k), 128)
-    if ghost is not None:
-        data["ghost_grads"] = ghost
-    try:
-        return cost_line(TypeAdapter(SAEConfig).validate_python(data))
-    except (ValidationError, TypeError, ValueError):
-        return math.nan, math.nan
-
-
 def training_flops(row: dict[str, Any]) -> float:
+    """Training FLOPs of a run: the FLOPs per token of one step, counted once by the planner and
+    stored with the run (`step_flops_per_token`), times the tokens trained. NaN when the row has
+    no count (a run registered before the registry stored it): never recounted here."""
     tokens = row.get("tokens_trained") or row.get("train_tokens")
-    per_token = step_flops(row)
-    return per_token * float(tokens) if ok(per_token) and ok(tokens) else math.nan
+    per_token = row.get("step_flops_per_token")
+    return float(per_token) * float(tokens) if ok(per_token) and ok(tokens) else math.nan
 
 
 def compute_classes(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -211,8 +181,14 @@ def _compute_section(model: str, hook: str, rows: list[dict[str, Any]], out_dir:
     for r in rows:
         if ok(r.get("train_flops")):
             costs.setdefault(r["series"], set()).add(r["train_flops"])
+    uncounted = sum(1 for r in rows if not ok(r.get("step_flops_per_token")))
+    if uncounted and costs:
+        md += [f"- {uncounted} of these {len(rows)} runs have no step FLOPs in the registry "
+               "(registered by an older saerun): they are left out of the compute classes.", ""]
     if not costs:
-        return [*md, "- The training cost of these runs is unknown.", ""]
+        why = " (no step FLOPs in the registry: registered by an older saerun)" if uncounted \
+            else ""
+        return [*md, f"- The training cost of these runs is unknown{why}.", ""]
     md.append("Training FLOPs = FLOPs per token of one step (matrix products of the loss and "
               "its backward, `saerun.sae.cost`) × tokens trained.")
     md += ["", "| series | training TFLOP (min-max) |", "|---|---:|"]
@@ -266,16 +242,3 @@ def build_frontier(rows: list[dict[str, Any]], out_dir: Path | None) -> tuple[st
                                   ("on_ce", "on_ce_frontier", ""),
                                   ("train_flops", "train_flops", "g")]
     return "\n".join(md), [Table("runs", columns, table_rows)]
-
-
-def write_frontier_report(rows: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Write `out_dir/frontier.md` and its PNGs under `out_dir/frontier/`; return the .md path.
-
-    Raises SaerunError (and writes nothing) when `rows` is empty.
-    """
-    out_dir = Path(out_dir)
-    text, _ = build_frontier(rows, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "frontier.md"
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -1,4 +1,5 @@
-"""Post-hoc analyses of trained SAEs, re-evaluated on held-out activations (DESIGN.md §5):
+"""The post-hoc report, from the records `saerun.posthoc.compute` stored in the registry (no
+model, no weights, no torch here). The analyses (DESIGN.md §5):
 
 - **Global-threshold ablation**: zero every latent activation below t (keep f_i >= t), then
   L0 / FVU / CE loss recovered against t. t = 0 is the SAE as trained; the other values are
@@ -9,9 +10,7 @@
 - **Opposing decoder directions**: latent pairs whose decoder rows have cosine < -0.9 and
   < -0.7 (weights only).
 
-Each SAE is loaded from its run folder (config from the registry, `sae_weights.safetensors`,
-normalisation already folded in) and every variant is evaluated by `evaluate.evaluate_group`,
-so the metrics are exactly the registry's, on the first POSTHOC_TOKENS held-out tokens.
+Each record says how many held-out tokens it was evaluated on (`tokens`).
 """
 
 from __future__ import annotations
@@ -20,213 +19,28 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
 from saerun.report.common import Table, by_site, ok, prepare, slug
 from saerun.report.figures import Line, Panel, line_panels
-
-POSTHOC_TOKENS = 4096  # 32 sequences: enough for curves, cheap on a CPU
-QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # of the non-zero activations: thresholds t > 0
-K_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # k' = factor * k, capped at d_sae
-OPPOSING = (-0.9, -0.7)
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
-
-
-class _ReEncoded(nn.Module):
-    """A trained SAE with another encode; its decoder (W_dec, decode) unchanged."""
-
-    def __init__(self, sae: nn.Module) -> None:
-        super().__init__()
-        self.sae = sae
-
-    @property
-    def W_dec(self) -> Tensor:
-        return self.sae.W_dec
-
-    def decode(self, f: Tensor) -> Tensor:
-        return self.sae.decode(f)
-
-
-class Thresholded(_ReEncoded):
-    """An SAE whose latents below t are zeroed: f' = f * 1[f >= t]; decode unchanged."""
-
-    def __init__(self, sae: nn.Module, t: float) -> None:
-        super().__init__(sae)
-        self.t = float(t)
-
-    def encode(self, x: Tensor) -> Tensor:
-        f = self.sae.encode(x)
-        return torch.where(f >= self.t, f, torch.zeros_like(f))
-
-
-class TopKAt(_ReEncoded):
-    """A TopK-family SAE evaluated at k' latents per token: ReLU of the k' largest
-    pre-activations of each token, zeros elsewhere."""
-
-    def __init__(self, sae: nn.Module, k: int) -> None:
-        super().__init__(sae)
-        self.k = int(k)
-
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.sae.pre_acts(x)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
-
-
-def opposing_pairs(w_dec: Tensor, cutoffs: tuple[float, ...] = OPPOSING) -> dict[float, int]:
-    """cutoff -> number of latent pairs (i < j) whose decoder rows have cosine < cutoff."""
-    w = w_dec.double()
-    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = w @ w.t()
-    upper = torch.triu(torch.ones_like(cos, dtype=torch.bool), diagonal=1)
-    return {c: int(((cos < c) & upper).sum()) for c in cutoffs}
-
-
-def thresholds_for(f: Tensor, quantiles: tuple[float, ...] = QUANTILES) -> list[float]:
-    """0, then the quantiles of the non-zero entries of f (distinct, increasing)."""
-    nz = f[f > 0].double()
-    if nz.numel() == 0:
-        return [0.0]
-    qs = torch.quantile(nz[:1_000_000], torch.tensor(quantiles, dtype=torch.float64))
-    return sorted({0.0, *(float(q) for q in qs)})
-
-
-def k_primes(k: int, d_sae: int, factors: tuple[float, ...] = K_FACTORS) -> list[int]:
-    return sorted({min(d_sae, max(1, round(k * f))) for f in factors})
-
-
-@torch.no_grad()
-def reconstruction_sweep(variants: list[nn.Module], x: Tensor) -> list[dict[str, float]]:
-    """L0 and FVU of each SAE variant on activations x [n, d_in] (no language model), by the
-    registry's formulas (`metrics.MetricAccumulator`)."""
-    from saerun.metrics import MetricAccumulator
-
-    out = []
-    for sae in variants:
-        acc = MetricAccumulator()
-        f = sae.encode(x)
-        acc.update_reconstruction(x, sae.decode(f), f)
-        m = acc.result()
-        out.append({"l0": m["l0"], "fvu": m["fvu"]})
-    return out
-
-
-def load_sae(config: dict[str, Any], folder: Path) -> nn.Module:
-    """A trained SAE from its resolved config and `sae_weights.safetensors`, in eval mode."""
-    from saerun.artifacts import read_weights
-    from saerun.sae import build_sae
-    from saerun.spec import RunConfig
-
-    cfg = RunConfig.model_validate(config)
-    sae = build_sae(cfg.sae, cfg.seed)
-    sae.load_state_dict(read_weights(folder))
-    return sae.eval()
-
-
-def _variants(row: dict[str, Any], sae: nn.Module, acts: Tensor) -> dict[str, tuple[str, Any]]:
-    """variant id -> (kind, parameter) for one SAE: thresholds, then k' for the TopK family."""
-    with torch.no_grad():
-        f = sae.encode(acts)
-    out: dict[str, tuple[str, Any]] = {}
-    for t in thresholds_for(f):
-        out[f"{row['run_id']}|t={t!r}"] = ("threshold", t)
-    if row["architecture"] in TOPK_FAMILY and ok(row.get("sae.k")):
-        for k in k_primes(int(row["sae.k"]), int(row["d_sae"])):
-            out[f"{row['run_id']}|k={k}"] = ("k", k)
-    return out
-
-
-def run_posthoc(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
-                folders: dict[str, Path], cache: Path | None = None) -> list[dict[str, Any]]:
-    """Every analysis for every run whose weights are on disk: one record per (run, variant)
-    plus one per run with the opposing-pair counts. Loads each model once.
-
-    cache: a JSON file of earlier records (a finished run's weights never change, so its
-    records are reused; the file is rewritten with the union)."""
-    import json
-
-    cached: list[dict[str, Any]] = []
-    if cache is not None and cache.exists():
-        saved = json.loads(cache.read_text(encoding="utf-8"))
-        if saved.get("tokens") == POSTHOC_TOKENS:
-            cached = saved["records"]
-    done = {x["run_id"] for x in cached}
-    todo = [r for r in rows if r["run_id"] not in done]
-    records = cached + _analyse(todo, configs, folders)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"tokens": POSTHOC_TOKENS, "records": records}),
-                         encoding="utf-8")
-    wanted = {r["run_id"] for r in rows}
-    return [x for x in records if x["run_id"] in wanted]
-
-
-def _analyse(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
-             folders: dict[str, Path]) -> list[dict[str, Any]]:
-    from saerun.activations import LanguageModel, eval_token_batches
-    from saerun.evaluate import evaluate_group
-    from saerun.spec import RunConfig
-
-    records: list[dict[str, Any]] = []
-    runnable = [r for r in rows if (folders[r["run_id"]] / "sae_weights.safetensors").exists()]
-    by_source: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runnable:
-        cfg = RunConfig.model_validate(configs[r["run_id"]])
-        key = (cfg.model.name, cfg.data.model_dump_json())
-        by_source.setdefault(key, []).append(r)
-    for (model_name, _), group in sorted(by_source.items()):
-        cfg = RunConfig.model_validate(configs[group[0]["run_id"]])
-        lm = LanguageModel.load(model_name, device="cpu")
-        data = cfg.data.model_copy(update={"eval_tokens": min(POSTHOC_TOKENS,
-                                                              cfg.data.eval_tokens)})
-        batches = eval_token_batches(lm, data)
-        hooks = sorted({r["hook_name"] for r in group})
-        acts = {h: [] for h in hooks}
-        for tokens in batches:
-            keep = ~lm.special_mask(tokens)
-            got = lm.capture(tokens, hooks)
-            for h in hooks:
-                acts[h].append(got[h][keep].float())
-        flat = {h: torch.cat(v) for h, v in acts.items()}
-        saes: dict[str, tuple[nn.Module, str]] = {}
-        meta: dict[str, tuple[dict[str, Any], str, Any]] = {}
-        for r in group:
-            sae = load_sae(configs[r["run_id"]], folders[r["run_id"]])
-            pairs = opposing_pairs(sae.W_dec.detach())
-            records.append({"run_id": r["run_id"], "kind": "opposing", "param": None,
-                            **{f"pairs_below_{-c:g}": n for c, n in pairs.items()}})
-            for vid, (kind, param) in _variants(r, sae, flat[r["hook_name"]]).items():
-                wrapped = Thresholded(sae, param) if kind == "threshold" else TopKAt(sae, param)
-                saes[vid] = (wrapped, r["hook_name"])
-                meta[vid] = (r, kind, param)
-        results = evaluate_group(lm, batches, saes, {"ce_loss_recovered"},
-                                 cfg.data.exclude_special_tokens)
-        for vid in sorted(results):
-            r, kind, param = meta[vid]
-            m = results[vid].metrics
-            records.append({"run_id": r["run_id"], "kind": kind, "param": param,
-                            "l0": m.get("l0"), "fvu": m.get("fvu"),
-                            "ce_loss_recovered": m.get("ce_loss_recovered")})
-    return records
 
 
 def build_posthoc(rows: list[dict[str, Any]], records: list[dict[str, Any]],
                   out_dir: Path | None) -> tuple[str, list[Table]]:
-    """The post-hoc report from `run_posthoc`'s records (pure: no model, no weights)."""
+    """The post-hoc report from the stored records (`Registry.posthoc`): pure, no model."""
     rows = prepare(rows)
     known = {r["run_id"] for r in rows}
     records = [x for x in records if x["run_id"] in known]
+    counts = sorted({int(x["tokens"]) for x in records if ok(x.get("tokens"))})
+    on = "/".join(f"{n:,}" for n in counts)
     md = [
         "# Post-hoc analyses",
         "",
         f"{len({x['run_id'] for x in records})} of {len(rows)} runs analysed (the others have no "
-        f"weights on disk), on the first {POSTHOC_TOKENS:,} held-out tokens, with the registry's "
-        "metric code. Threshold ablation: every latent activation below t is zeroed (t = 0 is "
-        "the trained SAE; the other t are the 10/30/50/70/90% quantiles of the SAE's own "
-        "non-zero activations). Progressive code: TopK-family SAEs re-evaluated with the k' "
-        "largest pre-activations per token. Opposing directions: pairs of latents whose decoder "
-        "rows have cosine below -0.9 / -0.7.",
+        "weights on disk)" + (f", on the first {on} held-out tokens" if on else "")
+        + ", with the registry's metric code. Threshold ablation: every latent activation below "
+        "t is zeroed (t = 0 is the trained SAE; the other t are the 10/30/50/70/90% quantiles "
+        "of the SAE's own non-zero activations). Progressive code: TopK-family SAEs "
+        "re-evaluated with the k' largest pre-activations per token. Opposing directions: pairs "
+        "of latents whose decoder rows have cosine below -0.9 / -0.7.",
         "",
     ]
     thr = Table("threshold", [("run_id", "run", ""), ("series", "series", ""),
@@ -250,7 +64,9 @@ def build_posthoc(rows: list[dict[str, Any]], records: list[dict[str, Any]],
             continue
         md += [f"## {model} · `{hook}`", ""]
         names = sorted({r["series"] for r in site_rows})
-        t_rows, k_rows, o_rows = [], [], []
+        t_rows: list[dict[str, Any]] = []
+        k_rows: list[dict[str, Any]] = []
+        o_rows: list[dict[str, Any]] = []
         for x in recs:
             r = site_ids[x["run_id"]]
             base = {"run_id": x["run_id"][:10], "series": r["series"], "knob": r["knob"],

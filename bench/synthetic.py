@@ -1,4 +1,5 @@
-"""A synthetic registry for the report tests and the report-speed benchmark.
+"""A synthetic registry for the report tests and the report-speed benchmark (test support: the
+package never imports it).
 
 `synthetic_registry(path, n_runs)` writes `n_runs` finished runs through the registry's own
 write API (spec, runs, curves, metrics) with fully resolved, schema-valid configs: six
@@ -104,6 +105,7 @@ def synthetic_registry(path: Path, n_runs: int, seed: int = 0,
     from saerun import artifacts
     from saerun.plan import group_key_of, run_id_of
     from saerun.registry import Registry
+    from saerun.sae.cost import step_flops_per_token
     from saerun.spec import RunConfig
 
     runs = synthetic_runs(n_runs, seed)
@@ -114,7 +116,8 @@ def synthetic_registry(path: Path, n_runs: int, seed: int = 0,
             cfg = RunConfig.model_validate(run["config"])
             run["run_id"] = run_id_of(cfg)
             jobs.append({"run_id": run["run_id"], "name": f"synthetic[{i}]",
-                         "group_key": group_key_of(cfg), "config": run["config"]})
+                         "group_key": group_key_of(cfg), "config": run["config"],
+                         "step_flops_per_token": step_flops_per_token(cfg.sae, cfg.sae.d_sae)})
         reg.ensure_runs(spec_hash, jobs)
         reg.claim([r["run_id"] for r in runs])
         for run in runs:
