@@ -19,7 +19,7 @@ MAX_LINES = 600
 
 # Bottom to top. A module may import from its own layer or any layer below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "faults", "pareto", "progress"),
+    ("errors", "faults", "migrations", "pareto", "progress"),
     ("artifacts", "metrics", "spec"),
     ("models", "data"),
     ("sae",),
