@@ -241,10 +241,12 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, device)
         if start:
             stream.skip(start)
-        task = progress.start_group(jobs, total, start) if progress else None
-        on_batch = (lambda i: progress.advance(task, i, trainers)) if progress else (lambda i: None)
-        train_group(trainers, stream, start, scales, checkpoint, on_batch, failed)
-        if progress:
+        if progress is None:
+            train_group(trainers, stream, start, scales, checkpoint, lambda i: None, failed)
+        else:
+            task = progress.start_group(jobs, total, start)
+            train_group(trainers, stream, start, scales, checkpoint,
+                        lambda i: progress.advance(task, i, trainers), failed)
             progress.finish(task)
     train_seconds = time.perf_counter() - t0
 

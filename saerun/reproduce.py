@@ -101,7 +101,7 @@ def reproduce(run_id: str, registry_path: Path, target: Path | None = None) -> C
 
     comparison = Comparison(run["run_id"], Path(target))
     with Registry(target) as reg:
-        again = reg.get_run(run["run_id"])
+        again = reg.get_run(run["run_id"]) or {"metrics": {}}  # it is there: run_spec made it
         copy_dir = reg.artifacts_dir(run["run_id"])
     names = sorted(set(run["metrics"]) | set(again["metrics"]))
     for name in names:

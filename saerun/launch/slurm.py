@@ -279,7 +279,7 @@ def drive(reg: Registry, plan: Plan, launcher: SlurmLauncher, retry_failed: bool
                 say(f"done {run_id[:10]}")
             else:
                 summary.failed[run_id] = detail
-    summary.statuses = {r: reg.get_run(r)["status"] for r in run_ids}
+    summary.statuses = {r: (reg.get_run(r) or {}).get("status", "?") for r in run_ids}
     return summary
 
 
