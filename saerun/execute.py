@@ -104,7 +104,7 @@ def claim_groups(reg: Registry, groups: Iterable[list[Job]], retry_failed: bool,
     process's, taken over), or failed with `retry_failed`; runs in `skip` (already out in
     cluster jobs) never are. Runs another live process holds are added to `elsewhere`.
     """
-    from saerun.registry import OWNER
+    from saerun.registry import OWNER  # lazy: runner imports this module for `saerun plan` too
 
     takes = ("planned", "running", "failed") if retry_failed else ("planned", "running")
     for jobs in groups:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from saerun.errors import SaerunError
 from saerun.execute import Heartbeat, Summary, claim_groups, failure_reason, job_payload, run_group
 from saerun.plan import Job, Plan
+from saerun.registry import OWNER, Registry
+from saerun.spec import LocalLauncher
 
 if TYPE_CHECKING:
     from saerun.progress import Progress
-    from saerun.registry import Registry
-    from saerun.spec import LocalLauncher
 
 CHILD = "SAERUN_LOCAL_CHILD"  # set in the per-GPU processes: they never spread again
 WORKER = "saerun.launch.local_worker"  # the module each per-GPU process runs
@@ -59,8 +59,6 @@ def run_here(reg: Registry, groups: Iterable[list[Job]], launcher: dict[str, Any
     """Claim group after group and run each in this process, recording into `summary`.
 
     launcher: the launch record each claimed run gets (the resolved launcher section)."""
-    from saerun.registry import OWNER
-
     for todo in claim_groups(reg, groups, retry_failed, summary.elsewhere):
         claimed = [j.run_id for j in todo]
         reg.record_launch(claimed, launcher)

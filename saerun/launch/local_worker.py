@@ -18,12 +18,11 @@ from pathlib import Path
 from saerun.errors import SaerunError
 from saerun.execute import Summary, job_from_payload
 from saerun.launch.local import run_here
+from saerun.registry import Registry
 
 
 def work(payload_path: Path, registry_path: Path, retry_failed: bool) -> Summary:
     """Claim and run the payload's groups in this process; the summary of what it did."""
-    from saerun.registry import Registry
-
     payload = json.loads(payload_path.read_text(encoding="utf-8"))
     groups = [[job_from_payload(job) for job in group] for group in payload["groups"]]
     summary = Summary(jobs=[job for group in groups for job in group])
