@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -14,8 +17,27 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 
 
+class _Train(Protocol):
+    @property
+    def batch_tokens(self) -> int: ...
+
+
+class _Config(Protocol):
+    @property
+    def train(self) -> _Train: ...
+
+
+class _Job(Protocol):  # a planned job (plan.Job): only its batch size is shown
+    @property
+    def config(self) -> _Config: ...
+
+
+class _Trainer(Protocol):  # a train.Trainer: the curve points since its last checkpoint
+    curve: list[dict[str, float]]
+
+
 class Progress:
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: Console) -> None:
         self.bar = RichProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -28,13 +50,13 @@ class Progress:
         )
         self.batch_tokens = 0
 
-    def start_group(self, jobs: list, total_steps: int, start: int) -> int:
+    def start_group(self, jobs: Sequence[_Job], total_steps: int, start: int) -> TaskID:
         self.bar.start()
         self.batch_tokens = jobs[0].config.train.batch_tokens
         name = f"{len(jobs)} SAE(s)"
         return self.bar.add_task(name, total=total_steps, completed=start, rate="", stats="")
 
-    def advance(self, task: int, step: int, trainers: list) -> None:
+    def advance(self, task: TaskID, step: int, trainers: Sequence[_Trainer]) -> None:
         t = self.bar.tasks[task]
         rate = ""
         if t.speed:
@@ -47,7 +69,7 @@ class Progress:
             stats = f"L0 {min(l0):.0f}-{max(l0):.0f}  mse {min(mse):.3g}-{max(mse):.3g}"
         self.bar.update(task, completed=step, rate=rate, stats=stats)
 
-    def finish(self, task: int) -> None:
+    def finish(self, task: TaskID) -> None:
         self.bar.stop()
 
     def note(self, text: str) -> None:

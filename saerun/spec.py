@@ -1235,3 +1235,21 @@ if __name__ == "__main__":  # noqa: T201 - regenerate the README's spec referenc
     head, rest = text.split(start)
     _, tail = rest.split(end)
     readme.write_text(f"{head}{start}\n{reference_markdown()}\n{end}{tail}")
+
+
+SPEC_SECTIONS = ("seed", "model", "site", "data", "sae", "train", "eval")
+
+
+def export_spec(run: dict[str, Any]) -> str:
+    """A standalone spec (YAML) that plans to exactly this run."""
+    from saerun import __version__
+
+    stem = (run.get("spec_name") or "run").strip() or "run"
+    spec = {"name": f"{stem}-{run['run_id'][:10]}"}
+    spec.update({key: run["config"][key] for key in SPEC_SECTIONS})
+    header = (
+        f"# Exported by saerun {__version__} from run {run['run_id']} ({run['name']}).\n"
+        f"# Every value is resolved, so `saerun THIS_FILE` trains exactly that run (same run id)\n"
+        f"# on any machine; data fingerprint {run.get('data_fingerprint') or 'unknown'}.\n"
+    )
+    return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)

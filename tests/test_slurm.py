@@ -102,6 +102,56 @@ def test_local_groups_spread_over_visible_gpus_only_when_it_helps(monkeypatch):
     assert devices_to_spread(every, plan(8)) == []
 
 
+def test_spread_workers_take_one_group_each_and_equal_the_in_process_run(tmp_path, cli,
+                                                                        monkeypatch):
+    # The reference first, in this process (the parent's fault module stays without delays).
+    here = fresh(tmp_path, "here")
+    assert cli(here, "spec.yaml", "--quiet")[0] == 0
+    # As on a machine with two GPUs: one worker process per "GPU", each given the planned groups
+    # as JSON (they train on the CPU). A slowed step keeps the first worker on its group long
+    # enough for the second to start and take the other.
+    spread = fresh(tmp_path, "spread")
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        m.setattr(torch.cuda, "device_count", lambda: 2)
+        m.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        m.delenv("SAERUN_LOCAL_CHILD", raising=False)
+        m.setenv("SAERUN_FAULT_DELAY", "train_step:0.4")
+        code, out, err = cli(spread, "spec.yaml", "--quiet")
+    assert code == 0, out + err
+    ran = runs_of(spread)
+    assert ran.keys() == runs_of(here).keys() and len(ran) == 2
+    assert {r["status"] for r in ran.values()} == {"done"}
+    assert len({r["group_key"] for r in ran.values()}) == 2
+    devices = {json.loads(r["launcher"])["cuda_visible_devices"] for r in ran.values()}
+    assert devices == {"0", "1"}  # each group by its own worker
+    assert "trained here: " in out  # the parent's summary counts the workers' runs
+    mine, theirs = weights(here), weights(spread)
+    assert mine.keys() == theirs.keys()
+    assert all(mine[r].keys() == theirs[r].keys()
+               and all(mine[r][k].equal(theirs[r][k]) for k in mine[r]) for r in mine)
+
+
+def test_a_spread_workers_user_error_stops_the_parent(tmp_path, capfd):
+    from saerun.errors import SaerunError
+    from saerun.launch import local
+    from saerun.runner import prepare
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a b c"}\n')
+    folder = fresh(tmp_path, "x", SPEC.replace("data: {", f"data: {{dataset: {corpus}, "))
+    plan = prepare(folder / "spec.yaml").plan
+    with Registry(folder / "reg.db") as reg:
+        spec_hash = reg.add_spec(plan.spec.name, "spec.yaml", SPEC)
+        reg.ensure_runs(spec_hash, [{"run_id": j.run_id, "name": j.name, "group_key": j.group_key,
+                                     "config": j.config.model_dump(mode="json")}
+                                    for j in plan.jobs])
+        corpus.unlink()  # gone between planning and training: each worker stops on it
+        with pytest.raises(SaerunError, match="a per-GPU saerun process stopped on an error"):
+            local.spread(reg, plan, ["0", "1"], {"kind": "local"}, retry_failed=False)
+    assert f"error: dataset file not found: {corpus}" in capfd.readouterr().err
+
+
 def test_the_launcher_is_never_part_of_a_run_id_and_an_extending_kind_replaces_it(tmp_path):
     from saerun.runner import prepare
 

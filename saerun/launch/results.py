@@ -61,8 +61,9 @@ def clear_result(folder: Path) -> None:
 
 
 class RunFolders:
-    """What `runner.run_group` writes to, inside a cluster job: the registry's write calls, each
-    landing as a file in the run's folder (see the module docstring) instead of in SQLite.
+    """The `execute.RunSink` of a cluster job: the registry's write calls `execute.run_group`
+    makes, each landing as a file in the run's folder (see the module docstring) instead of in
+    SQLite.
 
     runs: {run_id: {"name", "config", "spec_name"}} as the driver sent them.
     """
@@ -75,7 +76,7 @@ class RunFolders:
         return run_folder(self.registry_dir, run_id)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """Enough of a registry row for `reproduce.export_spec` (the run's run.yaml)."""
+        """Enough of a registry row for `spec.export_spec` (the run's run.yaml)."""
         return {"run_id": run_id, **self.runs[run_id], **self.started.get(run_id, {})}
 
     def mark_running(self, run_id: str, environment: dict[str, Any], data_fingerprint: str,

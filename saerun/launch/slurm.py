@@ -26,10 +26,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saerun.errors import SaerunError
-from saerun.launch import results
+from saerun.execute import Heartbeat, Summary, claim_groups, job_payload
+from saerun.launch import results, worker
+from saerun.plan import Job, Plan
+from saerun.spec import SlurmLauncher, slurm_minutes
+
+if TYPE_CHECKING:
+    from saerun.progress import Progress
+    from saerun.registry import Registry
 
 JOB_LEASE_SECONDS = 10 * 365 * 86400.0  # never lapses: a job's runs are freed by its end
 POLL_SECONDS = float(os.environ.get("SAERUN_POLL_SECONDS", "10"))
@@ -100,7 +107,7 @@ def job_states(job_ids: set[str]) -> dict[str, tuple[str, str]]:
     return states
 
 
-def reconcile(reg: Any, run_ids: list[str] | None = None) -> list[tuple[str, str, str]]:
+def reconcile(reg: Registry, run_ids: list[str] | None = None) -> list[tuple[str, str, str]]:
     """Register every run whose job has ended: its result if the job wrote one, else failed
     with Slurm's word for how the job ended and its log. Held jobs of ours are released.
     Returns [(run_id, "done" | "failed", detail)] of the runs registered now."""
@@ -149,12 +156,12 @@ def _older_than(stamp: str | None, seconds: float) -> bool:
     return time.time() - started.timestamp() > seconds
 
 
-def registry_tag(reg: Any) -> str:
+def registry_tag(reg: Registry) -> str:
     """In every job name of this registry, so a driver can tell its own orphans apart."""
     return hashlib.sha256(str(reg.path.resolve()).encode()).hexdigest()[:8]
 
 
-def cancel_orphans(reg: Any) -> list[str]:
+def cancel_orphans(reg: Registry) -> list[str]:
     """Cancel held jobs of this registry that no run knows: a driver died between submitting
     them and writing their ids. They never ran (they were held)."""
     tag = f"-{registry_tag(reg)}"
@@ -177,14 +184,12 @@ def cancel_orphans(reg: Any) -> list[str]:
     return orphans
 
 
-def submit(reg: Any, groups: list[list[Any]], launcher: Any, spec_name: str,
+def submit(reg: Registry, groups: list[list[Job]], launcher: SlurmLauncher, spec_name: str,
            owner: str) -> dict[str, str]:
     """One held job array (one task per group), its ids written to the registry, released.
     Returns {run_id: job_id}."""
-    import submitit
+    import submitit  # lazy: only a Slurm driver needs it
 
-    from saerun.launch import worker
-    from saerun.spec import slurm_minutes
 
     registry_dir = reg.path.parent.resolve()
     folder = Path(launcher.folder) if launcher.folder else registry_dir / "slurm"
@@ -211,9 +216,7 @@ def submit(reg: Any, groups: list[list[Any]], launcher: Any, spec_name: str,
     for group in groups:  # an old result must never pass for the new job's
         for job in group:
             results.clear_result(results.run_folder(registry_dir, job.run_id))
-    payloads = [[{"run_id": j.run_id, "name": j.name, "group_key": j.group_key,
-                  "config": j.config.model_dump(mode="json"), "spec_name": spec_name}
-                 for j in group] for group in groups]
+    payloads = [[job_payload(j, spec_name) for j in group] for group in groups]
     try:
         with executor.batch():
             handles = [executor.submit(worker.run_group, str(registry_dir), p) for p in payloads]
@@ -238,30 +241,21 @@ def submit(reg: Any, groups: list[list[Any]], launcher: Any, spec_name: str,
     return submitted
 
 
-def drive(reg: Any, plan: Any, launcher: Any, retry_failed: bool, progress: Any,
-          wait: bool) -> Any:
+def drive(reg: Registry, plan: Plan, launcher: SlurmLauncher, retry_failed: bool,
+          progress: Progress | None, wait: bool) -> Summary:
     """`saerun SPEC --launcher slurm`: submit what no live job holds, then (with `wait`) watch
     every job of the spec until it ends, registering its runs as it does."""
     from saerun.registry import OWNER
-    from saerun.runner import Heartbeat, Summary
 
     say: Callable[[str], None] = progress.note if progress is not None else (lambda _: None)
     summary = Summary(jobs=plan.jobs)
     run_ids = [j.run_id for j in plan.jobs]
     cancel_orphans(reg)
     flying = {f["run_id"]: f["job_id"] for f in reg.in_flight(run_ids)}
-    takes = ("planned", "running", "failed") if retry_failed else ("planned", "running")
-    groups, claimed = [], []
-    for jobs in plan.groups.values():
-        wanted = [j.run_id for j in jobs if j.run_id not in flying
-                  and reg.get_run(j.run_id)["status"] in takes]
-        if not wanted:
-            continue
-        got, held = reg.claim(wanted, OWNER, retry_failed)
-        summary.elsewhere.update(held)
-        claimed += got
-        if got:
-            groups.append([j for j in jobs if j.run_id in got])
+    # Every group at once: one job array takes them all.
+    groups = list(claim_groups(reg, plan.groups.values(), retry_failed, summary.elsewhere,
+                               skip=flying))
+    claimed = [j.run_id for group in groups for j in group]
     if groups:
         try:
             with Heartbeat(reg.path, claimed):
@@ -285,11 +279,11 @@ def drive(reg: Any, plan: Any, launcher: Any, retry_failed: bool, progress: Any,
                 say(f"done {run_id[:10]}")
             else:
                 summary.failed[run_id] = detail
-    summary.statuses = {r: reg.get_run(r)["status"] for r in run_ids}
+    summary.statuses = {r: (reg.get_run(r) or {}).get("status", "?") for r in run_ids}
     return summary
 
 
-def collect(reg: Any, run_ids: list[str] | None = None,
+def collect(reg: Registry, run_ids: list[str] | None = None,
             wait: bool = False) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     """`saerun collect`: register what ended jobs left (a driver that died would have), cancel
     orphaned held jobs; with `wait`, until no job is out. Returns (events, runs still out)."""
@@ -304,7 +298,8 @@ def collect(reg: Any, run_ids: list[str] | None = None,
     return events, reg.in_flight(run_ids)
 
 
-def run_states(reg: Any, run_ids: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
+def run_states(reg: Registry,
+               run_ids: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """`saerun status`: every run (of `run_ids`, else all) with its status as a user thinks of
     it: planned, queued, running, done or failed, asking Slurm about runs out in jobs. Returns
     (rows, a note when Slurm could not be asked)."""

@@ -1,4 +1,5 @@
-"""What runs inside a cluster job: one activation group, through the same code as a local run.
+"""What runs inside a cluster job: one activation group, through the same code as a local run
+(execute.run_group).
 
 submitit pickles `run_group` with its arguments (plain JSON-able values: paths, ids, resolved
 configs) into the job folder saerun itself created; nothing from a spec is ever unpickled. The
@@ -7,8 +8,13 @@ job writes results into the run folders (launch/results.py), never into the regi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from saerun.execute import failure_reason, job_from_payload
+from saerun.execute import run_group as train_and_evaluate
+from saerun.launch.results import RunFolders
 
 
 def run_group(registry_dir: str, runs: list[dict[str, Any]]) -> dict[str, str]:
@@ -20,17 +26,8 @@ def run_group(registry_dir: str, runs: list[dict[str, Any]]) -> dict[str, str]:
     limit is near (UncompletedJobError). An exit is not a crash: on pre-emption submitit
     requeues the job and exits, and the job, started again, resumes from the checkpoints.
     """
-    import os
-
-    from saerun.launch.results import RunFolders
-    from saerun.plan import Job
-    from saerun.runner import failure_reason
-    from saerun.runner import run_group as train_and_evaluate
-    from saerun.spec import RunConfig
-
     job_id = _job_id()
-    jobs = [Job(r["run_id"], r["name"], RunConfig.model_validate(r["config"]), r["group_key"], {})
-            for r in runs]
+    jobs = [job_from_payload(r) for r in runs]
     sink = RunFolders(Path(registry_dir),
                       {r["run_id"]: {"name": r["name"], "config": r["config"],
                                      "spec_name": r.get("spec_name")} for r in runs}, job_id)
@@ -48,8 +45,6 @@ def run_group(registry_dir: str, runs: list[dict[str, Any]]) -> dict[str, str]:
 
 def _job_id() -> str:
     """This job's id as the driver recorded it: `<array id>_<task>` in an array."""
-    import os
-
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and task:
         return f"{array}_{task}"

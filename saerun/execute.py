@@ -1,0 +1,287 @@
+"""Running one group of runs, the part every launcher shares: claim, train, evaluate, record.
+
+A group is the set of jobs that share one activation stream; its language model is loaded once
+and each batch of its forward pass feeds every SAE. `run_group` writes what it finds to a
+`RunSink`: the SQLite `Registry` on this machine, or inside a cluster job
+`launch.results.RunFolders`, which writes the same calls as files for the driver to ingest.
+
+`claim_groups` is the one claim loop: it takes group after group for this process, one
+transaction each, so processes sharing a registry never run a run twice. The launchers
+(launch/local.py, launch/slurm.py) sit above this module; runner.py above them picks one.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import platform
+import subprocess
+import time
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from saerun.errors import SaerunError
+from saerun.plan import Job
+from saerun.spec import RunConfig, export_spec
+
+if TYPE_CHECKING:
+    from saerun.progress import Progress
+    from saerun.registry import Registry
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class RunSink(Protocol):
+    """Where `run_group` records a group's runs: exactly the calls it makes."""
+
+    def artifacts_dir(self, run_id: str) -> Path: ...
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def mark_running(self, run_id: str, environment: dict[str, Any], data_fingerprint: str,
+                     owner: str | None = None) -> bool: ...
+
+    def add_curve(self, run_id: str, points: list[dict[str, float]]) -> bool: ...
+
+    def mark_done(self, run_id: str, metrics: dict[str, float], train_seconds: float,
+                  eval_seconds: float, tokens_trained: int, owner: str | None = None) -> bool: ...
+
+    def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> bool: ...
+
+
+@dataclass
+class Summary:
+    jobs: list[Job]
+    trained: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # run id -> the live process on it
+    submitted: dict[str, str] = field(default_factory=dict)  # run id -> its cluster job's id
+
+
+class Heartbeat:
+    """Renews this process's lease on its claimed runs from a daemon thread (with its own
+    registry connection), so long model loads, steps or evaluations never look like death,
+    while a killed process stops renewing and its runs are taken over once the lease lapses."""
+
+    def __init__(self, registry_path: Path, run_ids: list[str]) -> None:
+        import threading
+
+        from saerun.registry import LEASE_SECONDS  # lazy: sqlite-utils only when a run starts
+
+        self.path, self.run_ids, self.every = registry_path, run_ids, LEASE_SECONDS / 4
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="saerun-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        from saerun.registry import Registry
+
+        with Registry(self.path) as reg:
+            while not self.stop.wait(self.every):
+                try:
+                    reg.renew(self.run_ids)
+                except SaerunError:  # locked for a while: the next beat tries again
+                    pass
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def claim_groups(reg: Registry, groups: Iterable[list[Job]], retry_failed: bool,
+                 elsewhere: dict[str, str], skip: Collection[str] = ()) -> Iterator[list[Job]]:
+    """Claim group after group for this process; yields the claimed jobs of each (never empty).
+
+    Lazy on purpose: a local process asks for the next group only when it is free to run it, so
+    processes sharing a registry take turns group by group; a launcher that hands every group
+    out at once takes the whole list. A run is wanted when it is planned or running (a dead
+    process's, taken over), or failed with `retry_failed`; runs in `skip` (already out in
+    cluster jobs) never are. Runs another live process holds are added to `elsewhere`.
+    """
+    from saerun.registry import OWNER  # lazy: runner imports this module for `saerun plan` too
+
+    takes = ("planned", "running", "failed") if retry_failed else ("planned", "running")
+    for jobs in groups:
+        wanted = [j.run_id for j in jobs if j.run_id not in skip
+                  and (reg.get_run(j.run_id) or {}).get("status") in takes]
+        if not wanted:
+            continue
+        # One transaction: two processes on one spec never both get a run.
+        claimed, held = reg.claim(wanted, OWNER, retry_failed)
+        elsewhere.update(held)
+        todo = [j for j in jobs if j.run_id in claimed]
+        if todo:
+            yield todo
+
+
+def job_payload(job: Job, spec_name: str | None = None) -> dict[str, Any]:
+    """A job as plain JSON for another process (a local worker, a cluster job): nothing from a
+    spec is ever pickled or re-planned there."""
+    return {"run_id": job.run_id, "name": job.name, "group_key": job.group_key,
+            "config": job.config.model_dump(mode="json"), "spec_name": spec_name}
+
+
+def job_from_payload(payload: dict[str, Any]) -> Job:
+    return Job(payload["run_id"], payload["name"], RunConfig.model_validate(payload["config"]),
+               payload["group_key"], {})
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def environment(device: str, numerics_mode: str) -> dict[str, Any]:
+    """What a reader needs to trust or reproduce a number: versions, device, git commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for pkg in ("saerun", "torch", "transformer-lens", "transformers", "pydantic"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "numerics_mode": numerics_mode,
+        "git_commit": commit,
+    }
+
+
+def failure_reason(err: Exception) -> str:
+    """What a run that crashed is marked failed with."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return (f"disk full while writing ({err}); free space and run again with "
+                "--retry-failed: training resumes from the last checkpoint")
+    return f"{type(err).__name__}: {err}"
+
+
+def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[str, str]:
+    """Train, evaluate and register one group of claimed jobs; returns {run_id: reason} of the
+    runs that failed numerically (marked failed; the others were finished)."""
+    import torch
+
+    from saerun import artifacts, data
+    from saerun.activations import (
+        ActivationStream,
+        LanguageModel,
+        estimate_norm_scale,
+        eval_token_batches,
+    )
+    from saerun.evaluate import evaluate_group
+    from saerun.registry import OWNER
+    from saerun.train import Trainer, train_group
+
+    first = jobs[0].config
+    device = pick_device(first.model.device)
+    dtype = getattr(torch, first.model.dtype)
+    lm = LanguageModel.load(first.model.name, device=device, dtype=dtype)
+    env = environment(device, lm.numerics_mode)
+    fingerprint = data.fingerprint(first.data)
+    hooks = sorted({j.config.site.hook_name for j in jobs})
+
+    trainers: list[Trainer] = []
+    for job in jobs:
+        folder = reg.artifacts_dir(job.run_id)
+        tr = Trainer.create(job.run_id, job.config, device)
+        saved = artifacts.load_checkpoint(folder)
+        if saved is not None:
+            tr.load_state(*saved)
+        trainers.append(tr)
+        reg.mark_running(job.run_id, env, fingerprint, OWNER)
+        run = reg.get_run(job.run_id)
+        if run is None:  # the sink lost a run this process holds: nothing sensible to write
+            raise SaerunError(f"run {job.run_id[:10]} vanished from the registry while running")
+        # The standalone spec of this one run (what `saerun export-spec` prints).
+        artifacts.write_text(folder / "run.yaml", export_spec(run))
+
+    if first.data.normalize == "expected_norm":
+        scales = estimate_norm_scale(lm, first.data, hooks)
+    else:
+        scales = dict.fromkeys(hooks, 1.0)
+
+    def checkpoint(tr: Trainer) -> None:
+        tensors, meta = tr.state()
+        meta["norm_scale"] = scales[tr.hook_name]
+        artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta)
+        reg.add_curve(tr.run_id, tr.curve)
+        tr.curve = []
+
+    failures: dict[str, str] = {}
+
+    def failed(tr: Trainer) -> None:
+        saved = artifacts.load_checkpoint(reg.artifacts_dir(tr.run_id))
+        kept = f"last good checkpoint: step {saved[1]['step']}" if saved else "no checkpoint yet"
+        failures[tr.run_id] = f"{tr.failure} ({kept})"
+        reg.mark_failed(tr.run_id, failures[tr.run_id], OWNER)
+
+    start = min(tr.step for tr in trainers)
+    total = max(tr.total_steps for tr in trainers)
+    t0 = time.perf_counter()
+    if any(not tr.done for tr in trainers):
+        stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, device)
+        if start:
+            stream.skip(start)
+        if progress is None:
+            train_group(trainers, stream, start, scales, checkpoint, lambda i: None, failed)
+        else:
+            task = progress.start_group(jobs, total, start)
+            train_group(trainers, stream, start, scales, checkpoint,
+                        lambda i: progress.advance(task, i, trainers), failed)
+            progress.finish(task)
+    train_seconds = time.perf_counter() - t0
+
+    trainers = [tr for tr in trainers if tr.failure is None]
+    if not trainers:
+        return failures
+    t1 = time.perf_counter()
+    folded = {}
+    for tr in trainers:
+        sae = copy.deepcopy(tr.sae).eval()
+        sae.fold_scale(scales[tr.hook_name])
+        folded[tr.run_id] = (sae, tr.hook_name)
+    eval_batches = eval_token_batches(lm, first.data)
+    metric_names = set(first.eval.metrics)
+    results = evaluate_group(lm, eval_batches, folded, metric_names,
+                             first.data.exclude_special_tokens)
+    eval_seconds = time.perf_counter() - t1
+
+    for tr in trainers:
+        res = results[tr.run_id]
+        metrics = dict(res.metrics)
+        metrics["dead_fraction_train"] = tr.dead_mask().float().mean().item()
+        metrics["norm_scale"] = scales[tr.hook_name]
+        metadata = {
+            "model_name": tr.config.model.name,
+            "hook_name": tr.hook_name,
+            "context_size": tr.config.data.context_size,
+            "prepend_bos": True,
+            "dataset_path": tr.config.data.dataset,
+            "saerun_run_id": tr.run_id,
+            "saerun_architecture": tr.config.sae.architecture,
+            "numerics_mode": lm.numerics_mode,
+            "normalization_scale_folded": scales[tr.hook_name],
+        }
+        artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], metadata,
+                            res.density)
+        reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
+    return failures
