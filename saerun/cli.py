@@ -12,20 +12,36 @@ from typing import Any
 
 from saerun.errors import SaerunError
 
-COMMANDS = ("run", "plan", "schema", "ls", "show", "report", "findings", "export-spec",
-            "reproduce", "status", "collect")
+# The one list of commands: name -> (synopsis, what it does). The usage text, the subparsers'
+# help and the default-command check all read it; `cmd_<name>` (dashes as underscores) runs it.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("SPEC [options]", "validate, plan, train, evaluate and register a spec"),
+    "plan": ("SPEC [--json]", "what would run, every resolved value and its source"),
+    "ls": ("[--json]", "runs in the registry"),
+    "status": ("[SPEC]", "queued / running / done / failed per run, with Slurm job ids"),
+    "collect": ("SPEC|--all", "register what cluster jobs left when their driver died"),
+    "show": ("RUN_ID [--json]", "one run: config, environment, metrics"),
+    "report": ("--frontier|--all", "Markdown + PNG reports from the registry"),
+    "findings": ("", "train specs/findings/, write docs/FINDINGS.md"),
+    "export-spec": ("RUN_ID", "a standalone spec that reproduces one run"),
+    "reproduce": ("RUN_ID", "retrain a run and compare, metric by metric, tensor by tensor"),
+    "schema": ("", "the spec's JSON schema"),
+}
 
-USAGE = """saerun SPEC [options]          validate, plan, train, evaluate and register a spec
-saerun plan SPEC [--json]        what would run, every resolved value and its source
-saerun ls [--json]               runs in the registry
-saerun status [SPEC]             queued / running / done / failed per run, with Slurm job ids
-saerun collect SPEC|--all        register what cluster jobs left when their driver died
-saerun show RUN_ID [--json]      one run: config, environment, metrics
-saerun report --frontier|--all  Markdown + PNG reports from the registry
-saerun findings                  train specs/findings/, write docs/FINDINGS.md
-saerun export-spec RUN_ID        a standalone spec that reproduces one run
-saerun reproduce RUN_ID          retrain a run and compare, metric by metric, tensor by tensor
-saerun schema                    the spec's JSON schema"""
+
+def _usage() -> str:
+    lines = []
+    for name, (synopsis, what) in COMMANDS.items():
+        head = f"saerun {synopsis}" if name == "run" else f"saerun {name} {synopsis}".rstrip()
+        lines.append(f"{head:<32} {what}")
+    return "\n".join(lines)
+
+
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    """The subparser of one command of COMMANDS, bound to its `cmd_` function."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=COMMANDS[name][1])
+    parser.set_defaults(func=globals()["cmd_" + name.replace("-", "_")])
+    return parser
 
 
 def _registry_arg(p: argparse.ArgumentParser) -> None:
@@ -38,9 +54,9 @@ def _registry_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saerun", usage=USAGE, description=__doc__)
+    parser = argparse.ArgumentParser(prog="saerun", usage=_usage(), description=__doc__)
     sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("run", help="run a spec (the default command)")
+    p = _command(sub, "run")
     p.add_argument("spec", type=Path)
     _registry_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
@@ -63,28 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slurm: an extra sbatch option, e.g. account=lab (repeatable)")
     g.add_argument("--no-wait", action="store_true",
                    help="slurm: submit and return; `saerun collect` registers the results")
-    p = sub.add_parser("plan", help="show the jobs a spec expands to")
+    p = _command(sub, "plan")
     p.add_argument("spec", type=Path)
     p.add_argument("--json", action="store_true")
-    sub.add_parser("schema", help="print the spec JSON schema")
-    p = sub.add_parser("ls", help="list runs")
+    _command(sub, "schema")
+    p = _command(sub, "ls")
     _registry_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--status", choices=["planned", "running", "done", "failed"])
-    p = sub.add_parser("status", help="queued / running / done / failed per run")
+    p = _command(sub, "status")
     p.add_argument("spec", type=Path, nargs="?", help="only this spec's runs")
     _registry_arg(p)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("collect", help="register what cluster jobs left behind")
+    p = _command(sub, "collect")
     p.add_argument("spec", type=Path, nargs="?", help="this spec's runs")
     p.add_argument("--all", action="store_true", help="every run of the registry")
     p.add_argument("--wait", action="store_true", help="until every job has ended")
     _registry_arg(p)
-    p = sub.add_parser("show", help="show one run")
+    p = _command(sub, "show")
     p.add_argument("run_id")
     _registry_arg(p)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("report", help="write reports from the registry")
+    p = _command(sub, "report")
     p.add_argument("--frontier", action="store_true",
                    help="L0 vs FVU / CE loss recovered / delta LM loss, and at matched compute")
     p.add_argument("--death", action="store_true",
@@ -102,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep runs whose field equals the value, e.g. architecture=relu "
                    "spec_name=quickstart train.lr=0.001")
     _registry_arg(p)
-    p = sub.add_parser("findings", help="train specs/findings/*.yaml, write docs/FINDINGS.md")
+    p = _command(sub, "findings")
     p.add_argument("--specs", type=Path, default=Path("specs/findings"),
                    help="folder of findings specs (files starting with '_' are bases)")
     p.add_argument("--out", type=Path, default=Path("docs"),
@@ -111,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry of the findings runs (default: registry/findings/saerun.db)")
     p.add_argument("--no-train", action="store_true",
                    help="only write the page from the runs already registered")
-    p = sub.add_parser("export-spec", help="print a standalone spec that reproduces one run")
+    p = _command(sub, "export-spec")
     p.add_argument("run_id")
     _registry_arg(p)
     p.add_argument("-o", "--output", type=Path, default=None, help="write to a file")
-    p = sub.add_parser("reproduce", help="retrain one run from its spec and compare")
+    p = _command(sub, "reproduce")
     p.add_argument("run_id")
     _registry_arg(p)
     p.add_argument("--into", type=Path, default=None,
@@ -132,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     try:
-        return COMMAND_FUNCS[args.command](args)
+        return int(args.func(args))
     except SaerunError as err:
         print(str(err), file=sys.stderr)
         return err.exit_code
@@ -523,13 +539,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     console.print("[red]NOT reproduced[/red]: differences beyond the tolerances above")
     return 1
 
-
-COMMAND_FUNCS = {
-    "run": cmd_run, "plan": cmd_plan, "schema": cmd_schema, "ls": cmd_ls, "show": cmd_show,
-    "report": cmd_report, "findings": cmd_findings, "export-spec": cmd_export_spec,
-    "reproduce": cmd_reproduce,
-    "status": cmd_status, "collect": cmd_collect,
-}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -145,3 +145,13 @@ def test_schema_and_help_are_instant_and_light(tmp_path):
     assert "sae" in schema["properties"]
 
 
+
+
+def test_every_command_has_one_entry_a_parser_and_a_function():
+    from saerun import cli
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(cli.COMMANDS)
+    for name, parser in sub.choices.items():
+        assert parser.get_default("func") is getattr(cli, "cmd_" + name.replace("-", "_"))
+        assert f"saerun {name}" in cli._usage() or name == "run"
