@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import saerun
 
 TINY = """\
 name: tiny
@@ -21,13 +22,6 @@ train: {lr: 5e-3, batch_tokens: 512, checkpoint_every_tokens: 4096, log_every_st
 sweep:
   zip: {sae.sparsity.penalty: [l1, l1, sqrt_l1], sae.sparsity.coefficient: [0.3, 3, 0.1]}
 """
-
-
-def saerun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "saerun.cli", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=600,
-    )
 
 
 def dump(db: Path) -> list:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import saerun as run_cli
 from safetensors.torch import load_file
 
 from saerun.registry import Registry
@@ -36,13 +37,7 @@ POINTS = {"lm_forward": 30, "train_step": 64, "checkpoint": 32, "registry": 20, 
 
 def saerun(folder: Path, *args: str, fault: str | None = None,
            preexec_fn=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SAERUN_FAULT"}
-    if fault:
-        env["SAERUN_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "saerun.cli", "spec.yaml", "--quiet", *args], cwd=folder,
-        env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
-    )
+    return run_cli("spec.yaml", "--quiet", *args, cwd=folder, fault=fault, preexec_fn=preexec_fn)
 
 
 def final_weights(folder: Path) -> dict[str, dict]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import yaml
+from conftest import saerun
 from safetensors.torch import load_file
 
 from saerun.data import EMBEDDED_DATASETS
@@ -25,12 +22,6 @@ sae: {{architecture: relu, expansion_factor: 2, sparsity: {{penalty: sqrt_l1}}}}
 train: {{lr: 5e-3, batch_tokens: 512, log_every_steps: 4}}
 eval: {{metrics: [l0, mse, fvu, dead]}}
 """
-
-
-def saerun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SAERUN_FAULT"}
-    return subprocess.run([sys.executable, "-m", "saerun.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def test_export_run_elsewhere_reproduce_and_refuse_changed_data(tmp_path):

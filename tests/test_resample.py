@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import unit_config
 from pydantic import TypeAdapter
 
 from saerun import artifacts
@@ -106,13 +107,7 @@ def test_lr_warms_up_again_after_resampling():
 
 
 def config(**train) -> RunConfig:
-    return RunConfig.model_validate({
-        "seed": 0, "model": {}, "site": {"hook_name": "h"}, "data": {"train_tokens": 64 * 20},
-        "sae": {"architecture": "relu", "d_in": 8, "d_sae": 32, "sparsity": {"coefficient": 0.1}},
-        "train": {"batch_tokens": 64, "lr": 1e-2, "checkpoint_every_tokens": 64 * 7,
-                  "dead_window_tokens": 128, **train},
-        "eval": {},
-    })
+    return unit_config(**{"dead_window_tokens": 128, **train})
 
 
 def batches(n: int = 20):

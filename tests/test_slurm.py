@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import saerun as run_cli
 from safetensors.torch import load_file
 
 from saerun.registry import Registry
@@ -278,8 +279,7 @@ def cli(capsys, monkeypatch):
 
 
 def saerun(folder: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saerun.cli", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(*args, cwd=folder, timeout=timeout)
 
 
 def fresh(tmp_path: Path, name: str, spec: str = SPEC) -> Path:

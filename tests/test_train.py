@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import unit_config
 
 from saerun import artifacts
 from saerun.spec import RunConfig, TrainConfig
@@ -11,17 +12,7 @@ from saerun.train import Trainer, lr_at, sparsity_at, train_group
 
 
 def config(**train) -> RunConfig:
-    return RunConfig.model_validate({
-        "seed": 0,
-        "model": {},
-        "site": {"hook_name": "h"},
-        "data": {"train_tokens": 64 * 20},
-        "sae": {"architecture": "relu", "d_in": 8, "d_sae": 32, "b_dec_init": "mean",
-                "sparsity": {"coefficient": 0.1}},
-        "train": {"batch_tokens": 64, "lr": 1e-2, "log_every_steps": 5,
-                  "checkpoint_every_tokens": 64 * 7, **train},
-        "eval": {},
-    })
+    return unit_config({"b_dec_init": "mean"}, **{"log_every_steps": 5, **train})
 
 
 def batches(n: int = 20, seed: int = 0):
