@@ -1,8 +1,7 @@
 """Turn a registered run back into a spec, and retrain it to check that it reproduces.
 
-`export_spec` writes the run's fully resolved config as a standalone spec: every value explicit
-(derived ones too: d_in, d_sae, default coefficients), no sweep, so planning it gives exactly
-that one run and, since a run id is a hash of the resolved config alone, the same run id.
+`export_spec` (in `spec.compose`) writes the run's resolved config as a standalone spec, no
+sweep, so planning it gives exactly that one run, with the same run id.
 
 `reproduce` checks that the data still has the fingerprint recorded with the run (a reproduction
 on other data is not one), trains the exported spec into another registry, and compares the two
@@ -17,31 +16,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from saerun.errors import SaerunError
+from saerun.spec.compose import export_spec
 
-SPEC_SECTIONS = ("seed", "model", "site", "data", "sae", "train", "eval")
 # Across machines: relative tolerances a reproduction must meet (stated in the README).
 WEIGHT_RTOL = 1e-3  # max |a - b| / max |a| per tensor
 METRIC_RTOL = 1e-2  # |a - b| / max(|a|, 1e-8) per metric
-
-
-def export_spec(run: dict[str, Any]) -> str:
-    """A standalone spec (YAML) that plans to exactly this run."""
-    from saerun import __version__
-
-    stem = (run.get("spec_name") or "run").strip() or "run"
-    spec = {"name": f"{stem}-{run['run_id'][:10]}"}
-    spec.update({key: run["config"][key] for key in SPEC_SECTIONS})
-    header = (
-        f"# Exported by saerun {__version__} from run {run['run_id']} ({run['name']}).\n"
-        f"# Every value is resolved, so `saerun THIS_FILE` trains exactly that run (same run id)\n"
-        f"# on any machine; data fingerprint {run.get('data_fingerprint') or 'unknown'}.\n"
-    )
-    return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
 
 
 @dataclass

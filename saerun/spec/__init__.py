@@ -14,7 +14,7 @@ reference. One module per concern:
 
 from __future__ import annotations
 
-from saerun.spec.compose import MAX_EXTENDS, composed_text, load_spec, merge_over
+from saerun.spec.compose import MAX_EXTENDS, composed_text, export_spec, load_spec, merge_over
 from saerun.spec.launcher import (
     LAUNCHERS,
     LauncherConfig,
@@ -78,6 +78,6 @@ __all__ = [
     "MatryoshkaSAEConfig", "ModelConfig", "ReluSAEConfig", "ResampleConfig", "ResolvedSite",
     "RunConfig", "SAEConfig", "SiteConfig", "SlurmLauncher", "SparsityConfig", "Spec",
     "SweepConfig", "TopKSAEConfig", "TrainConfig", "architecture_tag", "composed_text",
-    "launcher_with", "load_spec", "locate", "merge_over", "parse_yaml", "reference_markdown",
-    "slurm_minutes", "spec_error_from_validation",
+    "export_spec", "launcher_with", "load_spec", "locate", "merge_over", "parse_yaml",
+    "reference_markdown", "slurm_minutes", "spec_error_from_validation",
 ]

@@ -158,3 +158,23 @@ def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
     return spec, data, lines, text
 
 
+
+
+# -- a registered run back as a spec ------------------------------------------------------------
+
+SPEC_SECTIONS = ("seed", "model", "site", "data", "sae", "train", "eval")
+
+
+def export_spec(run: dict[str, Any]) -> str:
+    """A standalone spec (YAML) that plans to exactly this run."""
+    from saerun import __version__
+
+    stem = (run.get("spec_name") or "run").strip() or "run"
+    spec = {"name": f"{stem}-{run['run_id'][:10]}"}
+    spec.update({key: run["config"][key] for key in SPEC_SECTIONS})
+    header = (
+        f"# Exported by saerun {__version__} from run {run['run_id']} ({run['name']}).\n"
+        f"# Every value is resolved, so `saerun THIS_FILE` trains exactly that run (same run id)\n"
+        f"# on any machine; data fingerprint {run.get('data_fingerprint') or 'unknown'}.\n"
+    )
+    return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
