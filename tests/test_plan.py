@@ -8,7 +8,7 @@ import pytest
 
 from saerun.errors import SpecError
 from saerun.plan import ModelDims, build_plan
-from saerun.spec import load_spec
+from saerun.spec import load_spec, locate
 
 HOOKS = {f"blocks.{i}.hook_resid_post": 64 for i in range(2)} | {"blocks.0.mlp.hook_post": 256}
 
@@ -37,7 +37,10 @@ def plan_of(tmp_path, text: str, name: str = "s.yaml"):
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     spec, raw, lines, _ = load_spec(path)
-    return build_plan(spec, raw, lines, str(path), dims)
+    try:
+        return build_plan(spec, raw, dims)
+    except SpecError as err:  # the planner names key paths; the file's lines locate them
+        raise locate(err, lines, str(path), spec) from None
 
 
 def test_expansion_provenance_and_groups(tmp_path):

@@ -12,6 +12,7 @@ from saerun import artifacts
 from saerun.sae import SAE_CLASSES, build_sae
 from saerun.sae.base import StepInfo, geometric_median
 from saerun.spec import ReluSAEConfig, SAEConfig, SparsityConfig
+from saerun.spec.derive import resolved_sae
 
 
 def step(scale: float, d_sae: int = 3) -> StepInfo:
@@ -127,8 +128,12 @@ def test_unit_norm_decoder_projects_the_gradient_and_renormalises(architecture):
 def test_unit_norm_admits_only_norm_one():
     with pytest.raises(ValueError, match="decoder_init_norm must be 1"):
         arch_cfg("relu", decoder_mode="unit_norm", decoder_init_norm=0.1)
-    assert arch_cfg("relu").decoder_init_norm == 0.1
-    assert arch_cfg("relu", decoder_mode="unit_norm").decoder_init_norm == 1.0
+    # Left out, the init norm is derived (`spec.derive`) from the decoder mode.
+    assert arch_cfg("relu").decoder_init_norm is None
+    widths = {"d_in": 8, "d_sae": 32}
+    assert resolved_sae(arch_cfg("relu", **widths)).decoder_init_norm == 0.1
+    assert resolved_sae(arch_cfg("relu", decoder_mode="unit_norm", **widths)
+                        ).decoder_init_norm == 1.0
     assert arch_cfg("gated").decoder_mode == "unit_norm"
 
 

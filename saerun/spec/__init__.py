@@ -23,7 +23,7 @@ from saerun.spec.launcher import (
     launcher_with,
     slurm_minutes,
 )
-from saerun.spec.locate import locate, spec_error_from_validation
+from saerun.spec.locate import line_of, locate, spec_error_from_validation, sweep_axes
 from saerun.spec.reference import reference_markdown
 from saerun.spec.schema import (
     DEFAULT_COEFFICIENTS,
@@ -78,6 +78,6 @@ __all__ = [
     "MatryoshkaSAEConfig", "ModelConfig", "ReluSAEConfig", "ResampleConfig", "ResolvedSite",
     "RunConfig", "SAEConfig", "SiteConfig", "SlurmLauncher", "SparsityConfig", "Spec",
     "SweepConfig", "TopKSAEConfig", "TrainConfig", "architecture_tag", "composed_text",
-    "export_spec", "launcher_with", "load_spec", "locate", "merge_over", "parse_yaml",
-    "reference_markdown", "slurm_minutes", "spec_error_from_validation",
+    "export_spec", "launcher_with", "line_of", "load_spec", "locate", "merge_over", "parse_yaml",
+    "reference_markdown", "slurm_minutes", "spec_error_from_validation", "sweep_axes",
 ]

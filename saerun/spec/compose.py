@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from saerun.errors import SpecError, shown
-from saerun.spec.locate import spec_error_from_validation
+from saerun.spec.locate import locate, spec_error_from_validation
 from saerun.spec.schema import Spec
 from saerun.spec.yaml_io import LineMap, _Dumper, _read_text, parse_yaml
 
@@ -152,7 +152,7 @@ def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
-        raise spec_error_from_validation(err, file=file, lines=lines, data=data) from None
+        raise locate(spec_error_from_validation(err, data=data), lines, file) from None
     if len(files) > 1:
         text = composed_text(data, files)
     return spec, data, lines, text

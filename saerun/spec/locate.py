@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from saerun.errors import SpecError, shown
-from saerun.spec.schema import SAE_CONFIG_BY_TAG, Spec
+from saerun.spec.schema import SAE_CONFIG_BY_TAG, Spec, SweepConfig
 from saerun.spec.yaml_io import Line, LineMap, _dotted
 
 _ARCH_TAGS = set(SAE_CONFIG_BY_TAG)
@@ -19,7 +19,6 @@ _ARCH_TAGS = set(SAE_CONFIG_BY_TAG)
 # ---------------------------------------------------------------------------------------------
 # Validation errors -> file:line:field
 # ---------------------------------------------------------------------------------------------
-
 
 
 def _clean_loc(loc: tuple) -> tuple:
@@ -57,38 +56,13 @@ def _model_at(path: tuple, root: type[BaseModel], data: dict) -> type[BaseModel]
 
 
 def spec_error_from_validation(
-    err: ValidationError,
-    *,
-    file: str,
-    lines: LineMap,
-    data: dict,
-    root: type[BaseModel] = Spec,
-    relocate: dict[tuple, tuple] | None = None,
-    note: str = "",
+    err: ValidationError, *, data: dict, root: type[BaseModel] = Spec, note: str = ""
 ) -> SpecError:
-    """Turn the first pydantic error into one SpecError naming file, line and field.
-
-    `relocate` maps a field path that came from somewhere else (a sweep value) to the path whose
-    line should be reported.
-    """
+    """The first pydantic error as one SpecError naming its field and carrying its key path;
+    `locate` then gives it its file and line. `data` is what was validated (for the key
+    suggestions of an unknown key), `note` is appended to the message."""
     error = err.errors()[0]
     loc = _clean_loc(tuple(error["loc"]))
-    report_path = loc
-    for src, dst in (relocate or {}).items():
-        if loc[: len(src)] == src or src[: len(loc)] == loc:
-            report_path = dst
-            break
-    line = None
-    probe = report_path
-    while probe:
-        if probe in lines:
-            line = lines[probe]
-            break
-        probe = probe[:-1]
-    if line is None:
-        line = lines.get((), 1)
-    file, line = _file_of(line, lines, file), int(line)
-    field = _dotted(loc)
     hint = None
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -111,8 +85,67 @@ def spec_error_from_validation(
             message += f" (got {shown(error['input'])})"
     if note:
         message = f"{message} {note}"
-    return SpecError(message, file=file, line=line, field=field, hint=hint)
+    return SpecError(message, path=loc, field=_dotted(loc), hint=hint)
 
+
+# ---------------------------------------------------------------------------------------------
+# Key path -> file:line (the one place)
+# ---------------------------------------------------------------------------------------------
+
+
+def sweep_axes(sweep: SweepConfig, sites: str | list[str]) -> list[tuple[tuple, tuple]]:
+    """(field path a sweep sets, key path of the line that sets it), for every axis: a list of
+    sites in site.hook_name, the grid's and the zip's dotted paths, and the seeds."""
+    axes: list[tuple[tuple, tuple]] = []
+    if isinstance(sites, list):
+        axes.append((("site", "hook_name"), ("site", "hook_name")))
+    for section in ("grid", "zip"):
+        for dotted in getattr(sweep, section):
+            axes.append((tuple(dotted.split(".")), ("sweep", section, dotted)))
+    if sweep.seeds is not None:
+        axes.append((("seed",), ("sweep", "seeds")))
+    return axes
+
+
+def line_of(path: tuple, lines: LineMap) -> int:
+    """The line of `path`, or of its nearest ancestor that has one (the document's first line
+    when none has)."""
+    probe = path
+    while probe:
+        if probe in lines:
+            return lines[probe]
+        probe = probe[:-1]
+    return lines.get((), 1)
+
+
+def locate(
+    err: SpecError,
+    lines: LineMap,
+    file: str | None = None,
+    spec: Spec | None = None,
+) -> SpecError:
+    """Give an error the file and line it is about, in place (and return it).
+
+    An error carrying a key path (`err.path`) and no line gets the line of that path, walking
+    up to the nearest ancestor that has one; with the `spec` given (the planner's errors, each
+    about one job of its sweep), a path a sweep axis sets (`sweep_axes`: the value came from
+    the sweep, or the error is about a section that holds one) gets the axis's line instead.
+    The file is the one that line is in: `file` (the spec loaded), or a base spec's for a
+    value the spec inherits through `extends`. An error
+    raised with a line read from `lines` (a `Line`) only has its file corrected likewise.
+    """
+    if err.path is not None and err.line is None:
+        report = err.path
+        axes = sweep_axes(spec.sweep, spec.site.hook_name) if spec is not None else []
+        for src, dst in axes:
+            if report[: len(src)] == src or src[: len(report)] == report:
+                report = dst
+                break
+        line = line_of(report, lines)
+        err.file, err.line = _file_of(line, lines, err.file or file or ""), int(line)
+    elif isinstance(err.line, Line):
+        err.file, err.line = _file_of(err.line, lines, err.file or file or ""), int(err.line)
+    return err
 
 
 def _file_of(line: int, lines: LineMap, file: str) -> str:
@@ -122,13 +155,3 @@ def _file_of(line: int, lines: LineMap, file: str) -> str:
     if origin is None or origin == getattr(lines.get(()), "file", None):
         return file
     return origin
-
-
-def locate(err: SpecError, lines: LineMap) -> SpecError:
-    """Move an error that was raised with the spec's file and a line read from `lines` (as the
-    planner does) to the file that line is in: a base spec's, for a value the base defines."""
-    if isinstance(err.line, Line):
-        err.file, err.line = _file_of(err.line, lines, err.file), int(err.line)
-    return err
-
-

@@ -95,7 +95,7 @@ class SparsityConfig(_Strict):
         "lambda * sum_i tanh(tanh_scale * f_i ||W_dec,i||).",
     )
     coefficient: float | None = Field(
-        None, ge=0, description="sparsity coefficient lambda; null: the penalty's default "
+        None, ge=0, description="sparsity coefficient lambda; null: derived, the penalty's default "
         "(l1 3, sqrt_l1 0.2, tanh 0.3: L0 ~40-70 with under 40% dead latents at expansion 8 on "
         "the embedded model, activations normalised to E||x|| = sqrt(d_in)).",
     )
@@ -106,15 +106,6 @@ class SparsityConfig(_Strict):
         4.0, gt=0, description="tanh only: c in tanh(c * f_i ||W_dec,i||); the penalty "
         "saturates once f_i ||W_dec,i|| is well above 1/c.",
     )
-
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coefficient_follows_penalty(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("coefficient") is None:
-            penalty = data.get("penalty", "l1")
-            data = {**data, "coefficient": DEFAULT_COEFFICIENTS.get(penalty, 3.0)}
-        return data
 
 
 # Defaults measured on the embedded model (README, "Architectures"); activations normalised.
@@ -194,17 +185,10 @@ class _SAECommon(_Strict):
         description="initial decoder bias: zeros, the activation mean or their geometric median.",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _init_norm_follows_mode(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("decoder_init_norm") is None:
-            mode = data.get("decoder_mode", cls.model_fields["decoder_mode"].default)
-            data = {**data, "decoder_init_norm": 1.0 if mode == "unit_norm" else 0.1}
-        return data
-
     @model_validator(mode="after")
     def _one_width(self) -> _SAECommon:
-        if self.decoder_mode == "unit_norm" and self.decoder_init_norm != 1.0:
+        norm = self.decoder_init_norm
+        if self.decoder_mode == "unit_norm" and norm is not None and norm != 1.0:
             raise ValueError(
                 f"decoder_mode 'unit_norm' holds every decoder row at norm 1, so "
                 f"decoder_init_norm must be 1 (or omitted), got {self.decoder_init_norm}"
@@ -325,7 +309,7 @@ class GatedSAEConfig(_SAECommon):
         "(L0 near d_sae/2 at any lambda, seen on the embedded model).",
     )
     sparsity: SparsityConfig = Field(
-        default_factory=lambda: SparsityConfig(coefficient=GATED_DEFAULT_COEFFICIENT),
+        default_factory=SparsityConfig,
         description="L1 penalty on ReLU(pi_gate), decoder-norm weighted (only penalty 'l1' "
         f"applies; the gated default coefficient is {GATED_DEFAULT_COEFFICIENT}).",
     )
@@ -446,19 +430,43 @@ class TrainConfig(_Strict):
     )
 
 
-METRIC_NAMES = (
+# What eval.metrics switches: the metrics that cost extra language-model passes, named as the
+# registry names them. Every other metric (l0, mse, fvu, ..., dead_fraction) is always computed.
+METRIC_NAMES = ("ce_loss_recovered", "delta_lm_loss", "kl_score")
+LMMetric = Literal["ce_loss_recovered", "delta_lm_loss", "kl_score"]
+# The names saerun v1 accepted, in its order (its default was all twelve): exported specs of old
+# runs hold them. `kl` is now `kl_score`; the others switched nothing.
+V1_METRIC_NAMES = (
     "l0", "mse", "fvu", "explained_variance", "cosine_similarity", "l2_ratio", "shrinkage",
     "ce_loss_recovered", "delta_lm_loss", "kl", "dead", "dense",
 )  # fmt: skip
+V1_RENAMED = {"kl": "kl_score"}
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal[METRIC_NAMES]] = Field(  # type: ignore[valid-type]
+    metrics: list[LMMetric] = Field(
         list(METRIC_NAMES),
-        description="metrics to compute on the held-out tokens. Reconstruction metrics are "
-        "always computed (they are free); ce_loss_recovered, delta_lm_loss and kl need extra "
-        "language-model passes.",
+        description="the language-model metrics to compute on the held-out tokens, each costing "
+        "extra language-model passes: ce_loss_recovered, delta_lm_loss, kl_score ([] for none). "
+        "Every reconstruction metric (l0, mse, fvu, ..., dead_fraction) is always computed. "
+        "The names of saerun v1 still load: kl is kl_score; l0, mse, fvu, explained_variance, "
+        "cosine_similarity, l2_ratio, shrinkage, dead and dense switch nothing and are dropped.",
     )
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _v1_names(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out: list[Any] = []
+        for name in value:
+            if isinstance(name, str) and name in V1_METRIC_NAMES and name not in METRIC_NAMES:
+                name = V1_RENAMED.get(name)
+                if name is None:  # a v1 name that switched nothing
+                    continue
+            if name not in out:
+                out.append(name)
+        return out
 
 
 SweepValues = list[Any]
