@@ -238,7 +238,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         out = [
             {"run_id": j.run_id, "name": j.name, "group": j.group_key,
-             "config": j.config.model_dump(mode="json"), "provenance": j.provenance}
+             "config": j.config.model_dump(mode="json"), "provenance": j.provenance,
+             "step_flops_per_token": j.step_flops_per_token}
             for j in plan.jobs
         ]
         print(json.dumps(out, indent=2, sort_keys=True))
@@ -273,6 +274,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if source in ("spec", "sweep"):
             source += notes.note(key) if source == "spec" else notes.sweep_note(key)
         table.add_row(key, json.dumps(value), escape(source))
+    if first_job.step_flops_per_token is not None:  # what a step costs, stored with the run
+        table.add_row("step_flops_per_token", f"{first_job.step_flops_per_token:,.0f}",
+                      "derived: FLOPs per token of one training step (saerun.flops)")
     console.print(table)
     return 0
 

@@ -78,20 +78,15 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def run_id_of(
-    config: RunConfig,
-    derived: frozenset[tuple[str, ...]] = frozenset(),
-    written_metrics: Any = None,
-) -> str:
+def run_id_of(config: RunConfig) -> str:
     """Hash of what determines the result. A local data file enters by its content, not its
     path, so a colleague with the same file elsewhere gets the same id (and an edited file a
     new one); names (embedded corpus, hub datasets, models) enter as they are.
 
-    What is hashed is the config's v1 identity view (`spec.derive.v1_identity`: the values v1
-    left null and a rule derived back to null, eval.metrics in v1's names), so an id never
-    changes: `derived` and `written_metrics` are the planner's (what its rules derived, the
-    metrics list the spec wrote)."""
-    resolved = derive.v1_identity(config.model_dump(mode="json"), derived, written_metrics)
+    What is hashed is the config's v1 identity view (`spec.derive.v1_identity`: aux_k and the
+    Matryoshka prefixes null where their rule gives them, eval.metrics in v1's names), so the
+    ids saerun v1 gave stay valid (tests/test_run_ids.py)."""
+    resolved = derive.v1_identity(config.model_dump(mode="json"))
     resolved["data"]["dataset"] = data_identity(config.data.dataset)
     return stable_hash([RUN_ID_VERSION, resolved], n=16)
 
@@ -209,7 +204,6 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims]) ->
             raise spec_error_from_validation(err, data=tree, note=note) from None
         derived = _derive(partial, tree, dims_cache, model_dims)
         # From here on every default is explicit: the resolved config is the whole truth.
-        written_metrics = _get(tree, ("eval", "metrics"))[1]
         tree = partial.model_dump(mode="json", exclude={"name", "sweep", "launcher"})
         config = _validated(tree, derived, note)
         # The widths are known: the rules of `spec.derive` fill in what is left.
@@ -217,7 +211,7 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims]) ->
         config = _validated(tree, derived, note)
 
         provenance = _provenance(config, raw, point, derived)
-        run_id = run_id_of(config, frozenset(derived), written_metrics)
+        run_id = run_id_of(config)
         label = _label(spec, point)
         if run_id in seen:
             raise SpecError(

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from saerun import __version__
 from saerun.errors import SpecError, shown
+from saerun.spec import derive
 from saerun.spec.locate import locate, spec_error_from_validation
 from saerun.spec.schema import Spec
 from saerun.spec.yaml_io import LineMap, _Dumper, _read_text, parse_yaml
@@ -166,12 +168,15 @@ SPEC_SECTIONS = ("seed", "model", "site", "data", "sae", "train", "eval")
 
 
 def export_spec(run: dict[str, Any]) -> str:
-    """A standalone spec (YAML) that plans to exactly this run."""
-    from saerun import __version__
+    """A standalone spec (YAML) that plans to exactly this run (the same run id).
 
+    Every value is written out as resolved, except those saerun v1 left to a rule (aux_k,
+    Matryoshka prefixes: null, derived again the same way) and eval.metrics, in v1's names:
+    the spec is the run's identity view (`derive.v1_identity`), which is what its id hashes."""
     stem = (run.get("spec_name") or "run").strip() or "run"
     spec = {"name": f"{stem}-{run['run_id'][:10]}"}
-    spec.update({key: run["config"][key] for key in SPEC_SECTIONS})
+    config = derive.v1_identity(run["config"])
+    spec.update({key: config[key] for key in SPEC_SECTIONS})
     header = (
         f"# Exported by saerun {__version__} from run {run['run_id']} ({run['name']}).\n"
         f"# Every value is resolved, so `saerun THIS_FILE` trains exactly that run (same run id)\n"

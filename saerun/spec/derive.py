@@ -112,51 +112,39 @@ def resolved_sae(sae: Any) -> Any:
 
 # -- the v1 identity view: what a run id hashes ---------------------------------------------------
 
-# saerun v1 left these null in a resolved config (the SAE module derived them), so a run id
-# hashes them as null when a rule derived them; every other derived value v1 already wrote in.
-V1_NULL_WHEN_DERIVED: frozenset[KeyPath] = frozenset(
-    {("sae", "aux_k"), ("sae", "prefix_widths"), ("sae", "prefix_weights")}
-)
 _V1_LM = {"ce_loss_recovered", "delta_lm_loss", "kl"}
 
 
-def v1_metrics(metrics: list[str], written: Any = None) -> list[str]:
-    """eval.metrics as saerun v1 held it. A list written with v1's names only is kept as
-    written (v1 kept its order and repeats); otherwise v1's twelve names in v1's order, less
-    the language-model metrics not switched on (all twelve for the default)."""
-    if isinstance(written, list) and all(
-        isinstance(n, str) and n in V1_METRIC_NAMES for n in written
-    ):
-        return list(written)
+def v1_metrics(metrics: list[str]) -> list[str]:
+    """eval.metrics in saerun v1's form: its twelve names in its order, less the language-model
+    metrics not switched on (all twelve for the default)."""
     return [n for n in V1_METRIC_NAMES if n not in _V1_LM or V1_RENAMED.get(n, n) in metrics]
 
 
-def v1_identity(
-    config: dict, derived: frozenset[KeyPath] | set[KeyPath] = frozenset(), written: Any = None
-) -> dict:
+def v1_identity(config: dict) -> dict:
     """A resolved config (`RunConfig.model_dump(mode="json")`) in the form saerun v1 resolved
-    it to, which is what a run id hashes, so that ids never change: the values of
-    `V1_NULL_WHEN_DERIVED` that a rule derived (`derived`, the planner's) back to null, and
-    eval.metrics in v1's names (`v1_metrics`; `written`: the list the spec wrote, if any)."""
-    out = with_values(config, {p: None for p in V1_NULL_WHEN_DERIVED & set(derived)})
-    out["eval"] = {**out["eval"], "metrics": v1_metrics(config["eval"]["metrics"], written)}
-    return out
+    it to: what a run id hashes, so that the ids of v1's registries stay valid. It is also
+    what `export_spec` writes, so an exported run plans to its own id.
 
-
-def v1_export(config: dict) -> dict:
-    """A stored resolved config as a spec that plans to the same run id: like `v1_identity`,
-    but the planner's record of what was derived is gone, so a value equal to what its rule
-    gives counts as derived (and a spec that wrote such a value by hand exports to another
-    id), and a stored metrics list is read as the list written."""
+    - aux_k and the Matryoshka prefixes, which v1 left null for the SAE module to derive, are
+      null when they equal what their rule gives (prefix_widths only with prefix_weights, which
+      need them): a value a rule derived and the same value written by hand train the same SAE
+      and share an id. (A v1 spec that wrote the rule's value by hand had another id then.)
+    - eval.metrics in v1's names, `v1_metrics`. (A v1 spec whose list was not in that form,
+      e.g. `[l0, mse]`, had another id then: its list switched nothing v1's form does not.)
+    Every other derived value (coefficients, decoder_init_norm) v1 wrote in as resolved.
+    """
     sae = config["sae"]
     rules: dict[KeyPath, Any] = {}
     if sae.get("aux_k") is not None:
         rules[("sae", "aux_k")] = default_aux_k(sae["d_in"], sae["d_sae"])[0]
     if sae.get("prefix_widths") is not None:
         rules[("sae", "prefix_widths")] = default_prefix_widths(sae["d_sae"])[0]
-        rules[("sae", "prefix_weights")] = default_prefix_weights(len(sae["prefix_widths"]))[0]
+    if sae.get("prefix_weights") is not None:
+        rules[("sae", "prefix_weights")] = default_prefix_weights(len(sae["prefix_weights"]))[0]
     derived = {path for path, rule in rules.items() if sae.get(path[1]) == rule}
-    if ("sae", "prefix_weights") not in derived:
-        derived.discard(("sae", "prefix_widths"))  # given weights need their widths given
-    metrics = config["eval"]["metrics"]
-    return v1_identity(config, frozenset(derived), written=metrics)
+    if ("sae", "prefix_weights") in rules and ("sae", "prefix_weights") not in derived:
+        derived.discard(("sae", "prefix_widths"))  # weights given by hand need their widths
+    out = with_values(config, {path: None for path in derived})
+    out["eval"] = {**out["eval"], "metrics": v1_metrics(config["eval"]["metrics"])}
+    return out
