@@ -25,8 +25,10 @@ GHOST_GRADS_PRODUCTS = 3
 
 
 class _SAEShape(Protocol):
-    architecture: str
-    d_in: int | None
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def d_in(self) -> int | None: ...
 
 
 def step_flops_per_token(sae: _SAEShape, d_sae: int) -> float:

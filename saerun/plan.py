@@ -322,13 +322,13 @@ def _compute_matched(sae: SAEConfig, match: ComputeMatch, d_in: int) -> tuple[in
         match.expansion_factor or DEFAULT_EXPANSION_FACTOR, d_in,
         ("sae", "compute_matched_to", "expansion_factor"),
     )
-    where = {"path": ("sae", "compute_matched_to"), "field": "sae.compute_matched_to"}
+    path, field_name = ("sae", "compute_matched_to"), "sae.compute_matched_to"
     try:
         ref = cost.reference_config(match.architecture, d_in, ref_d_sae)
     except ValidationError as err:
         raise SpecError(
             f"the reference {match.architecture} SAE at d_sae {ref_d_sae} is invalid: "
-            f"{err.errors()[0]['msg'].removeprefix('Value error, ')}", **where,
+            f"{err.errors()[0]['msg'].removeprefix('Value error, ')}", path=path, field=field_name,
         ) from None
     cfg = sae.model_copy(update={"d_in": d_in})
     try:
@@ -338,7 +338,7 @@ def _compute_matched(sae: SAEConfig, match: ComputeMatch, d_in: int) -> tuple[in
     except OverflowError:  # FLOPs are floats: a reference d_sae beyond ~1e300 has no count
         raise SpecError(
             f"the reference d_sae ({len(str(ref_d_sae))} digits) is too large to count its FLOPs",
-            **where,
+            path=path, field=field_name,
         ) from None
     return d_sae, (
         f"compute-matched to {match.architecture} at d_sae {ref_d_sae}: "

@@ -49,7 +49,8 @@ def _compose(
     if "extends" not in data:
         return data, lines, [file]
     target = data["extends"]
-    extended_at = dict(file=file, line=int(lines.get(("extends",), 1)), field="extends")
+    extended_at: dict[str, Any] = dict(
+        file=file, line=int(lines.get(("extends",), 1)), field="extends")
     if not isinstance(target, str) or not target:
         raise SpecError(
             f"extends must be the path of a spec file, got {shown(target)}", **extended_at,

@@ -432,8 +432,8 @@ class TrainConfig(_Strict):
 
 # What eval.metrics switches: the metrics that cost extra language-model passes, named as the
 # registry names them. Every other metric (l0, mse, fvu, ..., dead_fraction) is always computed.
-METRIC_NAMES = ("ce_loss_recovered", "delta_lm_loss", "kl_score")
 LMMetric = Literal["ce_loss_recovered", "delta_lm_loss", "kl_score"]
+METRIC_NAMES: tuple[LMMetric, ...] = ("ce_loss_recovered", "delta_lm_loss", "kl_score")
 # The names saerun v1 accepted, in its order (its default was all twelve): exported specs of old
 # runs hold them. `kl` is now `kl_score`; the others switched nothing.
 V1_METRIC_NAMES = (
