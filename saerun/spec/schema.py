@@ -174,8 +174,8 @@ class _SAECommon(_Strict):
         "row renormalised after it) and the terms are unweighted.",
     )
     decoder_init_norm: float | None = Field(
-        None, gt=0, description="norm of every decoder row at initialisation; null: 0.1 with "
-        "norm_weighted, 1 with unit_norm (which admits only 1).",
+        None, gt=0, description="norm of every decoder row at initialisation; null: derived, "
+        "0.1 with norm_weighted, 1 with unit_norm (which admits only 1).",
     )
     init_encoder_as_decoder_transpose: bool = Field(
         True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update)."
@@ -225,7 +225,7 @@ class _TopKCommon(_SAECommon):
     )
     aux_k: int | None = Field(
         None, gt=0, description="AuxK: number of dead latents that reconstruct the residual; "
-        "null: d_in // 2 (Gao et al. 2024); capped at d_sae.",
+        "null: derived, d_in // 2 (Gao et al. 2024) capped at d_sae.",
     )
     aux_coefficient: float = Field(
         1 / 32, ge=0, description="weight of AuxK = min(n_dead / aux_k, 1) * mean ||e - e_hat||^2, "
@@ -269,11 +269,11 @@ class MatryoshkaSAEConfig(_BatchTopKCommon):
     )
     prefix_widths: list[int] | None = Field(
         None, description="nested prefix widths m_1 < ... < m_n, the last equal to d_sae; "
-        "null: d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped).",
+        "null: derived, d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped).",
     )
     prefix_weights: list[float] | None = Field(
         None, description="weight of each prefix's reconstruction loss (one per prefix width, "
-        ">= 0); null: 1/n each.",
+        ">= 0); null: derived, 1/n each.",
     )
 
     @model_validator(mode="after")
