@@ -1,8 +1,13 @@
 """Spec -> Plan: sweep expansion, derived values with provenance, run ids and grouping. Pure.
 
 Every job is the spec's raw mapping with the sweep values written in, the derived values filled
-in (d_in from the model, d_sae from an expansion factor), validated again as a `RunConfig`. A run
-id is a hash of that resolved config, so it depends only on what determines the result.
+in (d_in from the model, d_sae from an expansion factor or a compute match, then the rules of
+`spec.derive`: coefficients, decoder init norms, aux_k, Matryoshka prefixes), validated again
+as a `RunConfig`. A run id is a hash of that resolved config (its v1 identity view), so it
+depends only on what determines the result.
+
+Errors name the key path they are about (`SpecError.path`), never a file or a line: the caller
+holds the spec's line map and locates them once (`spec.locate.locate`, in `runner.prepare`).
 """
 
 from __future__ import annotations
