@@ -254,7 +254,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         out = [
             {"run_id": j.run_id, "name": j.name, "group": j.group_key,
-             "config": j.config.model_dump(mode="json"), "provenance": j.provenance}
+             "config": j.config.model_dump(mode="json"), "provenance": j.provenance,
+             "step_flops_per_token": j.step_flops_per_token}
             for j in plan.jobs
         ]
         print(json.dumps(out, indent=2, sort_keys=True))
@@ -289,6 +290,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if source in ("spec", "sweep"):
             source += notes.note(key) if source == "spec" else notes.sweep_note(key)
         table.add_row(key, json.dumps(value), escape(source))
+    if first_job.step_flops_per_token is not None:  # what a step costs, stored with the run
+        table.add_row("step_flops_per_token", f"{first_job.step_flops_per_token:,.0f}",
+                      "derived: FLOPs per token of one training step (saerun.flops)")
     console.print(table)
     return 0
 
@@ -492,7 +496,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 def cmd_export_spec(args: argparse.Namespace) -> int:
     from saerun.registry import Registry
-    from saerun.reproduce import export_spec
+    from saerun.spec import export_spec
 
     with Registry(_registry_path(args), must_exist=True) as reg:
         run = reg.get_run(args.run_id)

@@ -57,4 +57,22 @@ def _printable(text: str) -> str:
 
 
 class SpecError(SaerunError):
-    """The spec file is invalid; raised before anything is planned or written."""
+    """The spec file is invalid; raised before anything is planned or written.
+
+    `path` is the key path the error is about, e.g. ("sae", "d_in"): the planner raises errors
+    that carry only it, and `spec.locate.locate` (at the boundary, where the file and its line
+    map are known) turns it into the file and line the value was written at.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: tuple[str | int, ...] | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, file=file, line=line, field=field, hint=hint)
+        self.path = path

@@ -17,7 +17,7 @@ from saerun import faults
 from saerun.metrics import MetricAccumulator, NextTokenScorer
 from saerun.sae import SAE
 
-LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl"}
+LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl_score"}  # = spec.METRIC_NAMES
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """Spec -> Plan: sweep expansion, derived values with provenance, run ids and grouping. Pure.
 
 Every job is the spec's raw mapping with the sweep values written in, the derived values filled
-in (d_in from the model, d_sae from an expansion factor), validated again as a `RunConfig`. A run
-id is a hash of that resolved config, so it depends only on what determines the result.
+in (d_in from the model, d_sae from an expansion factor or a compute match, then the rules of
+`spec.derive`: coefficients, decoder init norms, aux_k, Matryoshka prefixes), validated again
+as a `RunConfig`. A run id is a hash of that resolved config (its v1 identity view), so it
+depends only on what determines the result.
+
+Errors name the key path they are about (`SpecError.path`), never a file or a line: the caller
+holds the spec's line map and locates them once (`spec.locate.locate`, in `runner.prepare`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from saerun import flops
 from saerun.errors import SaerunError, SpecError, shown
-from saerun.spec import LineMap, RunConfig, Spec, spec_error_from_validation
+from saerun.spec import (
+    ComputeMatch,
+    RunConfig,
+    SAEConfig,
+    Spec,
+    derive,
+    spec_error_from_validation,
+)
 
 # Bump when the meaning of a resolved config changes (new numerics), so old ids never collide.
 RUN_ID_VERSION = "saerun-run-v1"
@@ -47,6 +60,9 @@ class Job:
     config: RunConfig
     group_key: str  # jobs sharing it share one activation stream (one LM pass per batch)
     provenance: dict[str, str] = field(compare=False)  # dotted path -> spec|default|sweep|derived
+    # FLOPs per token of one training step (`sae.cost`), counted by the planner; None for a job
+    # rebuilt from a registry row without it.
+    step_flops_per_token: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -70,8 +86,12 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 def run_id_of(config: RunConfig) -> str:
     """Hash of what determines the result. A local data file enters by its content, not its
     path, so a colleague with the same file elsewhere gets the same id (and an edited file a
-    new one); names (embedded corpus, hub datasets, models) enter as they are."""
-    resolved = config.model_dump(mode="json")
+    new one); names (embedded corpus, hub datasets, models) enter as they are.
+
+    What is hashed is the config's v1 identity view (`spec.derive.v1_identity`: aux_k and the
+    Matryoshka prefixes null where their rule gives them, eval.metrics in v1's names), so the
+    ids saerun v1 gave stay valid (tests/test_run_ids.py)."""
+    resolved = derive.v1_identity(config.model_dump(mode="json"))
     resolved["data"]["dataset"] = data_identity(config.data.dataset)
     return stable_hash([RUN_ID_VERSION, resolved], n=16)
 
@@ -143,7 +163,7 @@ def _sweep_points(spec: Spec) -> list[dict[tuple[str, ...], Any]]:
     if n_runs > MAX_RUNS:
         raise SpecError(
             f"the spec expands to {n_runs:,} runs (sites x sweep values x seeds), more than "
-            f"{MAX_RUNS:,}", hint="split the sweep into several specs",
+            f"{MAX_RUNS:,}", path=("sweep",), hint="split the sweep into several specs",
         )
     points = []
     for combo in itertools.product(*axes):
@@ -152,16 +172,6 @@ def _sweep_points(spec: Spec) -> list[dict[tuple[str, ...], Any]]:
             point.update(part)
         points.append(point)
     return points
-
-
-def _sweep_line_path(key: tuple[str, ...], spec: Spec) -> tuple:
-    dotted = ".".join(key)
-    if key == ("site", "hook_name"):
-        return ("site", "hook_name")
-    if key == ("seed",):
-        return ("sweep", "seeds")
-    section = "grid" if dotted in spec.sweep.grid else "zip"
-    return ("sweep", section, dotted)
 
 
 def _label(spec: Spec, point: dict[tuple[str, ...], Any]) -> str:
@@ -179,48 +189,31 @@ def _label(spec: Spec, point: dict[tuple[str, ...], Any]) -> str:
     return f"{spec.name}[{','.join(parts)}]"
 
 
-def build_plan(
-    spec: Spec,
-    raw: dict,
-    lines: LineMap,
-    file: str,
-    model_dims: Callable[[str], ModelDims],
-) -> Plan:
-    """Expand the sweep and resolve every job. Raises SpecError pointing at the spec's lines."""
+def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims]) -> Plan:
+    """Expand the sweep and resolve every job. A SpecError raised here carries the key path it
+    is about (`err.path`), not a file or line: `spec.locate.locate` gives it those."""
     base = {k: v for k, v in raw.items() if k not in ("sweep", "name")}
     dims_cache: dict[str, ModelDims] = {}
     jobs: list[Job] = []
     seen: dict[str, str] = {}
-    try:
-        points = _sweep_points(spec)
-    except SpecError as err:
-        err.file, err.line = file, lines.get(("sweep",), lines.get((), 1))
-        raise
-    for point in points:
+    for point in _sweep_points(spec):
         tree = copy.deepcopy(base)
         for key, value in point.items():
             _set(tree, key, value)
-        relocate = {key: _sweep_line_path(key, spec) for key in point}
         note = "(from the sweep)" if point else ""
 
         # Validate once as a partial spec to learn the model name and architecture.
         try:
             partial = Spec.model_validate({**tree, "name": spec.name})
         except ValidationError as err:
-            raise spec_error_from_validation(
-                err, file=file, lines=lines, data=tree, relocate=relocate, note=note
-            ) from None
-        derived = _derive(partial, tree, lines, file, dims_cache, model_dims)
+            raise spec_error_from_validation(err, data=tree, note=note) from None
+        derived = _derive(partial, tree, dims_cache, model_dims)
         # From here on every default is explicit: the resolved config is the whole truth.
         tree = partial.model_dump(mode="json", exclude={"name", "sweep", "launcher"})
-        for key, (value, _) in derived.items():
-            _set(tree, key, value)
-        try:
-            config = RunConfig.model_validate(tree)
-        except ValidationError as err:
-            raise spec_error_from_validation(
-                err, file=file, lines=lines, data=tree, root=RunConfig, relocate=relocate, note=note
-            ) from None
+        config = _validated(tree, derived, note)
+        # The widths are known: the rules of `spec.derive` fill in what is left.
+        derived.update(derive.sae_derivations(config.sae))
+        config = _validated(tree, derived, note)
 
         provenance = _provenance(config, raw, point, derived)
         run_id = run_id_of(config)
@@ -228,53 +221,58 @@ def build_plan(
         if run_id in seen:
             raise SpecError(
                 f"the sweep produces the same run twice: {seen[run_id]} and {label}",
-                file=file,
-                line=lines.get(("sweep",), 1),
-                field="sweep",
-                hint="remove the repeated value",
+                path=("sweep",), field="sweep", hint="remove the repeated value",
             )
         seen[run_id] = label
-        jobs.append(Job(run_id, label, config, group_key_of(config), provenance))
+        jobs.append(Job(run_id, label, config, group_key_of(config), provenance,
+                        _step_flops(config)))
     return Plan(spec=spec, jobs=jobs)
+
+
+def _validated(tree: dict, derived: derive.Derived, note: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(
+            derive.with_values(tree, {path: value for path, (value, _) in derived.items()})
+        )
+    except ValidationError as err:
+        raise spec_error_from_validation(err, data=tree, root=RunConfig, note=note) from None
+
+
+def _step_flops(config: RunConfig) -> float:
+    """FLOPs per token of one training step at the resolved width (`saerun.flops`: the count
+    `sae.cost` measures, by formula, so planning imports no torch)."""
+    if config.sae.d_sae is None:  # resolved by `_derive`; a None here is a planner bug
+        raise ValueError("the step cost needs d_sae")
+    return flops.step_flops_per_token(config.sae, config.sae.d_sae)
 
 
 def _derive(
     partial: Spec,
     tree: dict,
-    lines: LineMap,
-    file: str,
     cache: dict[str, ModelDims],
     model_dims: Callable[[str], ModelDims],
-) -> dict[tuple[str, ...], tuple[Any, str]]:
-    """Values computed from other values, with how: d_in from the model, d_sae from the
+) -> derive.Derived:
+    """Values computed from the model: d_in from its width at the hook, d_sae from the
     expansion factor or a compute match."""
     name = partial.model.name
     if name not in cache:
         try:
             cache[name] = model_dims(name)
         except SaerunError as err:
-            raise SpecError(
-                err.message, file=file, line=lines.get(("model", "name"), 1), field="model.name",
-                hint=err.hint,
-            ) from None
+            raise SpecError(err.message, path=("model", "name"), field="model.name",
+                            hint=err.hint) from None
     dims = cache[name]
     hook = tree.get("site", {}).get("hook_name", partial.site.hook_name)
     if not isinstance(hook, str):  # a swept value that is itself a list of sites
         raise SpecError(
             f"each value swept over site.hook_name must be one hook name, got {shown(hook)}",
-            file=file,
-            line=next((lines[p] for p in (("sweep", "grid", "site.hook_name"),
-                                          ("sweep", "zip", "site.hook_name"),
-                                          ("site", "hook_name")) if p in lines), 1),
-            field="site.hook_name",
+            path=("site", "hook_name"), field="site.hook_name",
             hint="list the sites in site.hook_name itself to train one SAE per site",
         )
     if hook not in dims.hook_widths:
         raise SpecError(
             f"unknown hook name {hook!r} for model {name!r} ({dims.n_layers} layers)",
-            file=file,
-            line=lines.get(("site", "hook_name"), lines.get(("site",), 1)),
-            field="site.hook_name",
+            path=("site", "hook_name"), field="site.hook_name",
             hint="e.g. blocks.0.hook_resid_post ... "
             f"blocks.{dims.n_layers - 1}.hook_resid_post, blocks.N.hook_mlp_out, "
             "blocks.N.hook_attn_out",
@@ -282,72 +280,60 @@ def _derive(
     if dims.n_ctx is not None and partial.data.context_size > dims.n_ctx:
         raise SpecError(
             f"context_size {partial.data.context_size} is longer than model {name!r} supports",
-            file=file,
-            line=lines.get(("data", "context_size"), lines.get(("data",), 1)),
-            field="data.context_size",
-            hint=f"at most {dims.n_ctx}",
+            path=("data", "context_size"), field="data.context_size", hint=f"at most {dims.n_ctx}",
         )
     sae = partial.sae
-    out: dict[tuple[str, ...], tuple[Any, str]] = {}
+    out: derive.Derived = {}
     d_in = sae.d_in
     width = dims.hook_widths[hook]
     if d_in is not None and d_in != width:
         raise SpecError(
             f"d_in {d_in} does not match the model's width {width} at {hook!r}",
-            file=file,
-            line=lines.get(("sae", "d_in"), 1),
-            field="sae.d_in",
-            hint="omit d_in to take it from the model",
+            path=("sae", "d_in"), field="sae.d_in", hint="omit d_in to take it from the model",
         )
     if d_in is None:
         d_in = width
         out[("sae", "d_in")] = (d_in, f"width of {hook} ({dims.source})")
     if sae.compute_matched_to is not None:
-        out[("sae", "d_sae")] = _compute_matched(sae, d_in, lines, file)
+        out[("sae", "d_sae")] = _compute_matched(sae, sae.compute_matched_to, d_in)
         out[("sae", "compute_matched_to")] = (None, "resolved into d_sae")
     elif sae.d_sae is None:
         factor = sae.expansion_factor or DEFAULT_EXPANSION_FACTOR
         how = "expansion_factor" if sae.expansion_factor else "default expansion factor"
-        d_sae = _width(factor, d_in, ("sae", "expansion_factor"), lines, file)
+        d_sae = _width(factor, d_in, ("sae", "expansion_factor"))
         out[("sae", "d_sae")] = (d_sae, f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
     return out
 
 
-def _width(factor: float, d_in: int, path: tuple[str, ...], lines: LineMap, file: str) -> int:
+def _width(factor: float, d_in: int, path: tuple[str, ...]) -> int:
     """round(factor * d_in), at least 1. The schema admits any float > 0, inf included; a width
     that is not finite names its field here instead of escaping round() as an OverflowError."""
     width = factor * d_in
     if not math.isfinite(width):
         raise SpecError(
             f"expansion_factor {factor:g} x d_in {d_in} is not a finite width",
-            file=file,
-            line=next((lines[p] for p in (path, path[:-1], ("sae",)) if p in lines), 1),
-            field=".".join(path),
-            hint="give d_sae, or a factor such as 8",
+            path=path, field=".".join(path), hint="give d_sae, or a factor such as 8",
         )
     return max(1, round(width))
 
 
-def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[int, str]:
+def _compute_matched(sae: SAEConfig, match: ComputeMatch, d_in: int) -> tuple[int, str]:
     """(d_sae, how) for `compute_matched_to`: the width whose training step costs as many FLOPs
     per token as the reference architecture's (with its defaults) at the reference width."""
     from saerun.sae import cost  # imports torch: only specs that ask for matching pay for it
 
-    match = sae.compute_matched_to
     ref_d_sae = match.d_sae or _width(
         match.expansion_factor or DEFAULT_EXPANSION_FACTOR, d_in,
-        ("sae", "compute_matched_to", "expansion_factor"), lines, file,
+        ("sae", "compute_matched_to", "expansion_factor"),
     )
+    path, field_name = ("sae", "compute_matched_to"), "sae.compute_matched_to"
     try:
         ref = cost.reference_config(match.architecture, d_in, ref_d_sae)
     except ValidationError as err:
         raise SpecError(
             f"the reference {match.architecture} SAE at d_sae {ref_d_sae} is invalid: "
-            f"{err.errors()[0]['msg'].removeprefix('Value error, ')}",
-            file=file,
-            line=lines.get(("sae", "compute_matched_to"), lines.get(("sae",), 1)),
-            field="sae.compute_matched_to",
+            f"{err.errors()[0]['msg'].removeprefix('Value error, ')}", path=path, field=field_name,
         ) from None
     cfg = sae.model_copy(update={"d_in": d_in})
     try:
@@ -357,9 +343,7 @@ def _compute_matched(sae: Any, d_in: int, lines: LineMap, file: str) -> tuple[in
     except OverflowError:  # FLOPs are floats: a reference d_sae beyond ~1e300 has no count
         raise SpecError(
             f"the reference d_sae ({len(str(ref_d_sae))} digits) is too large to count its FLOPs",
-            file=file,
-            line=lines.get(("sae", "compute_matched_to"), lines.get(("sae",), 1)),
-            field="sae.compute_matched_to",
+            path=path, field=field_name,
         ) from None
     return d_sae, (
         f"compute-matched to {match.architecture} at d_sae {ref_d_sae}: "

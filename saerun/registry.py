@@ -185,7 +185,8 @@ class Registry:
     def ensure_runs(self, spec_hash: str, jobs: list[dict[str, Any]]) -> dict[str, str]:
         """Insert missing runs as 'planned' and link them to the spec; returns {run_id: status}.
 
-        Existing runs stay byte-identical (only a missing spec link is added). Each job is a
+        Existing runs stay byte-identical (only a missing spec link, or a missing FLOP count, is
+        added). Each job is a
         dict with run_id, name, group_key and config (the fully resolved job config), and
         optionally step_flops_per_token (the planner's count; not part of the run id).
         """
@@ -200,7 +201,9 @@ class Registry:
                 self.db.execute(
                     "INSERT INTO runs (run_id, spec_hash, name, group_key, status, config, "
                     "created_at, step_flops_per_token) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?) "
-                    "ON CONFLICT (run_id) DO NOTHING",
+                    # A run registered before FLOPs were counted gets its count, nothing else.
+                    "ON CONFLICT (run_id) DO UPDATE SET step_flops_per_token = "
+                    "COALESCE(runs.step_flops_per_token, excluded.step_flops_per_token)",
                     [job["run_id"], spec_hash, job["name"], job["group_key"],
                      _json(job["config"]), now, job.get("step_flops_per_token")],
                 )

@@ -1,9 +1,7 @@
 """Turn a registered run back into a spec, and retrain it to check that it reproduces.
 
-`export_spec` (in saerun.spec: a pure run -> YAML function) writes the run's fully resolved
-config as a standalone spec: every value explicit (derived ones too: d_in, d_sae, default
-coefficients), no sweep, so planning it gives exactly that one run and, since a run id is a hash
-of the resolved config alone, the same run id.
+`export_spec` (in `spec.compose`) writes the run's resolved config as a standalone spec, no
+sweep, so planning it gives exactly that one run, with the same run id.
 
 `reproduce` checks that the data still has the fingerprint recorded with the run (a reproduction
 on other data is not one), trains the exported spec into another registry, and compares the two
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saerun.errors import SaerunError
-from saerun.spec import export_spec
+from saerun.spec.compose import export_spec
 
 # Across machines: relative tolerances a reproduction must meet (stated in the README).
 WEIGHT_RTOL = 1e-3  # max |a - b| / max |a| per tensor

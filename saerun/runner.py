@@ -63,23 +63,16 @@ def prepare(path: str | Path, offline_dims: bool = True) -> Prepared:
     path = Path(path)
     spec, raw, lines, text = load_spec(path)
     try:
-        plan = build_plan(
-            spec, raw, lines, str(path), lambda name: model_dims(name, offline_table=offline_dims)
-        )
+        plan = build_plan(spec, raw, lambda name: model_dims(name, offline_table=offline_dims))
     except SpecError as err:
-        locate(err, lines)
-        raise
+        raise locate(err, lines, str(path), spec) from None
     for dataset in sorted({job.config.data.dataset for job in plan.jobs}):
         try:
             data_mod.resolve_dataset(dataset, need_hub=not offline_dims)
         except SaerunError as err:
             raise locate(SpecError(
-                err.message,
-                file=str(path),
-                line=lines.get(("data", "dataset"), lines.get(("data",), 1)),
-                field="data.dataset",
-                hint=err.hint,
-            ), lines) from None
+                err.message, path=("data", "dataset"), field="data.dataset", hint=err.hint,
+            ), lines, str(path), spec) from None
     return Prepared(path, spec, raw, lines, text, plan)
 
 
@@ -108,7 +101,8 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Progress | N
             spec_hash,
             [
                 {"run_id": j.run_id, "name": j.name, "group_key": j.group_key,
-                 "config": j.config.model_dump(mode="json")}
+                 "config": j.config.model_dump(mode="json"),
+                 "step_flops_per_token": j.step_flops_per_token}
                 for j in plan.jobs
             ],
         )

@@ -257,8 +257,8 @@ def test_sweep_specs_validate_and_compile_to_one_group_of_eight(tmp_path, varian
     from saerun.spec import load_spec
 
     cmd, _ = sweep.saerun_job(tmp_path, 8192, sweep.SAERUN_VARIANTS[variant][0])
-    spec, raw, lines, _ = load_spec(cmd[1])
-    jobs = build_plan(spec, raw, lines, str(cmd[1]), model_dims).jobs
+    spec, raw, _, _ = load_spec(cmd[1])
+    jobs = build_plan(spec, raw, model_dims).jobs
     assert len(jobs) == 8 and len({j.config.site.hook_name for j in jobs}) == 1
     metrics = set(jobs[0].config.eval.metrics)
     assert ("ce_loss_recovered" in metrics) == (variant == "saerun_full_eval")

@@ -18,7 +18,7 @@ from saerun.sae.cost import (
     reference_config,
     step_flops_per_token,
 )
-from saerun.spec import load_spec
+from saerun.spec import load_spec, locate
 
 ARCHITECTURES = ["relu", "gated", "jumprelu", "topk", "batchtopk", "matryoshka"]
 
@@ -151,7 +151,10 @@ def plan_of(tmp_path, text: str, name: str = "s.yaml"):
     path = tmp_path / name
     path.write_text(text)
     spec, raw, lines, _ = load_spec(path)
-    return build_plan(spec, raw, lines, str(path), model_dims)
+    try:
+        return build_plan(spec, raw, model_dims)
+    except SpecError as err:  # the planner names key paths; the file's lines locate them
+        raise locate(err, lines, str(path), spec) from None
 
 
 def test_plan_resolves_the_matched_width_on_the_embedded_model(tmp_path):
@@ -178,3 +181,29 @@ def test_plan_reports_a_reference_that_cannot_exist(tmp_path):
         "error: s.yaml:6: sae.compute_matched_to: the reference topk SAE at d_sae 8 is invalid: "
         "k (32) must be at most d_sae (8)"
     )
+
+
+@pytest.mark.parametrize("data", [
+    {"architecture": "relu"}, {"architecture": "relu", "ghost_grads": True},
+    {"architecture": "relu", "decoder_mode": "unit_norm", "sparsity": {"penalty": "tanh"}},
+    {"architecture": "gated"}, {"architecture": "gated", "decoder_mode": "norm_weighted"},
+    {"architecture": "jumprelu"}, {"architecture": "jumprelu", "sparsity_mode": "l0"},
+    {"architecture": "jumprelu", "sparsity_mode": "target_l0", "target_l0": 20,
+     "pre_act_coefficient": 0},
+    {"architecture": "topk"}, {"architecture": "topk", "aux_k": 8, "aux_coefficient": 0},
+    {"architecture": "topk", "decoder_mode": "norm_weighted"}, {"architecture": "batchtopk"},
+    {"architecture": "matryoshka"},
+    {"architecture": "matryoshka", "d_sae": 512, "prefix_widths": [8, 100, 512]},
+])
+def test_the_planners_flops_formula_is_the_measured_count(data):
+    """saerun.flops (torch-free, what the planner stores with each job) counts what sae.cost
+    measures with torch's FLOP counter, for every architecture and the options that add terms."""
+    from pydantic import TypeAdapter
+
+    from saerun import flops
+    from saerun.spec import SAEConfig
+
+    for d_in in (64, 96):
+        cfg = TypeAdapter(SAEConfig).validate_python({"d_in": d_in, "d_sae": 512, **data})
+        for d_sae in (512, 3000):
+            assert flops.step_flops_per_token(cfg, d_sae) == step_flops_per_token(cfg, d_sae)

@@ -8,7 +8,7 @@ import pytest
 
 from saerun.errors import SpecError
 from saerun.plan import ModelDims, build_plan
-from saerun.spec import load_spec
+from saerun.spec import load_spec, locate
 
 HOOKS = {f"blocks.{i}.hook_resid_post": 64 for i in range(2)} | {"blocks.0.mlp.hook_post": 256}
 
@@ -37,7 +37,10 @@ def plan_of(tmp_path, text: str, name: str = "s.yaml"):
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     spec, raw, lines, _ = load_spec(path)
-    return build_plan(spec, raw, lines, str(path), dims)
+    try:
+        return build_plan(spec, raw, dims)
+    except SpecError as err:  # the planner names key paths; the file's lines locate them
+        raise locate(err, lines, str(path), spec) from None
 
 
 def test_expansion_provenance_and_groups(tmp_path):
@@ -106,3 +109,53 @@ def test_width_follows_the_hook(tmp_path):
     text = SPEC.replace("blocks.1.hook_resid_post]", "blocks.0.mlp.hook_post]")
     widths = {j.config.site.hook_name: j.config.sae.d_in for j in plan_of(tmp_path, text).jobs}
     assert widths == {"blocks.0.hook_resid_post": 64, "blocks.0.mlp.hook_post": 256}
+
+
+def test_the_planner_names_key_paths_and_the_boundary_their_lines(tmp_path):
+    """build_plan needs no file and no line map: its errors carry the key path alone, and
+    spec.locate gives them the file and line (a swept value: the sweep axis's line)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC.replace("expansion_factor: 4", "expansion_factor: 4\n  d_in: 32"))
+    spec, raw, lines, _ = load_spec(path)
+    with pytest.raises(SpecError) as info:
+        build_plan(spec, raw, dims)
+    err = info.value
+    assert (err.path, err.field, err.file, err.line) == (("sae", "d_in"), "sae.d_in", None, None)
+    assert locate(err, lines, "s.yaml", spec).line == 7 and err.file == "s.yaml"
+    swept = SpecError("bad", path=("sae", "sparsity", "coefficient"))
+    grid_line = lines[("sweep", "grid", "sae.sparsity.coefficient")]
+    assert locate(swept, lines, "s.yaml", spec).line == grid_line == 11  # not the sae line
+
+
+def test_derived_values_are_resolved_with_how(tmp_path):
+    text = """\
+        name: t
+        site: {hook_name: blocks.0.mlp.hook_post}
+        sae: {architecture: matryoshka, d_sae: 1024}
+        """
+    job = plan_of(tmp_path, text).jobs[0]
+    sae, prov = job.config.sae, job.provenance
+    assert (sae.aux_k, prov["sae.aux_k"]) == (128, "derived: d_in // 2 = 256 // 2")
+    assert sae.prefix_widths == [16, 64, 256, 1024] and sae.prefix_weights == [0.25] * 4
+    assert sae.decoder_init_norm == 1.0 and prov["sae.decoder_init_norm"].startswith("derived:")
+    assert job.step_flops_per_token == 18 * 256 * 1024  # saerun.flops: 9 products
+    relu = plan_of(tmp_path, "name: r\nsae: {architecture: relu, sparsity: {penalty: tanh}}\n")
+    assert relu.jobs[0].config.sae.sparsity.coefficient == 0.3
+    assert relu.jobs[0].provenance["sae.sparsity.coefficient"] == "derived: default of penalty tanh"
+
+
+def test_run_ids_hash_the_v1_identity_view(tmp_path):
+    """A value written by hand that its rule would give is the same run as the derived one;
+    v1's twelve metric names are the default; metrics switched off are another run."""
+    def run_id(sae: str, extra: str = "") -> str:
+        return plan_of(tmp_path, f"name: t\nsae: {sae}\n{extra}").jobs[0].run_id
+
+    topk = run_id("{architecture: topk}")
+    assert run_id("{architecture: topk, aux_k: 32}") == topk  # d_in 64 // 2
+    assert run_id("{architecture: topk, aux_k: 31}") != topk
+    v1 = ("eval: {metrics: [l0, mse, fvu, explained_variance, cosine_similarity, l2_ratio, "
+          "shrinkage, ce_loss_recovered, delta_lm_loss, kl, dead, dense]}\n")
+    assert run_id("{architecture: topk}", v1) == topk
+    assert run_id("{architecture: topk}", "eval: {metrics: [kl_score, delta_lm_loss, "
+                  "ce_loss_recovered]}\n") == topk
+    assert run_id("{architecture: topk}", "eval: {metrics: []}\n") != topk

@@ -12,7 +12,7 @@ def test_readme_spec_reference_is_current():
     text = README.read_text()
     current = text[text.index(START) + len(START):text.index(END)].strip()
     assert current == reference_markdown().strip(), (
-        "README spec reference is stale: run `python -m saerun.spec` to regenerate it"
+        "README spec reference is stale: run `python -m saerun.spec.reference` to regenerate it"
     )
 
 

@@ -12,6 +12,7 @@ from saerun import artifacts
 from saerun.sae import SAE_CLASSES, build_sae
 from saerun.sae.base import StepInfo, geometric_median
 from saerun.spec import ReluSAEConfig, SAEConfig, SparsityConfig
+from saerun.spec.derive import resolved_sae
 
 
 def step(scale: float, d_sae: int = 3) -> StepInfo:
@@ -127,8 +128,12 @@ def test_unit_norm_decoder_projects_the_gradient_and_renormalises(architecture):
 def test_unit_norm_admits_only_norm_one():
     with pytest.raises(ValueError, match="decoder_init_norm must be 1"):
         arch_cfg("relu", decoder_mode="unit_norm", decoder_init_norm=0.1)
-    assert arch_cfg("relu").decoder_init_norm == 0.1
-    assert arch_cfg("relu", decoder_mode="unit_norm").decoder_init_norm == 1.0
+    # Left out, the init norm is derived (`spec.derive`) from the decoder mode.
+    assert arch_cfg("relu").decoder_init_norm is None
+    widths = {"d_in": 8, "d_sae": 32}
+    assert resolved_sae(arch_cfg("relu", **widths)).decoder_init_norm == 0.1
+    assert resolved_sae(arch_cfg("relu", decoder_mode="unit_norm", **widths)
+                        ).decoder_init_norm == 1.0
     assert arch_cfg("gated").decoder_mode == "unit_norm"
 
 
@@ -174,3 +179,22 @@ def test_geometric_median_resists_outliers():
     assert median.norm() < 1.5 < points.mean(0).norm()
     square = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
     assert torch.allclose(geometric_median(square), torch.tensor([1.0, 1.0]), atol=1e-4)
+
+
+def test_one_table_links_every_config_to_its_sae_class():
+    from saerun.sae import ARCHITECTURES
+    from saerun.spec import SAE_CONFIG_BY_TAG
+
+    assert set(ARCHITECTURES) == set(SAE_CONFIG_BY_TAG) == set(SAE_CLASSES)
+    for tag, (config, sae) in ARCHITECTURES.items():
+        assert config is SAE_CONFIG_BY_TAG[tag] and sae.architecture == tag
+
+
+def test_an_sae_is_never_built_from_unresolved_values():
+    from saerun.sae.relu import ReluSAE
+
+    cfg = arch_cfg("relu", d_in=8, d_sae=32)  # coefficient and init norm left to their rules
+    with pytest.raises(ValueError, match="leaves decoder_init_norm, sparsity.coefficient "
+                       "unresolved"):
+        ReluSAE(cfg, torch.Generator().manual_seed(0))
+    assert build_sae(cfg, seed=0).cfg.sparsity.coefficient == 3.0  # build_sae resolves

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from saerun import artifacts
 from saerun.sae import build_sae
-from saerun.sae.auxk import auxk_loss, resolve_aux_k
+from saerun.sae.auxk import auxk_loss
 from saerun.sae.base import StepInfo
-from saerun.sae.matryoshka import resolve_prefixes
 from saerun.spec import BatchTopKSAEConfig, MatryoshkaSAEConfig, RunConfig, TopKSAEConfig
+from saerun.spec.derive import resolved_sae
 from saerun.train import Trainer
 
 X = torch.tensor([[2.0, 1.0], [0.4, 0.2]])
@@ -109,7 +109,7 @@ def test_auxk_by_hand_with_two_dead_latents():
     # token 1: latent 1 (1.0) -> e_hat = [0, 1]; e1 - e_hat = [-1.8, -2.4] -> 9.0
     # token 2: latent 1 (0.2) -> e_hat = [0, 0.2]; e2 - e_hat = [-0.36, -0.48] -> 0.36
     sae = hand_sae()
-    assert resolve_aux_k(sae.cfg) == 1
+    assert sae.cfg.aux_k == 1  # derived when the SAE was built
     out = sae.loss(X, dead(1, 3))
     assert out.sparsity.item() == pytest.approx(4.68)  # scale min(2 / 1, 1) = 1
     assert out.loss.item() == pytest.approx(2.704 + 4.68 / 32)
@@ -185,9 +185,9 @@ def test_matryoshka_loss_is_the_weighted_sum_of_prefix_losses():
 
 
 def test_matryoshka_default_prefixes_and_validation():
-    assert resolve_prefixes(cfg("matryoshka", d_sae=512)) == (
-        [8, 32, 128, 512], [0.25] * 4)
-    assert resolve_prefixes(cfg("matryoshka", d_sae=4))[0] == [1, 4]
+    resolved = resolved_sae(cfg("matryoshka", d_sae=512))
+    assert (resolved.prefix_widths, resolved.prefix_weights) == ([8, 32, 128, 512], [0.25] * 4)
+    assert resolved_sae(cfg("matryoshka", d_sae=4)).prefix_widths == [1, 4]
     for bad in ({"prefix_widths": [2, 2, 4]}, {"prefix_widths": [1, 3]},
                 {"prefix_widths": [0, 4]}, {"prefix_weights": [1.0]},
                 {"prefix_widths": [2, 4], "prefix_weights": [1.0]}):
@@ -201,7 +201,7 @@ def test_k_and_aux_k_must_fit_d_sae():
     with pytest.raises(ValidationError, match="at most d_sae"):
         cfg(aux_k=5)
     cfg(d_sae=None, expansion_factor=2.0, k=100)  # d_sae unknown yet: checked once resolved
-    assert resolve_aux_k(cfg(d_in=64, d_sae=16)) == 16  # d_in // 2 = 32, capped at d_sae
+    assert resolved_sae(cfg(d_in=64, d_sae=16)).aux_k == 16  # d_in // 2 = 32, capped at d_sae
 
 
 # -- folding, export, checkpoints ----------------------------------------------------------------

@@ -102,3 +102,47 @@ def test_every_field_has_a_description():
 
     walk(json.loads(schema), "")
     assert missing == []
+
+
+# -- eval.metrics names, and exported specs planning to the same run id ------------------------
+
+
+def test_eval_metrics_lists_what_it_switches_and_reads_v1_names(tmp_path):
+    from saerun.spec import EvalConfig
+
+    assert EvalConfig().metrics == ["ce_loss_recovered", "delta_lm_loss", "kl_score"]
+    v1 = ["l0", "mse", "fvu", "explained_variance", "cosine_similarity", "l2_ratio", "shrinkage",
+          "ce_loss_recovered", "delta_lm_loss", "kl", "dead", "dense"]
+    assert EvalConfig(metrics=v1).metrics == ["ce_loss_recovered", "delta_lm_loss", "kl_score"]
+    assert EvalConfig(metrics=["l0", "kl", "kl_score"]).metrics == ["kl_score"]
+    with pytest.raises(ValidationError):
+        EvalConfig(metrics=["dead_fraction"])  # always computed: nothing to switch
+
+
+V1_TOPK = """\
+name: v1
+sae: {architecture: topk}
+eval: {metrics: [l0, fvu, kl]}
+sweep: {grid: {sae.aux_k: [null, 16, 8]}}
+"""
+
+
+@pytest.mark.parametrize("source", [
+    "specs/quickstart.yaml", "specs/architectures.yaml", "specs/matryoshka_batchtopk.yaml",
+    "specs/gemma2_2b_jumprelu.yaml", V1_TOPK,
+])
+def test_an_exported_run_plans_to_its_own_run_id(tmp_path, source):
+    """export_spec of every planned job (derived aux_k and prefixes, v1 and new metric names)
+    plans back to that job's id."""
+    from saerun.runner import prepare
+    from saerun.spec import export_spec
+
+    if not source.startswith("specs/"):
+        source = str(write(tmp_path, source))
+    jobs = prepare(source).plan.jobs
+    for job in jobs:
+        run = {"run_id": job.run_id, "name": job.name, "spec_name": "x",
+               "config": job.config.model_dump(mode="json")}
+        exported = tmp_path / f"{job.run_id}.yaml"
+        exported.write_text(export_spec(run))
+        assert [j.run_id for j in prepare(exported).plan.jobs] == [job.run_id], job.name

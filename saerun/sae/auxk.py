@@ -3,8 +3,10 @@ matryoshka): the top `aux_k` dead latents are asked to reconstruct the main mode
 a dead latent gets a gradient towards a direction the live latents miss, and comes back.
 
     e     = x - x_hat                                (detached: AuxK must not move x_hat)
-    e_hat = ReLU(TopK_{k_aux}(pre restricted to dead latents)) W_dec       (no b_dec, as Gao)
-    AuxK  = min(n_dead / aux_k, 1) * mean_batch ||e - e_hat||^2,  k_aux = min(aux_k, d_sae)
+    e_hat = ReLU(TopK_{aux_k}(pre restricted to dead latents)) W_dec       (no b_dec, as Gao)
+    AuxK  = min(n_dead / aux_k, 1) * mean_batch ||e - e_hat||^2
+
+aux_k <= d_sae; the planner derives it when a spec leaves it out (d_in // 2, `spec.derive`).
 
 The normalisation, exactly: sparsify (EleutherAI) computes scale * sum||e - e_hat||^2 / TV with
 TV = sum||x - mean(x)||^2, and its main loss is sum||x - x_hat||^2 / TV (the FVU). TV is common
@@ -30,13 +32,6 @@ from torch import Tensor
 
 from saerun.sae.base import mse_per_token
 from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
-
-
-def resolve_aux_k(cfg: Any) -> int:
-    """aux_k, defaulting (lazily: d_in is resolved late) to d_in // 2 (Gao et al.), capped at
-    d_sae so the top-k is always defined."""
-    aux_k = cfg.aux_k if cfg.aux_k is not None else max(1, cfg.d_in // 2)
-    return min(aux_k, cfg.d_sae)
 
 
 def auxk_loss(

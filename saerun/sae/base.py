@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from saerun.sae.sparse import Codes
+from saerun.spec import derive
 
 
 class LossOutput(NamedTuple):
@@ -51,6 +52,11 @@ class SAE(nn.Module):
 
     def __init__(self, cfg: Any, generator: torch.Generator) -> None:
         super().__init__()
+        unresolved = derive.sae_derivations(cfg)
+        if unresolved:  # every value is resolved once, before an SAE is built
+            names = ", ".join(".".join(path[1:]) for path in unresolved)
+            raise ValueError(f"the SAE config leaves {names} unresolved: build the SAE with "
+                             "sae.build_sae, or from a planned RunConfig")
         self.cfg = cfg
         d_in, d_sae = cfg.d_in, cfg.d_sae
         # Decoder rows: random directions with a fixed norm; W_enc = W_dec^T (Anthropic, April

@@ -38,29 +38,34 @@ from pydantic import TypeAdapter
 from torch.utils.flop_counter import FlopCounterMode
 
 from saerun.sae.base import StepInfo
+from saerun.spec import SAEConfig, derive
 
 PROBE_WIDTHS = (64, 128)  # two widths fix a and b of a + b * d_sae
 PROBE_TOKENS = 16
 
 
 def reference_config(architecture: str, d_in: int, d_sae: int) -> Any:
-    """The `sae` config of the reference: `architecture` with its defaults, at d_in x d_sae.
-    Raises pydantic's ValidationError when the defaults do not fit (topk's k > d_sae, say)."""
-    from saerun.spec import SAEConfig
-
+    """The `sae` config of the reference: `architecture` with its defaults (the derived ones
+    resolved by `spec.derive`, as the planner resolves them), at d_in x d_sae. Raises pydantic's
+    ValidationError when the defaults do not fit (topk's k > d_sae, say)."""
     data = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae}
-    return TypeAdapter(SAEConfig).validate_python(data)
+    return derive.resolved_sae(TypeAdapter(SAEConfig).validate_python(data))
 
 
 def _probe_config(cfg: Any, width: int) -> Any:
-    """cfg at `width` latents, with every width-bound option made to fit it."""
+    """cfg at `width` latents, with every width-bound option made to fit it; values a rule
+    derives are left to `build_sae` to derive at that width."""
     update: dict[str, Any] = {"d_sae": width, "expansion_factor": None}
     if hasattr(cfg, "compute_matched_to"):
         update["compute_matched_to"] = None
     if hasattr(cfg, "k"):
         update["k"] = min(cfg.k, width)
     if getattr(cfg, "aux_k", None) is not None:
-        update["aux_k"] = min(cfg.aux_k, width)
+        # aux_k as its rule gives it at the probe's width when the rule gave it (it depends on
+        # d_sae), as given, capped at the width, otherwise.
+        derived = cfg.d_sae is not None and cfg.aux_k == derive.default_aux_k(
+            cfg.d_in, cfg.d_sae)[0]
+        update["aux_k"] = None if derived else min(cfg.aux_k, width)
     if hasattr(cfg, "prefix_widths"):
         # The prefixes' products sum to one decode of d_sae latents, so the defaults count the
         # same as any nesting the spec gives (which names widths of the full d_sae).
@@ -86,8 +91,6 @@ def _step_flops(cfg: Any) -> int:
 
 @lru_cache(maxsize=256)
 def _fit_json(cfg_json: str) -> tuple[float, float]:
-    from saerun.spec import SAEConfig
-
     cfg = TypeAdapter(SAEConfig).validate_json(cfg_json)
     (w0, w1), (c0, c1) = PROBE_WIDTHS, [_step_flops(_probe_config(cfg, w)) for w in PROBE_WIDTHS]
     b = (c1 - c0) / (w1 - w0)

@@ -9,10 +9,10 @@ ones add detail; this counters feature absorption and splitting. AuxK reconstruc
 of the full dictionary (j = n). Prefix reconstructions are built incrementally, one group of
 latents at a time, so the loss costs about one decode.
 
-Defaults (resolved here, lazily, since d_sae may come from expansion_factor): widths
-d_sae/64, d_sae/16, d_sae/4, d_sae (rounded down, widths < 1 and repeats dropped); weights 1/n
-each, so the term is on the scale of one reconstruction loss and aux_coefficient keeps its
-meaning. Inference never looks at the prefixes: the SAE exports as batchtopk does (SAELens
+Defaults (derived by the planner, `spec.derive`): widths d_sae/64, d_sae/16, d_sae/4, d_sae
+(rounded down, widths < 1 and repeats dropped); weights 1/n each, so the term is on the scale of
+one reconstruction loss and aux_coefficient keeps its meaning. Inference never looks at the
+prefixes: the SAE exports as batchtopk does (SAELens
 jumprelu with the global threshold).
 """
 
@@ -28,26 +28,14 @@ from saerun.sae.batchtopk import BatchTopKSAE
 from saerun.sae.sparse import Codes, decode
 
 
-def resolve_prefixes(cfg: Any) -> tuple[list[int], list[float]]:
-    """(widths, weights) of the nested prefixes, defaults filled in."""
-    if cfg.prefix_widths is not None:
-        widths = list(cfg.prefix_widths)
-    else:
-        widths = sorted({w for w in (cfg.d_sae // 64, cfg.d_sae // 16, cfg.d_sae // 4) if w >= 1})
-        widths = [w for w in widths if w < cfg.d_sae] + [cfg.d_sae]
-    if cfg.prefix_weights is not None:
-        weights = list(cfg.prefix_weights)
-    else:
-        weights = [1.0 / len(widths)] * len(widths)
-    return widths, weights
-
-
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
 
     def __init__(self, cfg: Any, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
-        self.prefix_widths, self.prefix_weights = resolve_prefixes(cfg)
+        # Resolved by the planner (`spec.derive`); the base class refuses a config without.
+        self.prefix_widths = list(cfg.prefix_widths)
+        self.prefix_weights = list(cfg.prefix_weights)
 
     def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
         x_hat = self.b_dec.expand_as(x)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saerun.sae.auxk import auxk_loss, resolve_aux_k, sparse_auxk_loss
+from saerun.sae.auxk import auxk_loss, sparse_auxk_loss
 from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
 
@@ -79,7 +79,7 @@ class TopKSAE(SAE):
         w_dec = self.train_decoder()
         recon, x_hat = self.sparse_reconstruction(x, codes, w_dec)
         aux = sparse_auxk_loss(self, x_c, pre, x - x_hat, w_dec, step.dead_mask,
-                               resolve_aux_k(self.cfg))
+                               self.cfg.aux_k)
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():
             mse = mse_per_token(x, x_hat).mean()
@@ -92,7 +92,7 @@ class TopKSAE(SAE):
         f = self.train_select(pre)
         w_dec = self.train_decoder()
         recon, x_hat = self.reconstruction(x, f, w_dec)
-        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, resolve_aux_k(self.cfg))
+        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, self.cfg.aux_k)
         # No sparsity penalty, so no warm-up applies: `sparsity` reports the unweighted AuxK.
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():  # the full reconstruction (matryoshka's term is a weighted sum)

@@ -1,0 +1,150 @@
+"""Values derived from other values by a rule: one home for every rule.
+
+A schema field left `None` means "derive it". The planner calls `sae_derivations` once the
+widths are known and writes the values into the `RunConfig` with how each was found, which
+`saerun plan` shows (`sae.aux_k: 64  derived: d_in // 2 = 128 // 2`). `resolved_sae` applies
+the same rules to an SAE config built outside the planner (a test, the compute matcher's
+reference SAE): a config is resolved once, and nothing downstream derives anything.
+
+The rules:
+- sparsity coefficient (relu, gated): the penalty's default (`DEFAULT_COEFFICIENTS`; gated
+  `GATED_DEFAULT_COEFFICIENT`), measured on the embedded model.
+- decoder_init_norm: 1 with decoder_mode unit_norm (the only norm it admits), else 0.1.
+- aux_k (topk, batchtopk, matryoshka): d_in // 2 (Gao et al. 2024), at least 1, capped at d_sae.
+- prefix_widths (matryoshka): d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped);
+  prefix_weights: 1/n each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from saerun.spec.schema import (
+    DEFAULT_COEFFICIENTS,
+    GATED_DEFAULT_COEFFICIENT,
+    V1_METRIC_NAMES,
+    V1_RENAMED,
+    SAEConfig,
+)
+
+KeyPath = tuple[str, ...]
+Derived = dict[KeyPath, tuple[Any, str]]  # key path -> (value, how it was derived)
+
+
+def default_coefficient(architecture: str, penalty: str) -> tuple[float, str]:
+    if architecture == "gated":
+        return GATED_DEFAULT_COEFFICIENT, "the gated SAE's default"
+    return DEFAULT_COEFFICIENTS[penalty], f"default of penalty {penalty}"
+
+
+def default_decoder_init_norm(decoder_mode: str) -> tuple[float, str]:
+    if decoder_mode == "unit_norm":
+        return 1.0, "decoder_mode unit_norm holds rows at norm 1"
+    return 0.1, f"default with decoder_mode {decoder_mode}"
+
+
+def default_aux_k(d_in: int, d_sae: int) -> tuple[int, str]:
+    aux_k = max(1, d_in // 2)
+    how = f"d_in // 2 = {d_in} // 2"
+    if aux_k > d_sae:
+        return d_sae, f"{how}, capped at d_sae {d_sae}"
+    return aux_k, how
+
+
+def default_prefix_widths(d_sae: int) -> tuple[list[int], str]:
+    widths = sorted({w for w in (d_sae // 64, d_sae // 16, d_sae // 4) if w >= 1})
+    widths = [w for w in widths if w < d_sae] + [d_sae]
+    return widths, f"d_sae/64, d_sae/16, d_sae/4, d_sae of {d_sae}"
+
+
+def default_prefix_weights(n: int) -> tuple[list[float], str]:
+    return [1.0 / n] * n, f"1/{n} for each of the {n} prefixes"
+
+
+def sae_derivations(sae: Any) -> Derived:
+    """What the rules give for the `None` fields of an SAE config whose d_in and d_sae are
+    set, keyed by their path in a RunConfig (("sae", "aux_k"), ...)."""
+    if sae.d_in is None or sae.d_sae is None:
+        raise ValueError("derived SAE values need d_in and d_sae")
+    out: Derived = {}
+    if sae.decoder_init_norm is None:
+        out[("sae", "decoder_init_norm")] = default_decoder_init_norm(sae.decoder_mode)
+    sparsity = getattr(sae, "sparsity", None)
+    if sparsity is not None and sparsity.coefficient is None:
+        out[("sae", "sparsity", "coefficient")] = default_coefficient(
+            sae.architecture, sparsity.penalty)
+    if hasattr(sae, "aux_k") and sae.aux_k is None:
+        out[("sae", "aux_k")] = default_aux_k(sae.d_in, sae.d_sae)
+    if hasattr(sae, "prefix_widths"):
+        widths = sae.prefix_widths
+        if widths is None:
+            widths, how = default_prefix_widths(sae.d_sae)
+            out[("sae", "prefix_widths")] = (widths, how)
+        if sae.prefix_weights is None:
+            out[("sae", "prefix_weights")] = default_prefix_weights(len(widths))
+    return out
+
+
+def with_values(tree: dict, values: dict[KeyPath, Any]) -> dict:
+    """A copy of a nested mapping with each path's value set (the mappings on the way copied)."""
+    out = dict(tree)
+    for path, value in values.items():
+        node = out
+        for part in path[:-1]:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def resolved_sae(sae: Any) -> Any:
+    """The SAE config with every derived value filled in (validated again, so the schema's
+    checks see the resolved values). A resolved config comes back as it is."""
+    derived = sae_derivations(sae)
+    if not derived:
+        return sae
+    values = {path[1:]: value for path, (value, _) in derived.items()}
+    data = with_values(sae.model_dump(), values)
+    return TypeAdapter(SAEConfig).validate_python(data)
+
+
+# -- the v1 identity view: what a run id hashes ---------------------------------------------------
+
+_V1_LM = {"ce_loss_recovered", "delta_lm_loss", "kl"}
+
+
+def v1_metrics(metrics: list[str]) -> list[str]:
+    """eval.metrics in saerun v1's form: its twelve names in its order, less the language-model
+    metrics not switched on (all twelve for the default)."""
+    return [n for n in V1_METRIC_NAMES if n not in _V1_LM or V1_RENAMED.get(n, n) in metrics]
+
+
+def v1_identity(config: dict) -> dict:
+    """A resolved config (`RunConfig.model_dump(mode="json")`) in the form saerun v1 resolved
+    it to: what a run id hashes, so that the ids of v1's registries stay valid. It is also
+    what `export_spec` writes, so an exported run plans to its own id.
+
+    - aux_k and the Matryoshka prefixes, which v1 left null for the SAE module to derive, are
+      null when they equal what their rule gives (prefix_widths only with prefix_weights, which
+      need them): a value a rule derived and the same value written by hand train the same SAE
+      and share an id. (A v1 spec that wrote the rule's value by hand had another id then.)
+    - eval.metrics in v1's names, `v1_metrics`. (A v1 spec whose list was not in that form,
+      e.g. `[l0, mse]`, had another id then: its list switched nothing v1's form does not.)
+    Every other derived value (coefficients, decoder_init_norm) v1 wrote in as resolved.
+    """
+    sae = config["sae"]
+    rules: dict[KeyPath, Any] = {}
+    if sae.get("aux_k") is not None:
+        rules[("sae", "aux_k")] = default_aux_k(sae["d_in"], sae["d_sae"])[0]
+    if sae.get("prefix_widths") is not None:
+        rules[("sae", "prefix_widths")] = default_prefix_widths(sae["d_sae"])[0]
+    if sae.get("prefix_weights") is not None:
+        rules[("sae", "prefix_weights")] = default_prefix_weights(len(sae["prefix_weights"]))[0]
+    derived = {path for path, rule in rules.items() if sae.get(path[1]) == rule}
+    if ("sae", "prefix_weights") in rules and ("sae", "prefix_weights") not in derived:
+        derived.discard(("sae", "prefix_widths"))  # weights given by hand need their widths
+    out = with_values(config, {path: None for path in derived})
+    out["eval"] = {**out["eval"], "metrics": v1_metrics(config["eval"]["metrics"])}
+    return out
