@@ -8,9 +8,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saerun.errors import SaerunError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from saerun.execute import Summary
+    from saerun.spec import LineMap
 
 # The one list of commands: name -> (synopsis, what it does). The usage text, the subparsers'
 # help and the default-command check all read it; `cmd_<name>` (dashes as underscores) runs it.
@@ -37,7 +43,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+def _command(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     """The subparser of one command of COMMANDS, bound to its `cmd_` function."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=COMMANDS[name][1])
     parser.set_defaults(func=globals()["cmd_" + name.replace("-", "_")])
@@ -208,7 +214,7 @@ def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _print_summary(console: Any, summary: Any, registry: Path) -> None:
+def _print_summary(console: Console, summary: Summary, registry: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -270,9 +276,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for key, jobs in groups.items():
         first = jobs[0].config
         tokens = first.data.train_tokens + first.data.eval_tokens
-        params = sum(2 * j.config.sae.d_in * j.config.sae.d_sae for j in jobs)
+        params = sum(2 * d_in * d_sae for d_in, d_sae in (j.config.sae.widths for j in jobs))
         mem_mb = params * 4 * 4 / 2**20  # weights + grads + 2 Adam moments, float32
-        buffer_mb = first.data.shuffle_buffer_tokens * first.sae.d_in * 4 / 2**20
+        buffer_mb = first.data.shuffle_buffer_tokens * first.sae.widths[0] * 4 / 2**20
         console.print(f"\ngroup {key}: model {first.model.name}, {len(jobs)} SAEs, "
                       f"{tokens:,} tokens through the model, ~{mem_mb:.0f} MB of SAE state, "
                       f"~{buffer_mb:.0f} MB shuffle buffer per site")
@@ -301,8 +307,9 @@ class _SourceNotes:
     """Where a value was written: `line N` of its file and that line's YAML comment, which is
     where a recipe says where each value comes from (e.g. `lr: 3e-4  # paper, section 5`)."""
 
-    def __init__(self, path: Path, lines: dict) -> None:
-        self.path, self.lines, self.texts = path, lines, {}
+    def __init__(self, path: Path, lines: LineMap) -> None:
+        self.path, self.lines = path, lines
+        self.texts: dict[str, list[str]] = {}
 
     def sweep_note(self, dotted: str) -> str:
         """The line of the sweep axis that sets `dotted` (a parent section's axis counts)."""

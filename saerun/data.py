@@ -15,30 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from saerun.errors import SaerunError
+from saerun.spec import DataConfig
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_DATASETS: dict[str, Path] = {"saerun/stdlib": EMBEDDED_DIR / "corpus" / "stdlib.jsonl"}
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 OFFLINE_HINT = "use the embedded default 'saerun/stdlib' or a local .txt/.jsonl/.parquet file"
-
-
-class DataSource(Protocol):
-    """The attributes of the spec's data section this module reads (spec.DataConfig has them)."""
-
-    dataset: str
-    text_column: str
-    split: str
-    context_size: int
-    train_tokens: int
-    eval_tokens: int
-    eval_fraction: float
-    shuffle_buffer_tokens: int
-    shuffle_seed: int
-    exclude_special_tokens: bool
-    lm_batch_sequences: int
 
 
 @dataclass(frozen=True)
@@ -123,14 +108,14 @@ def resolve_dataset(dataset: str, need_hub: bool = True) -> DatasetRef:
 # ---------------------------------------------------------------------------------------------
 
 
-def _missing_column(data: DataSource, columns: list[str]) -> SaerunError:
+def _missing_column(data: DataConfig, columns: list[str]) -> SaerunError:
     return SaerunError(
         f"text column '{data.text_column}' not found in dataset {data.dataset}; "
         f"available columns: {', '.join(sorted(columns)) or '(none)'}"
     )
 
 
-def _read_jsonl(path: Path, data: DataSource) -> Iterator[str]:
+def _read_jsonl(path: Path, data: DataConfig) -> Iterator[str]:
     # JSON lines is one json.loads per line: read directly, streaming, with no arrow cache.
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -154,7 +139,7 @@ def _read_txt(path: Path) -> Iterator[str]:
     yield from text.split(sep)
 
 
-def _read_with_datasets(data: DataSource, ref: DatasetRef) -> Iterator[str]:
+def _read_with_datasets(data: DataConfig, ref: DatasetRef) -> Iterator[str]:
     import datasets
 
     if ref.kind == "file":
@@ -172,7 +157,7 @@ def _read_with_datasets(data: DataSource, ref: DatasetRef) -> Iterator[str]:
         yield str(record[data.text_column])
 
 
-def _all_documents(data: DataSource) -> Iterator[str]:
+def _all_documents(data: DataConfig) -> Iterator[str]:
     ref = resolve_dataset(data.dataset)
     assert ref.path is not None or ref.kind == "hub"
     if ref.kind != "hub" and ref.path.name.endswith(".jsonl"):
@@ -189,7 +174,7 @@ def in_eval_split(text: str, eval_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < eval_fraction
 
 
-def iter_documents(data: DataSource, split: Literal["train", "eval"]) -> Iterator[str]:
+def iter_documents(data: DataConfig, split: Literal["train", "eval"]) -> Iterator[str]:
     """The non-empty documents of one split, in source order."""
     want_eval = split == "eval"
     for text in _all_documents(data):
@@ -226,7 +211,7 @@ def _hub_revision(name: str) -> str:
     return ref.read_text().strip() if ref.is_file() else "unknown-revision"
 
 
-def fingerprint(data: DataSource) -> str:
+def fingerprint(data: DataConfig) -> str:
     """sha256 of what a run read: the source bytes (or hub revision) plus column and split."""
     ref = resolve_dataset(data.dataset)
     if ref.path is not None:

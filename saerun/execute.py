@@ -260,7 +260,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         sae.fold_scale(scales[tr.hook_name])
         folded[tr.run_id] = (sae, tr.hook_name)
     eval_batches = eval_token_batches(lm, first.data)
-    metric_names = set(first.eval.metrics)
+    metric_names: set[str] = set(first.eval.metrics)
     results = evaluate_group(lm, eval_batches, folded, metric_names,
                              first.data.exclude_special_tokens)
     eval_seconds = time.perf_counter() - t1

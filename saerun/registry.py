@@ -308,7 +308,7 @@ class Registry:
     def _set_done(self, run_id: str, metrics: dict[str, float], train_seconds: float,
                   eval_seconds: float, tokens_trained: int) -> None:
         self.db.execute("DELETE FROM metrics WHERE run_id=?", [run_id])
-        self.db["metrics"].insert_all(
+        self.db.table("metrics").insert_all(
             {"run_id": run_id, "name": str(k), "value": float(v)}
             for k, v in sorted(metrics.items())
         )
@@ -361,7 +361,7 @@ class Registry:
             if self._status(run_id) == "done":
                 return False
             if points:
-                self.db["curves"].upsert_all(
+                self.db.table("curves").upsert_all(
                     [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
                 )
         return True
@@ -412,7 +412,7 @@ class Registry:
                 return False
             points = result.get("curve") or []
             if points:
-                self.db["curves"].upsert_all(
+                self.db.table("curves").upsert_all(
                     [{"run_id": run_id, **p} for p in points], pk=("run_id", "step")
                 )
             if result.get("environment") is not None:
@@ -474,7 +474,7 @@ class Registry:
         full = self._resolve(run_id)
         if full is None:
             return None
-        run = dict(self.db["runs"].get(full))
+        run = dict(self.db.table("runs").get(full))
         run["config"] = json.loads(run["config"])
         run["environment"] = json.loads(run["environment"]) if run["environment"] else None
         run["metrics"] = self._metrics(full)

@@ -82,7 +82,7 @@ def build_curves(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, An
             pts = [dict(p, fvu=f, dead_pct=100 * p["dead_fraction"]
                         if ok(p.get("dead_fraction")) else math.nan)
                    for p, f in zip(curve, fvus, strict=True)]
-            tokens = [p.get("tokens") for p in pts]
+            tokens = [math.nan if p.get("tokens") is None else float(p["tokens"]) for p in pts]
             idx = names.index(r["series"])
             if curve and drawn.get(r["series"], 0) < MAX_SERIES_LINES:
                 first = drawn.get(r["series"], 0) == 0

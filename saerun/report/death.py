@@ -9,6 +9,7 @@ when a run's folder is gone) and training curves. Deterministic like every repor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def group_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def matched_effect(rows: list[dict[str, Any]], keys: tuple[str, ...], label_of: Any,
+def matched_effect(rows: list[dict[str, Any]], keys: tuple[str, ...],
+                   label_of: Callable[[dict[str, Any]], str],
                    name: str) -> Table:
     """Runs that differ only in `keys` (and the seed), grouped by what they vary: per (recipe,
     d_sae, label), mean dead % and L0 / FVU over runs whose matched set holds 2+ labels."""

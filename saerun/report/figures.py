@@ -13,9 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saerun.pareto import pareto_mask
+
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 LINESTYLES = ("-", "--", ":", "-.")
@@ -47,7 +51,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path, dpi: int = DPI) -> None:
+def _save(fig: Figure, path: Path, dpi: int = DPI) -> None:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +60,7 @@ def _save(fig: Any, path: Path, dpi: int = DPI) -> None:
     plt.close(fig)
 
 
-def _plain_ticks(axis: Any, minor: bool = True) -> None:
+def _plain_ticks(axis: Axis, minor: bool = True) -> None:
     """Log-axis tick labels as plain numbers ("20", "0.001"), not "2x10^1". Minor ticks get
     plain labels too, but LogFormatter drops them when the axis spans many decades (labels
     would overlap)."""
@@ -152,7 +156,7 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
-def _token_ticks(axis: Any) -> None:
+def _token_ticks(axis: Axis) -> None:
     from matplotlib.ticker import FuncFormatter
 
     def short(v: float, _pos: int) -> str:

@@ -214,7 +214,7 @@ def findings_page(rows: list[dict[str, Any]], front_rows: list[dict[str, Any]],
     dates = sorted(str(r.get("finished_at") or "")[:10] for r in rows)
     model = sorted({r["model"] for r in rows})
     hooks = sorted({r["hook_name"] for r in rows})
-    tokens = sorted({r.get("train_tokens") for r in rows if r.get("train_tokens")})
+    tokens = sorted({r["train_tokens"] for r in rows if r.get("train_tokens")})
     md = [
         "# Findings on the embedded model",
         "",

@@ -119,9 +119,9 @@ def build_lr(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]
     for model, hook, site_rows in by_site(rows):
         front = frontier_points([(r.get("l0"), r.get("fvu")) for r in site_rows])
         for r in site_rows:
-            best = frontier_value(front, r["l0"]) if ok(r.get("l0")) else math.nan
-            r["frontier_gap"] = (r["fvu"] / best - 1) if ok(r.get("fvu")) and ok(best) and \
-                best > 0 else math.nan
+            on_front = frontier_value(front, r["l0"]) if ok(r.get("l0")) else math.nan
+            r["frontier_gap"] = (r["fvu"] / on_front - 1) if ok(r.get("fvu")) and ok(on_front) \
+                and on_front > 0 else math.nan
             r["final_loss"] = final_loss(curves.get(r["run_id"], []))
             r["dead_pct"] = 100 * r["dead_fraction"] if ok(r.get("dead_fraction")) else math.nan
         sweeps = lr_sweeps(site_rows)
@@ -140,11 +140,9 @@ def build_lr(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]
                     k: r.get(k) for k in ("run_id", "lr", "l0", *[m for m, _ in METRICS])}})
             for key, _ in METRICS:
                 pts = [(r["lr"], r[key]) for r in sweep if ok(r.get(key))]
-                best = None
                 if pts:
                     b_lr, lo, hi, open_lo, open_hi = flat_range(pts)
                     b_val = min(v for lr, v in pts if lr == b_lr)
-                    best = (b_lr, b_val)
                     site_summary.append({
                         "model": model, "hook_name": hook, "sweep": label, "metric": key,
                         "n": len({p[0] for p in pts}), "best_lr": b_lr, "best": b_val, "lo": lo,

@@ -26,6 +26,7 @@ from saerun.spec.schema import (
     GATED_DEFAULT_COEFFICIENT,
     V1_METRIC_NAMES,
     V1_RENAMED,
+    MatryoshkaSAEConfig,
     SAEConfig,
 )
 
@@ -63,7 +64,7 @@ def default_prefix_weights(n: int) -> tuple[list[float], str]:
     return [1.0 / n] * n, f"1/{n} for each of the {n} prefixes"
 
 
-def sae_derivations(sae: Any) -> Derived:
+def sae_derivations(sae: SAEConfig) -> Derived:
     """What the rules give for the `None` fields of an SAE config whose d_in and d_sae are
     set, keyed by their path in a RunConfig (("sae", "aux_k"), ...)."""
     if sae.d_in is None or sae.d_sae is None:
@@ -77,7 +78,7 @@ def sae_derivations(sae: Any) -> Derived:
             sae.architecture, sparsity.penalty)
     if hasattr(sae, "aux_k") and sae.aux_k is None:
         out[("sae", "aux_k")] = default_aux_k(sae.d_in, sae.d_sae)
-    if hasattr(sae, "prefix_widths"):
+    if isinstance(sae, MatryoshkaSAEConfig):
         widths = sae.prefix_widths
         if widths is None:
             widths, how = default_prefix_widths(sae.d_sae)
@@ -99,7 +100,7 @@ def with_values(tree: dict, values: dict[KeyPath, Any]) -> dict:
     return out
 
 
-def resolved_sae(sae: Any) -> Any:
+def resolved_sae(sae: SAEConfig) -> SAEConfig:
     """The SAE config with every derived value filled in (validated again, so the schema's
     checks see the resolved values). A resolved config comes back as it is."""
     derived = sae_derivations(sae)

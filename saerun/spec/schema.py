@@ -185,6 +185,14 @@ class _SAECommon(_Strict):
         description="initial decoder bias: zeros, the activation mean or their geometric median.",
     )
 
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(d_in, d_sae) of a resolved config: every RunConfig has both (the planner derives
+        them); a spec's section may not yet."""
+        if self.d_in is None or self.d_sae is None:
+            raise ValueError("d_in and d_sae are resolved by the planner (saerun.plan)")
+        return self.d_in, self.d_sae
+
     @model_validator(mode="after")
     def _one_width(self) -> _SAECommon:
         norm = self.decoder_init_norm

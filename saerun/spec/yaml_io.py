@@ -10,6 +10,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ _Loader.add_implicit_resolver(
 MAX_INT_BITS = 1024
 
 
-def _checked_scalar(kind: str, construct: Any) -> Any:
+def _checked_scalar(kind: str, construct: Callable[[yaml.SafeLoader, yaml.ScalarNode], Any]
+                    ) -> Callable[[yaml.SafeLoader, yaml.ScalarNode], Any]:
     """Wrap one of SafeLoader's scalar constructors so that a malformed explicitly tagged scalar
     (`!!int abc`, `!!bool maybe`, `!!timestamp 2001-13-45`, `!!float`) is a YAML error at its
     line. SafeLoader lets ValueError, KeyError, IndexError or AttributeError escape from these;
@@ -115,7 +117,8 @@ def _check_shape(text: str, file: str) -> None:
                     f"alias *{event.anchor} refers to a mapping or list that contains it",
                     file=file, line=line, hint="a spec cannot be recursive",
                 )
-            size = sizes.get(event.anchor, 1)  # an undefined alias: compose reports it
+            # An undefined alias (or none): compose reports it.
+            size = sizes.get(event.anchor, 1) if event.anchor is not None else 1
         elif isinstance(event, yaml.CollectionStartEvent):
             if len(open_) >= MAX_SPEC_DEPTH:
                 raise SpecError(
