@@ -31,7 +31,6 @@ deterministic; it runs on the CPU, offline, in milliseconds.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import torch
 from pydantic import TypeAdapter
@@ -61,7 +60,7 @@ def reference_config(architecture: str, d_in: int, d_sae: int) -> SAEConfig:
 def _probe_config(cfg: SAEConfig, width: int) -> SAEConfig:
     """cfg at `width` latents, with every width-bound option made to fit it; values a rule
     derives are left to `build_sae` to derive at that width."""
-    update: dict[str, Any] = {"d_sae": width, "expansion_factor": None}
+    update: dict[str, int | None] = {"d_sae": width, "expansion_factor": None}
     if hasattr(cfg, "compute_matched_to"):
         update["compute_matched_to"] = None
     if isinstance(cfg, TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig):
