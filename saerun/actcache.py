@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -57,7 +56,8 @@ def model_identity(name: str, source: str) -> str:
 class ActivationCache:
     """The cached batches of one group's train stream, one folder per hook."""
 
-    def __init__(self, root: Path, ingredients: dict[str, Any], hooks: list[str]) -> None:
+    def __init__(self, root: Path, ingredients: dict[str, str | int | bool],
+                 hooks: list[str]) -> None:
         self.hooks = list(hooks)
         self.folders: dict[str, Path] = {}
         for hook in self.hooks:

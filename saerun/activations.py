@@ -10,7 +10,7 @@ HF model's to float precision, so an SAE trained here splices into the HF model 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -18,12 +18,18 @@ from torch import Tensor
 from saerun import data as data_mod
 from saerun import faults
 from saerun.models import layer_of, model_info
+from saerun.spec import DataConfig
+
+if TYPE_CHECKING:  # transformer-lens loads in `LanguageModel.load`, only when a model is needed
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from saerun.actcache import ActivationCache
 
 NUMERICS_MODE = "transformer_bridge/raw_hf"
 
 
 class LanguageModel:
-    def __init__(self, name: str, bridge: Any, device: str,
+    def __init__(self, name: str, bridge: TransformerBridge, device: str,
                  dtype: torch.dtype = torch.float32) -> None:
         self.name = name
         self.bridge = bridge
@@ -38,7 +44,8 @@ class LanguageModel:
         self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
 
     @classmethod
-    def load(cls, name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def load(cls, name: str, device: str = "cpu",
+             dtype: torch.dtype = torch.float32) -> LanguageModel:
         import logging
 
         import transformers
@@ -75,7 +82,8 @@ class LanguageModel:
         return {h: self._flat(cache[h]) for h in hook_names}
 
     @torch.no_grad()
-    def forward_with_capture(self, tokens: Tensor, hook_names: list[str]):
+    def forward_with_capture(self, tokens: Tensor, hook_names: list[str]
+                             ) -> tuple[Tensor, dict[str, Tensor]]:
         """(logits [b, T, V], activations) from one full forward pass."""
         wanted = set(hook_names)
         logits, cache = self.bridge.run_with_cache(
@@ -89,13 +97,14 @@ class LanguageModel:
     ) -> Tensor:
         """Logits with the hook's activation replaced by patch(activation) (flat view)."""
 
-        def hook(act: Tensor, hook: Any) -> Tensor:
+        def hook(act: Tensor, hook: object) -> Tensor:  # hook: the HookPoint, unused
             return patch(self._flat(act)).reshape(act.shape).to(act.dtype)
 
         return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=[(hook_name, hook)])
 
 
-def token_batches(lm: LanguageModel, data: Any, split: str) -> Iterator[Tensor]:
+def token_batches(lm: LanguageModel, data: DataConfig,
+                  split: Literal["train", "eval"]) -> Iterator[Tensor]:
     """Packed rows [n, context_size]: documents joined by EOS, each row starting with BOS.
     The train split cycles (epochs) until the consumer stops; eval stops at data.eval_tokens."""
     n = data.context_size - 1
@@ -127,14 +136,15 @@ def token_batches(lm: LanguageModel, data: Any, split: str) -> Iterator[Tensor]:
             return
 
 
-def activation_cache(lm: LanguageModel, data: Any, hook_names: list[str]):
+def activation_cache(lm: LanguageModel, data: DataConfig,
+                     hook_names: list[str]) -> ActivationCache | None:
     """The on-disk activation cache of this stream (saerun/actcache.py), or None when off."""
     from saerun import actcache
 
     root = actcache.cache_root()
     if root is None:
         return None
-    ingredients = {
+    ingredients: dict[str, str | int | bool] = {
         "model": actcache.model_identity(lm.name, model_info(lm.name).source),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "device_type": torch.device(lm.device).type,
@@ -147,7 +157,7 @@ def activation_cache(lm: LanguageModel, data: Any, hook_names: list[str]):
     return actcache.ActivationCache(root, ingredients, hook_names)
 
 
-def train_activations(lm: LanguageModel, data: Any, hook_names: list[str]
+def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str]
                       ) -> Iterator[dict[str, Tensor]]:
     """{hook: [n, d]} at the counted positions of each language-model batch of the train
     stream, in order, in the model's dtype; read from the activation cache where it has the
@@ -165,7 +175,7 @@ def train_activations(lm: LanguageModel, data: Any, hook_names: list[str]
         yield {h: a.to(lm.device) for h, a in acts.items()}
 
 
-def eval_token_batches(lm: LanguageModel, data: Any) -> list[Tensor]:
+def eval_token_batches(lm: LanguageModel, data: DataConfig) -> list[Tensor]:
     return list(token_batches(lm, data, "eval"))
 
 
@@ -177,8 +187,8 @@ class ActivationStream:
     stay aligned); stops after data.train_tokens vectors.
     """
 
-    def __init__(self, lm: LanguageModel, data: Any, hook_names: list[str], batch_tokens: int,
-                 device: str = "cpu") -> None:
+    def __init__(self, lm: LanguageModel, data: DataConfig, hook_names: list[str],
+                 batch_tokens: int, device: str = "cpu") -> None:
         self.lm, self.data, self.hooks = lm, data, list(hook_names)
         self.batch_tokens, self.device = batch_tokens, device
         self.n_batches = data.train_tokens // batch_tokens
@@ -221,7 +231,7 @@ class ActivationStream:
 
 
 @torch.no_grad()
-def estimate_norm_scale(lm: LanguageModel, data: Any, hook_names: list[str],
+def estimate_norm_scale(lm: LanguageModel, data: DataConfig, hook_names: list[str],
                         n_tokens: int = 32_768) -> dict[str, float]:
     """s with E||s x|| = sqrt(d_in) on training activations (special tokens excluded): puts
     every site on one scale, so one sparsity coefficient means the same thing everywhere."""

@@ -18,7 +18,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -27,7 +27,18 @@ from safetensors.torch import load_file, save_file
 from saerun import faults
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+class ExportableSAE(Protocol):
+    """What `write_sae` reads of an SAE (`sae.base.SAE` has it; this layer sits below sae/)."""
+
+    d_in: int
+    d_sae: int
+
+    def saelens_cfg(self) -> dict[str, Any]: ...
+
+    def export_tensors(self) -> dict[str, torch.Tensor]: ...
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through `write(tmp_path)`, fsync, then rename over `path`: readers see the old file
     or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,12 +83,12 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def write_sae(
-    folder: Path, sae: Any, metadata: dict[str, Any], density: torch.Tensor | None
+    folder: Path, sae: ExportableSAE, metadata: dict[str, Any], density: torch.Tensor | None
 ) -> None:
     """SAELens layout: cfg.json + sae_weights.safetensors (+ sparsity.safetensors)."""
     cfg = {
-        "d_in": sae.cfg.d_in,
-        "d_sae": sae.cfg.d_sae,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
         "dtype": "float32",
         "device": "cpu",
         # Normalisation is folded into the weights, so the SAE takes raw activations.

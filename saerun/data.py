@@ -159,11 +159,11 @@ def _read_with_datasets(data: DataConfig, ref: DatasetRef) -> Iterator[str]:
 
 def _all_documents(data: DataConfig) -> Iterator[str]:
     ref = resolve_dataset(data.dataset)
-    assert ref.path is not None or ref.kind == "hub"
-    if ref.kind != "hub" and ref.path.name.endswith(".jsonl"):
-        return _read_jsonl(ref.path, data)
-    if ref.kind != "hub" and ref.path.name.endswith(".txt"):
-        return _read_txt(ref.path)
+    path = ref.path  # set for the embedded and file kinds, None for the hub
+    if path is not None and path.name.endswith(".jsonl"):
+        return _read_jsonl(path, data)
+    if path is not None and path.name.endswith(".txt"):
+        return _read_txt(path)
     return _read_with_datasets(data, ref)
 
 

@@ -8,16 +8,31 @@ neither reconstructed, nor patched, nor counted in any metric.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from saerun import faults
+from saerun.activations import LanguageModel
 from saerun.metrics import MetricAccumulator, NextTokenScorer
-from saerun.sae import SAE
 
 LM_METRICS = {"ce_loss_recovered", "delta_lm_loss", "kl_score"}  # = spec.METRIC_NAMES
+
+
+class Encoder(Protocol):
+    """What evaluation reads of an SAE taking raw activations: an `sae.SAE`, or a variant of
+    one with another encode (`posthoc`)."""
+
+    @property
+    def W_dec(self) -> Tensor: ...  # [d_sae, d_in]; its device is where the SAE runs
+
+    def encode(self, x: Tensor) -> Tensor: ...  # [n, d_in] -> [n, d_sae]
+
+    def decode(self, f: Tensor) -> Tensor: ...  # [n, d_sae] -> [n, d_in]
 
 
 @dataclass
@@ -26,10 +41,28 @@ class EvalResult:
     density: Tensor  # [d_sae] fraction of eval tokens on which each latent fired
 
 
+Patch = Callable[[Tensor], Tensor]  # a site's activation [b, T, d] -> its replacement
+
+
+def _zero_at(mask: Tensor) -> Patch:
+    """Zero ablation at the counted positions (mask [b, T, 1])."""
+    return lambda a: torch.where(mask, 0.0, a)
+
+
+def _mean_at(mask: Tensor, mu: Tensor) -> Patch:
+    """Mean ablation: the eval-set mean mu [d] at the counted positions."""
+    return lambda a: torch.where(mask, mu.to(a), a)
+
+
+def _replaced_by(patch: Tensor) -> Patch:
+    """The activation replaced whole (the SAE's reconstruction spliced in)."""
+    return lambda a: patch
+
+
 @torch.no_grad()
 def evaluate_group(
-    lm, eval_batches: list[Tensor], saes: dict[str, tuple[SAE, str]], metric_names: set[str],
-    exclude_special_tokens: bool = True,
+    lm: LanguageModel, eval_batches: list[Tensor], saes: Mapping[str, tuple[Encoder, str]],
+    metric_names: AbstractSet[str], exclude_special_tokens: bool = True,
 ) -> dict[str, EvalResult]:
     """`saes`: run_id -> (SAE taking raw activations, hook name). Returns run_id -> result."""
     hooks = sorted({hook for _, hook in saes.values()})
@@ -68,11 +101,8 @@ def evaluate_group(
             ablated = {}
             for h in hooks:
                 mask = keep[..., None]
-                ce_zero, kl_zero = scorer.ce_kl(
-                    lm.logits_patched(tokens, h, lambda a, m=mask: torch.where(m, 0.0, a)))
-                ce_mean = scorer.ce(lm.logits_patched(
-                    tokens, h, lambda a, m=mask, mu=means[h]: torch.where(m, mu.to(a), a)
-                ))
+                ce_zero, kl_zero = scorer.ce_kl(lm.logits_patched(tokens, h, _zero_at(mask)))
+                ce_mean = scorer.ce(lm.logits_patched(tokens, h, _mean_at(mask, means[h])))
                 ablated[h] = (ce_zero, ce_mean, kl_zero)
         else:
             acts = lm.capture(tokens, hooks)
@@ -86,7 +116,7 @@ def evaluate_group(
                 patch = acts[hook].clone()
                 patch[keep] = x_hat.to(patch.dtype)
                 ce_sae, kl_sae = scorer.ce_kl(
-                    lm.logits_patched(tokens, hook, lambda a, p=patch: p))
+                    lm.logits_patched(tokens, hook, _replaced_by(patch)))
                 ce_zero, ce_mean, kl_zero = ablated[hook]
                 accs[run_id].update_lm(ce_orig=scorer.ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
                                        ce_mean=ce_mean, kl_sae=kl_sae, kl_zero=kl_zero)

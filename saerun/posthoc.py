@@ -21,16 +21,20 @@ a rerun of the report costs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from saerun.activations import LanguageModel, eval_token_batches
 from saerun.artifacts import read_weights
+from saerun.evaluate import Encoder, evaluate_group
 from saerun.metrics import MetricAccumulator
 from saerun.registry import Registry
-from saerun.sae import build_sae
+from saerun.sae import SAE, build_sae
+from saerun.sae.topk import TopKSAE
 from saerun.spec import RunConfig
 
 POSTHOC_TOKENS = 4096  # 32 sequences: enough for curves, cheap on a CPU
@@ -44,7 +48,7 @@ Record = dict[str, Any]  # one analysis of one run: kind, param and its numbers 
 class _ReEncoded(nn.Module):
     """A trained SAE with another encode; its decoder (W_dec, decode) unchanged."""
 
-    def __init__(self, sae: nn.Module) -> None:
+    def __init__(self, sae: SAE) -> None:
         super().__init__()
         self.sae = sae
 
@@ -59,7 +63,7 @@ class _ReEncoded(nn.Module):
 class Thresholded(_ReEncoded):
     """An SAE whose latents below t are zeroed: f' = f * 1[f >= t]; decode unchanged."""
 
-    def __init__(self, sae: nn.Module, t: float) -> None:
+    def __init__(self, sae: SAE, t: float) -> None:
         super().__init__(sae)
         self.t = float(t)
 
@@ -72,7 +76,9 @@ class TopKAt(_ReEncoded):
     """A TopK-family SAE evaluated at k' latents per token: ReLU of the k' largest
     pre-activations of each token, zeros elsewhere."""
 
-    def __init__(self, sae: nn.Module, k: int) -> None:
+    sae: TopKSAE
+
+    def __init__(self, sae: TopKSAE, k: int) -> None:
         super().__init__(sae)
         self.k = int(k)
 
@@ -105,7 +111,7 @@ def k_primes(k: int, d_sae: int, factors: tuple[float, ...] = K_FACTORS) -> list
 
 
 @torch.no_grad()
-def reconstruction_sweep(variants: list[nn.Module], x: Tensor) -> list[dict[str, float]]:
+def reconstruction_sweep(variants: Sequence[Encoder], x: Tensor) -> list[dict[str, float]]:
     """L0 and FVU of each SAE variant on activations x [n, d_in] (no language model), by the
     registry's formulas (`metrics.MetricAccumulator`)."""
     out = []
@@ -118,14 +124,14 @@ def reconstruction_sweep(variants: list[nn.Module], x: Tensor) -> list[dict[str,
     return out
 
 
-def load_sae(cfg: RunConfig, folder: Path) -> nn.Module:
+def load_sae(cfg: RunConfig, folder: Path) -> SAE:
     """A trained SAE from its resolved config and `sae_weights.safetensors`, in eval mode."""
     sae = build_sae(cfg.sae, cfg.seed)
     sae.load_state_dict(read_weights(folder))
     return sae.eval()
 
 
-def _variants(cfg: RunConfig, sae: nn.Module, acts: Tensor) -> dict[str, tuple[str, float]]:
+def _variants(cfg: RunConfig, sae: SAE, acts: Tensor) -> dict[str, tuple[str, float]]:
     """variant id -> (kind, parameter) for one SAE: thresholds, then k' for the TopK family."""
     with torch.no_grad():
         f = sae.encode(acts)
@@ -134,9 +140,18 @@ def _variants(cfg: RunConfig, sae: nn.Module, acts: Tensor) -> dict[str, tuple[s
         out[f"t={t!r}"] = ("threshold", t)
     k = getattr(cfg.sae, "k", None)
     if cfg.sae.architecture in TOPK_FAMILY and k is not None:
-        for kp in k_primes(int(k), int(cfg.sae.d_sae)):
+        for kp in k_primes(int(k), sae.d_sae):
             out[f"k={kp}"] = ("k", kp)
     return out
+
+
+def _variant(sae: SAE, kind: str, param: float) -> Encoder:
+    """The SAE variant of one `_variants` entry: thresholded, or re-encoded at k' latents."""
+    if kind == "threshold":
+        return Thresholded(sae, param)
+    if not isinstance(sae, TopKSAE):  # `_variants` gives k' only to the TopK family
+        raise TypeError(f"a k' variant needs a TopK-family SAE, not {sae.architecture!r}")
+    return TopKAt(sae, int(param))
 
 
 def pending(reg: Registry, run_ids: list[str], tokens: int = POSTHOC_TOKENS) -> list[str]:
@@ -169,9 +184,6 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
             tokens: int = POSTHOC_TOKENS) -> dict[str, dict[str, Record]]:
     """run_id -> {variant: record} for every run: one record per threshold / k' variant plus
     one with the opposing-pair counts. Runs sharing a model and data share one forward pass."""
-    from saerun.activations import LanguageModel, eval_token_batches
-    from saerun.evaluate import evaluate_group
-
     out: dict[str, dict[str, Record]] = {}
     by_source: dict[tuple[str, str], list[str]] = {}
     for run_id, cfg in configs.items():
@@ -189,7 +201,7 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
             for h in hooks:
                 acts[h].append(got[h][keep].float())
         flat = {h: torch.cat(v) for h, v in acts.items()}
-        saes: dict[str, tuple[nn.Module, str]] = {}
+        saes: dict[str, tuple[Encoder, str]] = {}
         meta: dict[str, tuple[str, str, str, float]] = {}  # id -> run, variant, kind, param
         for run_id in group:
             run_cfg = configs[run_id]
@@ -199,9 +211,7 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
             out[run_id] = {"opposing": {"kind": "opposing", "param": None,
                                         **{f"pairs_below_{-c:g}": n for c, n in pairs.items()}}}
             for variant, (kind, param) in _variants(run_cfg, sae, flat[hook]).items():
-                wrapped = (Thresholded(sae, param) if kind == "threshold"
-                           else TopKAt(sae, int(param)))
-                saes[f"{run_id}|{variant}"] = (wrapped, hook)
+                saes[f"{run_id}|{variant}"] = (_variant(sae, kind, param), hook)
                 meta[f"{run_id}|{variant}"] = (run_id, variant, kind, param)
         results = evaluate_group(lm, batches, saes, {"ce_loss_recovered"},
                                  cfg.data.exclude_special_tokens)

@@ -83,7 +83,7 @@ class Trainer:
         t = config.train
         optimizer = torch.optim.Adam(sae.parameters(), lr=t.lr, betas=t.adam_betas)
         total = config.data.train_tokens // t.batch_tokens
-        clocks = torch.zeros(config.sae.d_sae, dtype=torch.long, device=device)
+        clocks = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
         return cls(run_id, config, sae, optimizer, total, tokens_since_fired=clocks)
 
     @property

@@ -9,8 +9,6 @@ module here, and forgetting either is an error at once, not at the first run.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from saerun.sae.base import SAE, LossOutput, StepInfo
@@ -20,7 +18,7 @@ from saerun.sae.jumprelu import JumpReLUSAE
 from saerun.sae.matryoshka import MatryoshkaSAE
 from saerun.sae.relu import ReluSAE
 from saerun.sae.topk import TopKSAE
-from saerun.spec import SAE_CONFIG_BY_TAG, derive
+from saerun.spec import SAE_CONFIG_BY_TAG, SAEConfig, derive
 
 _MODULES: tuple[type[SAE], ...] = (
     ReluSAE, GatedSAE, JumpReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE,
@@ -46,7 +44,7 @@ ARCHITECTURES = _table()
 SAE_CLASSES: dict[str, type[SAE]] = {tag: sae for tag, (_, sae) in ARCHITECTURES.items()}
 
 
-def build_sae(cfg: Any, seed: int) -> SAE:
+def build_sae(cfg: SAEConfig, seed: int) -> SAE:
     """A freshly initialised SAE for an `sae` config section with d_in and d_sae set; the
     values still left to a rule (`spec.derive`) are resolved first, as the planner does."""
     cfg = derive.resolved_sae(cfg)

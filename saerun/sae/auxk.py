@@ -25,12 +25,10 @@ only and decodes them with the sparse kernels.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from saerun.sae.base import mse_per_token
+from saerun.sae.base import SAE, mse_per_token
 from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
 
 
@@ -50,7 +48,7 @@ def auxk_loss(
     return scale * mse_per_token(residual.detach(), e_hat).mean()
 
 
-def sparse_auxk_loss(sae: Any, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec: Tensor,
+def sparse_auxk_loss(sae: SAE, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec: Tensor,
                      dead_mask: Tensor, aux_k: int) -> Tensor:
     """`auxk_loss` on sparse codes. x_c = x - b_dec, pre its dense pre-activations (no grad)."""
     dead = dead_mask.to(pre.device).nonzero().squeeze(1)

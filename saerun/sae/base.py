@@ -7,13 +7,15 @@ W_dec [d_sae, d_in], so one row of W_dec is one latent's decoder direction.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from saerun.sae.sparse import Codes
-from saerun.spec import derive
+from saerun.spec import SAEConfig, derive
+
+T = TypeVar("T")
 
 
 class LossOutput(NamedTuple):
@@ -49,8 +51,16 @@ class SAE(nn.Module):
     # Architectures whose loss runs on `sae.sparse` kernels read this; False selects the plain
     # dense reference (the FLOP count of compute matching, and the tests' ground truth).
     sparse_kernels: bool = True
+    # Each architecture narrows `cfg` to its own config class (or classes, for a family).
+    cfg: SAEConfig
+    d_in: int  # cfg.d_in and cfg.d_sae, resolved (never None once the SAE exists)
+    d_sae: int
+    W_enc: nn.Parameter  # [d_in, d_sae]
+    b_enc: nn.Parameter  # [d_sae]
+    W_dec: nn.Parameter  # [d_sae, d_in]
+    b_dec: nn.Parameter  # [d_in]
 
-    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator) -> None:
         super().__init__()
         unresolved = derive.sae_derivations(cfg)
         if unresolved:  # every value is resolved once, before an SAE is built
@@ -58,11 +68,13 @@ class SAE(nn.Module):
             raise ValueError(f"the SAE config leaves {names} unresolved: build the SAE with "
                              "sae.build_sae, or from a planned RunConfig")
         self.cfg = cfg
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.d_in = d_in = resolved(cfg.d_in, "d_in")
+        self.d_sae = d_sae = resolved(cfg.d_sae, "d_sae")
         # Decoder rows: random directions with a fixed norm; W_enc = W_dec^T (Anthropic, April
         # 2024 update) gives every latent a sensible starting direction and fewer dead latents.
         w_dec = torch.randn(d_sae, d_in, generator=generator)
-        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True) * cfg.decoder_init_norm
+        init_norm = resolved(cfg.decoder_init_norm, "decoder_init_norm")
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True) * init_norm
         if cfg.init_encoder_as_decoder_transpose:
             w_enc = w_dec.t().clone()
         else:
@@ -157,6 +169,16 @@ class SAE(nn.Module):
         derives tensors here must accept the exported names back in `load_state_dict` (with a
         load_state_dict pre-hook), so an exported file still loads into a fresh SAE."""
         return {name: p.detach() for name, p in self.named_parameters()}
+
+
+def resolved(value: T | None, name: str) -> T:
+    """A config value that a rule derives (`spec.derive`), read from a resolved config: the
+    schema types it `X | None` ("derive it"), but `SAE.__init__` refuses a config that leaves
+    any such value unresolved, so None here means the SAE was built around that check."""
+    if value is None:
+        raise ValueError(f"the SAE config leaves {name} unresolved: build the SAE with "
+                         "sae.build_sae, or from a planned RunConfig")
+    return value
 
 
 def l0_of(f: Tensor) -> Tensor:

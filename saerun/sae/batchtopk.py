@@ -29,14 +29,13 @@ theta needs no rescaling.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from saerun.sae.base import LossOutput, StepInfo
 from saerun.sae.sparse import Codes, flat_topk, offsets
 from saerun.sae.topk import TopKSAE
+from saerun.spec import BatchTopKSAEConfig, MatryoshkaSAEConfig
 
 UNSET = -1.0  # any negative value: every real threshold is a positive activation
 
@@ -44,10 +43,13 @@ UNSET = -1.0  # any negative value: every real threshold is a positive activatio
 class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
+    cfg: BatchTopKSAEConfig | MatryoshkaSAEConfig
+    threshold: Tensor  # [d_sae] buffer, every entry theta (UNSET before the first update)
 
-    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+    def __init__(self, cfg: BatchTopKSAEConfig | MatryoshkaSAEConfig,
+                 generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
-        self.register_buffer("threshold", torch.full((cfg.d_sae,), UNSET))
+        self.register_buffer("threshold", torch.full((self.d_sae,), UNSET))
 
     def batch_topk(self, pre: Tensor) -> Tensor:
         """The k*B largest entries of ReLU(pre) over the batch [B, d_sae], zeros elsewhere."""

@@ -31,20 +31,25 @@ deterministic; it runs on the CPU, offline, in milliseconds.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import torch
 from pydantic import TypeAdapter
 from torch.utils.flop_counter import FlopCounterMode
 
 from saerun.sae.base import StepInfo
-from saerun.spec import SAEConfig, derive
+from saerun.spec import (
+    BatchTopKSAEConfig,
+    MatryoshkaSAEConfig,
+    SAEConfig,
+    TopKSAEConfig,
+    derive,
+)
 
 PROBE_WIDTHS = (64, 128)  # two widths fix a and b of a + b * d_sae
 PROBE_TOKENS = 16
 
 
-def reference_config(architecture: str, d_in: int, d_sae: int) -> Any:
+def reference_config(architecture: str, d_in: int, d_sae: int) -> SAEConfig:
     """The `sae` config of the reference: `architecture` with its defaults (the derived ones
     resolved by `spec.derive`, as the planner resolves them), at d_in x d_sae. Raises pydantic's
     ValidationError when the defaults do not fit (topk's k > d_sae, say)."""
@@ -52,20 +57,20 @@ def reference_config(architecture: str, d_in: int, d_sae: int) -> Any:
     return derive.resolved_sae(TypeAdapter(SAEConfig).validate_python(data))
 
 
-def _probe_config(cfg: Any, width: int) -> Any:
+def _probe_config(cfg: SAEConfig, width: int) -> SAEConfig:
     """cfg at `width` latents, with every width-bound option made to fit it; values a rule
     derives are left to `build_sae` to derive at that width."""
-    update: dict[str, Any] = {"d_sae": width, "expansion_factor": None}
+    update: dict[str, int | None] = {"d_sae": width, "expansion_factor": None}
     if hasattr(cfg, "compute_matched_to"):
         update["compute_matched_to"] = None
-    if hasattr(cfg, "k"):
+    if isinstance(cfg, TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig):
         update["k"] = min(cfg.k, width)
-    if getattr(cfg, "aux_k", None) is not None:
-        # aux_k as its rule gives it at the probe's width when the rule gave it (it depends on
-        # d_sae), as given, capped at the width, otherwise.
-        derived = cfg.d_sae is not None and cfg.aux_k == derive.default_aux_k(
-            cfg.d_in, cfg.d_sae)[0]
-        update["aux_k"] = None if derived else min(cfg.aux_k, width)
+        if cfg.aux_k is not None:
+            # aux_k as its rule gives it at the probe's width when the rule gave it (it depends
+            # on d_sae), as given, capped at the width, otherwise.
+            derived = (cfg.d_in is not None and cfg.d_sae is not None
+                       and cfg.aux_k == derive.default_aux_k(cfg.d_in, cfg.d_sae)[0])
+            update["aux_k"] = None if derived else min(cfg.aux_k, width)
     if hasattr(cfg, "prefix_widths"):
         # The prefixes' products sum to one decode of d_sae latents, so the defaults count the
         # same as any nesting the spec gives (which names widths of the full d_sae).
@@ -74,15 +79,15 @@ def _probe_config(cfg: Any, width: int) -> Any:
     return cfg.model_copy(update=update)
 
 
-def _step_flops(cfg: Any) -> int:
+def _step_flops(cfg: SAEConfig) -> int:
     """FLOPs counted in one training step (loss forward + backward) of a fresh SAE for cfg."""
     from saerun.sae import build_sae
 
     # On the meta device every op yields shapes without computing: only shapes count FLOPs.
     sae = build_sae(cfg, seed=0).to("meta")
     sae.sparse_kernels = False  # the dense reference: the FLOPs of the products it names
-    x = torch.empty(PROBE_TOKENS, cfg.d_in, device="meta")
-    dead = torch.zeros(cfg.d_sae, dtype=torch.bool, device="meta")
+    x = torch.empty(PROBE_TOKENS, sae.d_in, device="meta")
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool, device="meta")
     step = StepInfo(sparsity_scale=1.0, dead_mask=dead)
     with FlopCounterMode(display=False) as counter:
         sae.loss(x, step).loss.backward()
@@ -97,7 +102,7 @@ def _fit_json(cfg_json: str) -> tuple[float, float]:
     return (c0 - b * w0) / PROBE_TOKENS, b / PROBE_TOKENS
 
 
-def cost_line(sae_cfg: Any) -> tuple[float, float]:
+def cost_line(sae_cfg: SAEConfig) -> tuple[float, float]:
     """(a, b) of cost(d_sae) = a + b * d_sae FLOPs per token for this config (d_in set)."""
     if sae_cfg.d_in is None:
         raise ValueError("the step cost needs d_in")
@@ -106,13 +111,14 @@ def cost_line(sae_cfg: Any) -> tuple[float, float]:
     return _fit_json(probe.model_dump_json())
 
 
-def step_flops_per_token(sae_cfg: Any, d_sae: int) -> float:
+def step_flops_per_token(sae_cfg: SAEConfig, d_sae: int) -> float:
     """FLOPs per token of one training step (loss forward + backward) at d_sae latents."""
     a, b = cost_line(sae_cfg)
     return a + b * d_sae
 
 
-def compute_matched_d_sae(cfg: Any, reference_cfg: Any, reference_d_sae: int) -> int:
+def compute_matched_d_sae(cfg: SAEConfig, reference_cfg: SAEConfig,
+                          reference_d_sae: int) -> int:
     """The d_sae at which cfg's training step costs what reference_cfg's costs at
     reference_d_sae (FLOPs per token), rounded to the nearest width, at least 1."""
     a, b = cost_line(cfg)

@@ -23,25 +23,25 @@ and hence f unchanged.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from saerun.sae import sparse
-from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
 from saerun.sae.sparse import Codes
+from saerun.spec import GatedSAEConfig
 
 
 class GatedSAE(SAE):
     architecture = "gated"
     saelens_architecture = "gated"
+    cfg: GatedSAEConfig
 
-    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+    def __init__(self, cfg: GatedSAEConfig, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
         # r_mag = 0 and b_mag = 0 start the magnitude path equal to the gate path (b_gate = 0).
-        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(self.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(self.d_sae))
         # Exported files use SAELens's name b_gate for our b_enc; accept it back on load.
         self.register_load_state_dict_pre_hook(_b_gate_to_b_enc)
 
@@ -82,7 +82,7 @@ class GatedSAE(SAE):
             take = sparse.take
             pi_mag = (take(self.r_mag.exp(), cols) * (pi_gate - take(self.b_enc, cols))
                       + take(self.b_mag, cols))
-            f = Codes(cols, torch.relu(pi_mag), rows, offsets, self.cfg.d_sae)
+            f = Codes(cols, torch.relu(pi_mag), rows, offsets, self.d_sae)
             gate = f.with_vals(torch.relu(pi_gate))
             w_dec = self.train_decoder()
             x_hat = sparse.decode(f, w_dec) + self.b_dec
@@ -99,7 +99,8 @@ class GatedSAE(SAE):
                  x_hat_frozen: Tensor, f: Tensor | Codes) -> LossOutput:
         mse = mse_per_token(x, x_hat).mean()
         aux = mse_per_token(x, x_hat_frozen).mean()
-        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity + aux
+        coefficient = resolved(self.cfg.sparsity.coefficient, "sparsity.coefficient")
+        loss = mse + step.sparsity_scale * coefficient * sparsity + aux
         l0 = f.l0() if isinstance(f, Codes) else l0_of(f)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f)
 
@@ -120,7 +121,8 @@ class GatedSAE(SAE):
         return tensors
 
 
-def _b_gate_to_b_enc(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+def _b_gate_to_b_enc(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                     *args: object) -> None:
     key = prefix + "b_gate"
     if key in state_dict:
         state_dict[prefix + "b_enc"] = state_dict.pop(key)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from saerun.sae import sparse
 from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
 from saerun.sae.sparse import Codes
+from saerun.spec import JumpReLUSAEConfig
 
 
 def _near_sum(pre: Tensor, theta: Tensor, eps: float, grad: Tensor) -> Tensor:
@@ -82,10 +83,12 @@ class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
 
-    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+    cfg: JumpReLUSAEConfig
+
+    def __init__(self, cfg: JumpReLUSAEConfig, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
         # theta is trained in log space: it stays positive, and steps are relative to its size.
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.init_threshold)))
+        self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.init_threshold)))
         # Exported files hold SAELens's `threshold` = exp(log_threshold); accept it back on load.
         self.register_load_state_dict_pre_hook(_threshold_to_log)
 
@@ -148,7 +151,7 @@ class JumpReLUSAE(SAE):
         theta = self.threshold
         theta_e = sparse.take(theta, cols)
         f = Codes(cols, JumpReLUFn.apply(pre_e, theta_e, cfg.bandwidth), rows, offsets,
-                  cfg.d_sae)
+                  self.d_sae)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
         mse = mse_per_token(x, sparse.decode(f, w_dec) + self.b_dec).mean()
@@ -196,7 +199,8 @@ class JumpReLUSAE(SAE):
         return tensors
 
 
-def _threshold_to_log(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+def _threshold_to_log(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                      *args: object) -> None:
     key = prefix + "threshold"
     if key in state_dict:
         state_dict[prefix + "log_threshold"] = state_dict.pop(key).log()

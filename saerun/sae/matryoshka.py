@@ -18,24 +18,24 @@ jumprelu with the global threshold).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from saerun.sae.base import mse_per_token
+from saerun.sae.base import mse_per_token, resolved
 from saerun.sae.batchtopk import BatchTopKSAE
 from saerun.sae.sparse import Codes, decode
+from saerun.spec import MatryoshkaSAEConfig
 
 
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
+    cfg: MatryoshkaSAEConfig
 
-    def __init__(self, cfg: Any, generator: torch.Generator) -> None:
+    def __init__(self, cfg: MatryoshkaSAEConfig, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
         # Resolved by the planner (`spec.derive`); the base class refuses a config without.
-        self.prefix_widths = list(cfg.prefix_widths)
-        self.prefix_weights = list(cfg.prefix_weights)
+        self.prefix_widths = list(resolved(cfg.prefix_widths, "prefix_widths"))
+        self.prefix_weights = list(resolved(cfg.prefix_weights, "prefix_weights"))
 
     def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
         x_hat = self.b_dec.expand_as(x)

@@ -21,14 +21,21 @@ import torch
 from torch import Tensor
 
 from saerun.sae import sparse
-from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
 from saerun.sae.ghost import ghost_grads_loss
 from saerun.sae.sparse import Codes
+from saerun.spec import ReluSAEConfig
 
 
 class ReluSAE(SAE):
     architecture = "relu"
     saelens_architecture = "standard"
+    cfg: ReluSAEConfig
+
+    @property
+    def coefficient(self) -> float:
+        """lambda, the sparsity coefficient (derived from the penalty when a spec omits it)."""
+        return resolved(self.cfg.sparsity.coefficient, "sparsity.coefficient")
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
@@ -70,13 +77,13 @@ class ReluSAE(SAE):
         rows, cols, offsets = entries
         vals = torch.relu(sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, *entries,
                                                  self.b_dec))
-        codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
+        codes = Codes(cols, vals, rows, offsets, self.d_sae)
         w_dec = self.train_decoder()
         x_hat = sparse.decode(codes, w_dec) + self.b_dec
         mse = mse_per_token(x, x_hat).mean()
         weights = sparse.take(self.penalty_weights(w_dec), cols)
         sparsity = self.penalty_terms(vals * weights).sum() / x.shape[0]
-        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        loss = mse + step.sparsity_scale * self.coefficient * sparsity
         detached = codes.with_vals(vals.detach())
         return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)
 
@@ -87,7 +94,7 @@ class ReluSAE(SAE):
         x_hat = f @ w_dec + self.b_dec
         mse = mse_per_token(x, x_hat).mean()
         sparsity = self.penalty(f, w_dec).mean()
-        loss = mse + step.sparsity_scale * self.cfg.sparsity.coefficient * sparsity
+        loss = mse + step.sparsity_scale * self.coefficient * sparsity
         if self.cfg.ghost_grads:
             loss = loss + ghost_grads_loss(pre, x, x_hat, w_dec, step.dead_mask)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0_of(f), f.detach())

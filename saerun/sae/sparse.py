@@ -97,7 +97,7 @@ def flat_topk(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
     if n >= total:
         idx = torch.arange(total, device=flat.device)
     else:
-        idx = None
+        found: Tensor | None = None
         stride = max(1, total // 65536)
         sample = flat[::stride]
         # The sample quantile at a 20% larger fraction than n / total, floored.
@@ -106,10 +106,10 @@ def flat_topk(scores: Tensor, n: int) -> tuple[Tensor, Tensor]:
             cut = sample.kthvalue(max(1, int((1.0 - want) * sample.numel()))).values
             cand = (flat >= cut).nonzero().squeeze(1)
             if cand.numel() >= n:  # exact: every entry above the n-th largest is a candidate
-                idx = cand[flat[cand].topk(n, sorted=False).indices]
-        if idx is None:
-            idx = flat.topk(n, sorted=False).indices
-        idx = idx.sort().values
+                found = cand[flat[cand].topk(n, sorted=False).indices]
+        if found is None:
+            found = flat.topk(n, sorted=False).indices
+        idx = found.sort().values
     d_sae = scores.shape[1]
     return idx // d_sae, idx % d_sae
 

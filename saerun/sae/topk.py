@@ -28,13 +28,15 @@ import torch
 from torch import Tensor
 
 from saerun.sae.auxk import auxk_loss, sparse_auxk_loss
-from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
 from saerun.sae.sparse import Codes, decode, gather_linear, row_topk
+from saerun.spec import BatchTopKSAEConfig, MatryoshkaSAEConfig, TopKSAEConfig
 
 
 class TopKSAE(SAE):
     architecture = "topk"
     saelens_architecture = "topk"
+    cfg: TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig  # the TopK family's
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
@@ -75,11 +77,11 @@ class TopKSAE(SAE):
         rows, cols, offsets = self.train_indices(pre)
         vals = torch.relu(gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
                                          self.b_dec))
-        codes = Codes(cols, vals, rows, offsets, self.cfg.d_sae)
+        codes = Codes(cols, vals, rows, offsets, self.d_sae)
         w_dec = self.train_decoder()
         recon, x_hat = self.sparse_reconstruction(x, codes, w_dec)
         aux = sparse_auxk_loss(self, x_c, pre, x - x_hat, w_dec, step.dead_mask,
-                               self.cfg.aux_k)
+                               resolved(self.cfg.aux_k, "aux_k"))
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():
             mse = mse_per_token(x, x_hat).mean()
@@ -92,7 +94,7 @@ class TopKSAE(SAE):
         f = self.train_select(pre)
         w_dec = self.train_decoder()
         recon, x_hat = self.reconstruction(x, f, w_dec)
-        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, self.cfg.aux_k)
+        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, resolved(self.cfg.aux_k, "aux_k"))
         # No sparsity penalty, so no warm-up applies: `sparsity` reports the unweighted AuxK.
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():  # the full reconstruction (matryoshka's term is a weighted sum)
