@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from saerun.spec import reference_markdown
+from saerun.spec.reference import reference_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"

@@ -24,7 +24,6 @@ from saerun.spec.launcher import (
     slurm_minutes,
 )
 from saerun.spec.locate import line_of, locate, spec_error_from_validation, sweep_axes
-from saerun.spec.reference import reference_markdown
 from saerun.spec.schema import (
     DEFAULT_COEFFICIENTS,
     GATED_DEFAULT_COEFFICIENT,
@@ -79,5 +78,5 @@ __all__ = [
     "RunConfig", "SAEConfig", "SiteConfig", "SlurmLauncher", "SparsityConfig", "Spec",
     "SweepConfig", "TopKSAEConfig", "TrainConfig", "architecture_tag", "composed_text",
     "export_spec", "launcher_with", "line_of", "load_spec", "locate", "merge_over", "parse_yaml",
-    "reference_markdown", "slurm_minutes", "spec_error_from_validation", "sweep_axes",
+    "slurm_minutes", "spec_error_from_validation", "sweep_axes",
 ]
