@@ -46,7 +46,7 @@ class LocalLauncher(_Strict):
 
     kind: Literal["local"] = Field("local", description="train on this machine (the default).")
     gpus: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
-        "all", description="CUDA devices to spread activation groups over, one process per "
+        "all", description="CUDA devices to spread device jobs over, one process per "
         "device (`all`: every visible one); with fewer than two, or a model.device other than "
         "auto/cuda, everything runs in this process.",
     )
