@@ -281,8 +281,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         jobs = [{"index": dj.index, "group": dj.group_key, "run_ids": dj.run_ids,
                  "memory_gb": dj.memory_gb, "memory": dj.memory, "memory_detail": dj.memory_detail}
                 for dj in plan.device_jobs]
-        budget = None if plan.budget is None else {"gb": plan.budget.gb, "from": plan.budget.named}
-        print(json.dumps({"runs": runs, "jobs": jobs, "budget": budget}, indent=2,
+        limit = None if plan.budget is None else {"gb": plan.budget.gb, "from": plan.budget.named}
+        print(json.dumps({"runs": runs, "jobs": jobs, "budget": limit}, indent=2,
                          sort_keys=True))
         return 0
     console = _console()

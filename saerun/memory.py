@@ -117,7 +117,7 @@ def lm_forward_bytes(lm: LMShape, stream: StreamShape, layers: int, widths: int,
     block = b * t * (2 * lm.d_model + 4 * lm.d_model + lm.mlp_matrices * lm.d_mlp) \
         + 2 * b * lm.n_heads * t * t
     captured = b * t * widths * (size + 2 * 4)
-    head = b * t * lm.d_vocab * size if logits else 0
+    head = b * t * lm.d_vocab if logits else 0
     return (block + head) * size + captured if layers else captured
 
 

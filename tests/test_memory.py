@@ -48,11 +48,11 @@ def _weights(registry: Path) -> dict[str, dict]:
                 for r in runs}
 
 
-def _budgets(path: Path) -> dict[int, float]:
-    """Budgets (GB) that force 1, 2 and all 4 SAEs per job, from the planner's own estimates of
-    the consecutive (depth-sorted) runs."""
+def _budgets(path: Path, sizes: tuple[int, ...] = (1, 2)) -> dict[int, float]:
+    """Budgets (GB) that force 1, 2 (`sizes`) and all SAEs per job, from the planner's own
+    estimates of consecutive (depth-sorted) runs."""
     plan = prepare(path).plan
-    runs = sorted(plan.jobs, key=lambda j: j.config.site.hook_name)
+    runs = sorted(plan.jobs, key=lambda j: j.config.site.hook_name)  # stable: plan order kept
     dims = model_dims("saerun/tiny-stdlib")
 
     def gb(chunk: list) -> float:
@@ -65,7 +65,7 @@ def _budgets(path: Path) -> dict[int, float]:
         assert all(gb(runs[i:i + size + 1]) > fits for i in range(len(runs) - size))
         return fits * 1.0001
 
-    return {1: cut(1), 2: cut(2), 4: 1000.0}
+    return {**{size: cut(size) for size in sizes}, len(runs): 1000.0}
 
 
 def test_packing_never_changes_a_run_id_or_a_weight(tmp_path):
@@ -86,6 +86,22 @@ def test_packing_never_changes_a_run_id_or_a_weight(tmp_path):
         assert found.keys() == base.keys(), per_job
         for run_id, tensors in found.items():
             assert all(tensors[k].equal(base[run_id][k]) for k in tensors), (per_job, run_id)
+
+
+@pytest.mark.slow
+def test_the_quickstart_in_three_jobs_gives_the_same_runs_and_weights(tmp_path):
+    """The issue's check: specs/quickstart.yaml (6 SAEs, one group) with a budget that forces
+    two SAEs per job (3 jobs) against no budget: the same ids, bit-identical weights."""
+    path = ROOT / "specs" / "quickstart.yaml"
+    budget = _budgets(path, sizes=(2,))[2]
+    assert len(prepare(path, device_memory_gb=budget).plan.device_jobs) == 3
+    assert len(prepare(path).plan.device_jobs) == 1
+    run_spec(path, tmp_path / "split" / "saerun.db", launcher={"device_memory_gb": budget})
+    run_spec(path, tmp_path / "whole" / "saerun.db")
+    split, whole = _weights(tmp_path / "split"), _weights(tmp_path / "whole")
+    assert split.keys() == whole.keys() and len(split) == 6
+    for run_id, tensors in split.items():
+        assert all(tensors[k].equal(whole[run_id][k]) for k in tensors), run_id
 
 
 def test_no_budget_is_one_job_per_group_in_plan_order(tmp_path):
