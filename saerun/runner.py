@@ -69,7 +69,10 @@ def device_budget(spec: Spec, flag: float | None, visible_gpu: bool) -> Budget |
 
     if not torch.cuda.is_available():
         return None
-    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    except (RuntimeError, AssertionError):  # CUDA said available but has no device to read
+        return None
     return Budget(total / 1e9, None, "the visible GPU's memory")
 
 
