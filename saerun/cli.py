@@ -59,6 +59,13 @@ def _registry_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_memory_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--device-memory", type=float, metavar="GB", dest="device_memory_gb",
+                   help="memory of one device in GB: split each activation group into jobs "
+                   "that fit (default: the spec's launcher.device_memory_gb, else for a run the "
+                   "visible GPU's memory, none on a CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saerun", usage=_usage(), description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -74,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("launcher (over the spec's launcher section)")
     g.add_argument("--launcher", choices=["local", "slurm"], dest="kind",
                    help="where the jobs run (default: the spec's, else local)")
-    g.add_argument("--gpus", help="local: GPU indices to spread groups over, e.g. 0,1 (or all)")
+    g.add_argument("--gpus", help="local: GPU indices to spread jobs over, e.g. 0,1 (or all)")
+    _device_memory_arg(g)
     g.add_argument("--partition", help="slurm: partition")
     g.add_argument("--gpus-per-job", type=int, help="slurm: GPUs per job")
     g.add_argument("--cpus-per-job", type=int, help="slurm: CPU cores per job")
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "plan")
     p.add_argument("spec", type=Path)
     p.add_argument("--json", action="store_true")
+    _device_memory_arg(p)
     _command(sub, "schema")
     p = _command(sub, "ls")
     _registry_arg(p)
@@ -200,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
     """The launcher flags given, by field name (None: not given, the spec's value stands)."""
     options = {name: getattr(args, name) for name in (
-        "kind", "partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time", "max_parallel")}
+        "kind", "partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time", "max_parallel",
+        "device_memory_gb")}
     if args.gpus is not None:
         options["gpus"] = "all" if args.gpus == "all" else [
             int(g) if g.strip().isdigit() else g for g in args.gpus.split(",")]
@@ -247,6 +257,10 @@ def _print_summary(console: Console, summary: Summary, registry: Path) -> None:
                       "`saerun collect SPEC` registers their results")
 
 
+def _gb(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -255,35 +269,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from saerun.plan import resolved_items
     from saerun.runner import prepare
 
-    prepared = prepare(args.spec)
+    prepared = prepare(args.spec, device_memory_gb=args.device_memory_gb)
     plan = prepared.plan
     if args.json:
-        out = [
+        runs = [
             {"run_id": j.run_id, "name": j.name, "group": j.group_key,
              "config": j.config.model_dump(mode="json"), "provenance": j.provenance,
              "step_flops_per_token": j.step_flops_per_token}
             for j in plan.jobs
         ]
-        print(json.dumps(out, indent=2, sort_keys=True))
+        jobs = [{"index": dj.index, "group": dj.group_key, "run_ids": dj.run_ids,
+                 "memory_gb": dj.memory_gb, "memory": dj.memory, "memory_detail": dj.memory_detail}
+                for dj in plan.device_jobs]
+        limit = None if plan.budget is None else {"gb": plan.budget.gb, "from": plan.budget.named}
+        print(json.dumps({"runs": runs, "jobs": jobs, "budget": limit}, indent=2,
+                         sort_keys=True))
         return 0
     console = _console()
     from rich.markup import escape
     from rich.table import Table
 
     groups = plan.groups
+    budget = ("no device memory budget: one job per group" if plan.budget is None else
+              f"jobs sized for {plan.budget.named} {plan.budget.gb:g} GB")
     console.print(f"[bold]{plan.spec.name}[/bold]: {len(plan.jobs)} runs in {len(groups)} "
-                  "activation group(s) (one language-model pass per batch per group)")
-    for key, jobs in groups.items():
-        first = jobs[0].config
+                  "activation group(s) (one language-model pass per batch per group), "
+                  f"{len(plan.device_jobs)} job(s); {budget}")
+    names = {j.run_id: j.name for j in plan.jobs}
+    for dj in plan.device_jobs:
+        first = dj.runs[0].config
         tokens = first.data.train_tokens + first.data.eval_tokens
-        params = sum(2 * d_in * d_sae for d_in, d_sae in (j.config.sae.widths for j in jobs))
-        mem_mb = params * 4 * 4 / 2**20  # weights + grads + 2 Adam moments, float32
-        buffer_mb = first.data.shuffle_buffer_tokens * first.sae.widths[0] * 4 / 2**20
-        console.print(f"\ngroup {key}: model {first.model.name}, {len(jobs)} SAEs, "
-                      f"{tokens:,} tokens through the model, ~{mem_mb:.0f} MB of SAE state, "
-                      f"~{buffer_mb:.0f} MB shuffle buffer per site")
-        for job in jobs:
-            console.print(f"  {job.run_id}  {escape(job.name)}")
+        console.print(f"\njob {dj.index} (group {dj.group_key}): model {first.model.name}, "
+                      f"{len(dj.runs)} SAEs, {tokens:,} tokens through the model, "
+                      f"~{_gb(dj.memory_gb)} GB on its device")
+        if dj.memory:
+            parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in dj.memory.items()
+                              if k != "total")
+            console.print(f"  GB: {parts}; {escape(dj.memory_detail)}")
+        for run_id in dj.run_ids:
+            console.print(f"  {run_id}  {escape(names[run_id])}")
     console.print()
     first_job = plan.jobs[0]
     table = Table(title=f"resolved values (first run; sweep axes vary): {first_job.name}")

@@ -5,7 +5,8 @@ and each batch of its forward pass feeds every SAE. `run_group` writes what it f
 `RunSink`: the SQLite `Registry` on this machine, or inside a cluster job
 `launch.results.RunFolders`, which writes the same calls as files for the driver to ingest.
 
-`claim_groups` is the one claim loop: it takes group after group for this process, one
+`claim_groups` is the one claim loop: it takes device job after device job for this process (the
+runs of one group that fit one device, `plan.DeviceJob`; a whole group without a budget), one
 transaction each, so processes sharing a registry never run a run twice. The launchers
 (launch/local.py, launch/slurm.py) sit above this module; runner.py above them picks one.
 """
@@ -96,7 +97,9 @@ class Heartbeat:
 
 def claim_groups(reg: Registry, groups: Iterable[list[Job]], retry_failed: bool,
                  elsewhere: dict[str, str], skip: Collection[str] = ()) -> Iterator[list[Job]]:
-    """Claim group after group for this process; yields the claimed jobs of each (never empty).
+    """Claim device job after device job (each a list of runs of one activation group: the whole
+    group, or a part that fits one device) for this process; yields the claimed runs of each
+    (never empty).
 
     Lazy on purpose: a local process asks for the next group only when it is free to run it, so
     processes sharing a registry take turns group by group; a launcher that hands every group

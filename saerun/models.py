@@ -30,25 +30,44 @@ class ModelInfo:
     n_ctx: int
     embedded: bool = False
     d_attn: int | None = None  # n_heads * d_head, the width of attn.hook_z; None: d_model
+    # What the memory model (saerun/memory.py) needs besides the widths; None: not known.
+    n_heads: int | None = None
+    d_vocab: int | None = None
+    family: str = "gpt2"  # how the weights are laid out (see FAMILIES)
+    n_params: int | None = None  # exact count (a local model's safetensors header); None: formula
+
+
+# Weight layout by family: (matrices per MLP: 2, or 3 for a gated MLP; learned position
+# embeddings; unembedding tied to the embedding).
+FAMILIES = {
+    "gpt2": (2, True, True),
+    "neox": (2, False, False),
+    "gemma": (3, False, True),
+    "llama": (3, False, False),
+}
+_FAMILY_OF_TYPE = {"gpt2": "gpt2", "gpt_neox": "neox", "gemma": "gemma", "gemma2": "gemma",
+                   "gemma3": "gemma", "llama": "llama", "mistral": "llama", "qwen2": "llama",
+                   "qwen3": "llama"}
 
 
 # Published configs of models the paper recipes use, so `saerun plan` works offline on them:
-# (d_model, d_mlp, n_layers, n_ctx, n_heads * d_head). The last is the width of attn.hook_z,
-# which is not d_model for Gemma (16 x 256 = 4096 vs 3072 for 7B; 8 x 256 = 2048 vs 2304 for
-# Gemma 2 2B). Numbers from each model's config.json (hidden_size, intermediate_size,
-# num_hidden_layers, max_position_embeddings, num_attention_heads x head_dim).
+# (d_model, d_mlp, n_layers, n_ctx, n_heads, d_head, d_vocab, family). n_heads * d_head is the
+# width of attn.hook_z, which is not d_model for Gemma (16 x 256 = 4096 vs 3072 for 7B; 8 x 256
+# = 2048 vs 2304 for Gemma 2 2B). Numbers from each model's config.json (hidden_size,
+# intermediate_size, num_hidden_layers, max_position_embeddings, num_attention_heads, head_dim,
+# vocab_size, model_type).
 KNOWN_MODELS = {
-    "gpt2": (768, 3072, 12, 1024, 12 * 64),
-    "gpt2-small": (768, 3072, 12, 1024, 12 * 64),
-    "gpt2-medium": (1024, 4096, 24, 1024, 16 * 64),
-    "gelu-1l": (512, 2048, 1, 1024, 8 * 64),
-    "NeelNanda/GELU_1L512W_C4_Code": (512, 2048, 1, 1024, 8 * 64),
-    "EleutherAI/pythia-70m-deduped": (512, 2048, 6, 2048, 8 * 64),
-    "EleutherAI/pythia-160m-deduped": (768, 3072, 12, 2048, 12 * 64),
-    "EleutherAI/pythia-2.8b": (2560, 10240, 32, 2048, 32 * 80),
-    "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048, 32 * 80),
-    "google/gemma-2-2b": (2304, 9216, 26, 8192, 8 * 256),
-    "google/gemma-7b": (3072, 24576, 28, 8192, 16 * 256),
+    "gpt2": (768, 3072, 12, 1024, 12, 64, 50257, "gpt2"),
+    "gpt2-small": (768, 3072, 12, 1024, 12, 64, 50257, "gpt2"),
+    "gpt2-medium": (1024, 4096, 24, 1024, 16, 64, 50257, "gpt2"),
+    "gelu-1l": (512, 2048, 1, 1024, 8, 64, 48262, "gpt2"),
+    "NeelNanda/GELU_1L512W_C4_Code": (512, 2048, 1, 1024, 8, 64, 48262, "gpt2"),
+    "EleutherAI/pythia-70m-deduped": (512, 2048, 6, 2048, 8, 64, 50304, "neox"),
+    "EleutherAI/pythia-160m-deduped": (768, 3072, 12, 2048, 12, 64, 50304, "neox"),
+    "EleutherAI/pythia-2.8b": (2560, 10240, 32, 2048, 32, 80, 50304, "neox"),
+    "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048, 32, 80, 50304, "neox"),
+    "google/gemma-2-2b": (2304, 9216, 26, 8192, 8, 256, 256000, "gemma"),
+    "google/gemma-7b": (3072, 24576, 28, 8192, 16, 256, 256000, "gemma"),
 }
 
 
@@ -57,8 +76,42 @@ def known_dims(name: str) -> ModelInfo | None:
     its own config.json is at hand)."""
     if name not in KNOWN_MODELS:
         return None
-    d_model, d_mlp, n_layers, n_ctx, d_attn = KNOWN_MODELS[name]
-    return ModelInfo(name, name, d_model, d_mlp, n_layers, n_ctx, d_attn=d_attn)
+    d_model, d_mlp, n_layers, n_ctx, n_heads, d_head, d_vocab, family = KNOWN_MODELS[name]
+    return ModelInfo(name, name, d_model, d_mlp, n_layers, n_ctx, d_attn=n_heads * d_head,
+                     n_heads=n_heads, d_vocab=d_vocab, family=family)
+
+
+def lm_params(info: ModelInfo) -> int:
+    """The language model's parameter count: exact where a local safetensors header gave it,
+    else from the config by its family's layout (norms and biases left out: < 0.1%; grouped
+    key/value heads counted as full heads: an overestimate)."""
+    if info.n_params is not None:
+        return info.n_params
+    mlp_mats, learned_pos, tied = FAMILIES.get(info.family, FAMILIES["gpt2"])
+    d, d_attn, vocab = info.d_model, info.d_attn or info.d_model, info.d_vocab or 0
+    per_layer = 4 * d * d_attn + mlp_mats * d * info.d_mlp
+    embed = vocab * d * (1 if tied else 2) + (info.n_ctx * d if learned_pos else 0)
+    return info.n_layers * per_layer + embed
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Parameter count from the headers of a local model's *.safetensors files (a small JSON
+    read, no weights); None when there are none."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+        for key, entry in header.items():
+            if key != "__metadata__":
+                count = 1
+                for n in entry["shape"]:
+                    count *= int(n)
+                total += count
+    return total
 
 
 def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelInfo:
@@ -71,6 +124,7 @@ def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelI
         return default
 
     d_model = first("n_embd", "hidden_size", "d_model")
+    local = Path(source)
     return ModelInfo(
         name=name,
         source=source,
@@ -82,6 +136,10 @@ def _from_config(name: str, source: str, config: dict, embedded: bool) -> ModelI
         # Gemma's heads are wider than d_model / n_heads: attn.hook_z is n_heads * head_dim.
         d_attn=first("num_attention_heads", "n_head", "n_heads") * int(config["head_dim"])
         if config.get("head_dim") is not None else None,
+        n_heads=first("num_attention_heads", "n_head", "n_heads", default=0) or None,
+        d_vocab=first("vocab_size", "d_vocab", default=0) or None,
+        family=_FAMILY_OF_TYPE.get(str(config.get("model_type")), "gpt2"),
+        n_params=_safetensors_params(local) if local.is_dir() else None,
     )
 
 

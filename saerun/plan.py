@@ -24,8 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saerun import flops
+from saerun import flops, memory
 from saerun.errors import SaerunError, SpecError, shown
+from saerun.models import layer_of
 from saerun.spec import (
     ComputeMatch,
     RunConfig,
@@ -51,6 +52,7 @@ class ModelDims:
     hook_widths: dict[str, int]  # hook name -> activation width there (d_in of an SAE)
     source: str  # where the numbers came from, shown by `saerun plan`
     n_ctx: int | None = None  # longest context the model was built for
+    lm: memory.LMShape | None = None  # the language model's size, for the memory model
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,41 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A device memory budget and where it was set (to locate an error about it)."""
+
+    gb: float
+    path: tuple[str, ...] | None  # the spec's key path; None: the command line or the device
+    named: str  # "launcher.device_memory_gb", "--device-memory", "the visible GPU's memory"
+
+
+@dataclass(frozen=True)
+class DeviceJob:
+    """Runs of one activation group trained together in one process on one device: the LM is
+    loaded once and its forward (up to the job's deepest site) feeds every SAE of the job. A
+    group split into several device jobs runs its LM once per job over the same deterministic
+    stream, so the split changes no run id and no result."""
+
+    index: int
+    group_key: str
+    runs: list[Job]
+    memory_gb: float | None  # estimated peak on the device (`saerun.memory`); None: unknown
+    memory: dict[str, float] = field(default_factory=dict)  # its parts, GB
+    memory_detail: str = ""  # how the estimate was made
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [j.run_id for j in self.runs]
+
+
+@dataclass(frozen=True)
 class Plan:
     spec: Spec
     jobs: list[Job]
+    # One per activation group when no budget was given (today's behaviour); else each group
+    # split so that each job's estimate fits the budget (`pack`).
+    device_jobs: list[DeviceJob] = field(default_factory=list)
+    budget: Budget | None = None
 
     @property
     def groups(self) -> dict[str, list[Job]]:
@@ -189,9 +223,11 @@ def _label(spec: Spec, point: dict[tuple[str, ...], Any]) -> str:
     return f"{spec.name}[{','.join(parts)}]"
 
 
-def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims]) -> Plan:
-    """Expand the sweep and resolve every job. A SpecError raised here carries the key path it
-    is about (`err.path`), not a file or line: `spec.locate.locate` gives it those."""
+def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims],
+               budget: Budget | None = None) -> Plan:
+    """Expand the sweep, resolve every job and pack them into device jobs (`pack`). A SpecError
+    raised here carries the key path it is about (`err.path`), not a file or line:
+    `spec.locate.locate` gives it those."""
     base = {k: v for k, v in raw.items() if k not in ("sweep", "name")}
     dims_cache: dict[str, ModelDims] = {}
     jobs: list[Job] = []
@@ -226,7 +262,7 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims]) ->
         seen[run_id] = label
         jobs.append(Job(run_id, label, config, group_key_of(config), provenance,
                         _step_flops(config)))
-    return Plan(spec=spec, jobs=jobs)
+    return Plan(spec=spec, jobs=jobs, device_jobs=pack(jobs, dims_cache, budget), budget=budget)
 
 
 def _validated(tree: dict, derived: derive.Derived, note: str) -> RunConfig:
@@ -372,3 +408,90 @@ def _provenance(
 def resolved_items(config: BaseModel) -> dict[str, Any]:
     """Flat dotted view of a resolved config (for `saerun plan` and the registry)."""
     return {".".join(map(str, k)): v for k, v in _flatten(config.model_dump(mode="json")).items()}
+
+
+# -- device jobs -------------------------------------------------------------------------------
+
+
+def _sae_shape(config: RunConfig) -> memory.SAEShape:
+    if config.sae.d_in is None or config.sae.d_sae is None:  # resolved by `_derive`
+        raise ValueError("the memory model needs d_in and d_sae")
+    return memory.SAEShape(
+        config.sae.architecture, config.sae.d_in, config.sae.d_sae, config.train.batch_tokens,
+        bool(getattr(config.sae, "ghost_grads", False)),
+        str(getattr(config.train, "precision", "fp32")),
+    )
+
+
+def job_memory(runs: list[Job], dims: ModelDims) -> tuple[dict[str, float], str] | None:
+    """(estimated peak of these runs as one device job, in GB by part; how) or None when the
+    model's size is unknown."""
+    if dims.lm is None:
+        return None
+    first = runs[0].config
+    stream = memory.StreamShape(first.model.dtype, first.data.context_size,
+                                first.data.lm_batch_sequences, first.data.shuffle_buffer_tokens,
+                                first.train.batch_tokens)
+    sites = {j.config.site.hook_name: dims.hook_widths[j.config.site.hook_name] for j in runs}
+    layers = [layer_of(h) for h in sites]
+    deepest = max((x for x in layers if x is not None), default=None)
+    parts = memory.job_memory(dims.lm, stream, [_sae_shape(j.config) for j in runs], sites,
+                              deepest)
+    how = (f"formula (saerun.memory: dense kernels, {first.model.dtype} LM of "
+           f"{dims.lm.n_params:,} parameters from {dims.lm.source})")
+    return {k: v / memory.GB for k, v in parts.items()}, how
+
+
+def _site_order(job: Job) -> tuple[int, str]:
+    layer = layer_of(job.config.site.hook_name)
+    return (-1 if layer is None else layer, job.config.site.hook_name)
+
+
+def pack(jobs: list[Job], dims: dict[str, ModelDims], budget: Budget | None) -> list[DeviceJob]:
+    """Device jobs of the plan. No budget: one per activation group, its runs in plan order.
+    With one: each group's runs sorted by site depth (deepest last) and cut into consecutive
+    jobs, each as full as the budget allows, so a job's sites are contiguous in depth and its
+    LM forward stops at its deepest site. A run that does not fit alone is a SpecError naming
+    the run, its estimate and the budget."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.group_key, []).append(job)
+    out: list[DeviceJob] = []
+
+    def add(key: str, runs: list[Job], estimate: tuple[dict[str, float], str] | None) -> None:
+        parts, how = estimate if estimate is not None else ({}, "")
+        out.append(DeviceJob(len(out), key, runs, parts.get("total"), parts, how))
+
+    for key, runs in groups.items():
+        model = dims[runs[0].config.model.name]
+        if budget is None:
+            add(key, runs, job_memory(runs, model))
+            continue
+        current: list[Job] = []
+        fitted: tuple[dict[str, float], str] | None = None
+        for job in sorted(runs, key=_site_order):
+            trial = _estimate(current + [job], model, budget)
+            if current and trial[0]["total"] > budget.gb:
+                add(key, current, fitted)
+                current, trial = [], _estimate([job], model, budget)
+            if trial[0]["total"] > budget.gb:
+                raise SpecError(
+                    f"run {job.name} ({job.run_id[:10]}) needs about {trial[0]['total']:.1f} GB "
+                    f"on its device alone, more than {budget.named} {budget.gb:g} GB",
+                    path=budget.path, field=".".join(budget.path) if budget.path else None,
+                    hint="a device with more memory, or a smaller sae.d_sae, train.batch_tokens "
+                    "or data.lm_batch_sequences")
+            current, fitted = current + [job], trial
+        if current:
+            add(key, current, fitted)
+    return out
+
+
+def _estimate(runs: list[Job], dims: ModelDims, budget: Budget) -> tuple[dict[str, float], str]:
+    found = job_memory(runs, dims)
+    if found is None:
+        raise SpecError(
+            f"the size of model {runs[0].config.model.name!r} is unknown, so no job can be "
+            f"sized for {budget.named} {budget.gb:g} GB", path=budget.path,
+            field=".".join(budget.path) if budget.path else None, hint="remove the budget")
+    return found

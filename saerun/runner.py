@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from saerun.errors import SaerunError, SpecError
 from saerun.execute import Summary
-from saerun.plan import ModelDims, Plan, build_plan
+from saerun.memory import LMShape
+from saerun.models import FAMILIES
+from saerun.plan import Budget, ModelDims, Plan, build_plan
 from saerun.spec import LineMap, Spec, launcher_with, load_spec, locate
 
 if TYPE_CHECKING:
@@ -42,10 +44,40 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
         info = models.model_info(name)
         source = f"config of {info.source}"
     widths = {hook: models.hook_width(info, hook) for hook in models.hook_names(info)}
-    return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source, n_ctx=info.n_ctx)
+    counted = "its safetensors header" if info.n_params is not None else source
+    lm = LMShape(models.lm_params(info), info.n_layers, info.d_model, info.d_mlp,
+                 info.n_heads or 1, info.d_vocab or 0, FAMILIES.get(info.family, (2,))[0],
+                 counted)
+    return ModelDims(n_layers=info.n_layers, hook_widths=widths, source=source, n_ctx=info.n_ctx,
+                     lm=lm)
 
 
-def prepare(path: str | Path, offline_dims: bool = True) -> Prepared:
+def device_budget(spec: Spec, flag: float | None, visible_gpu: bool) -> Budget | None:
+    """The device memory budget: the command line's --device-memory over the spec's
+    launcher.device_memory_gb; else, with `visible_gpu` (a run), the memory of the visible GPU
+    (torch.cuda), none on a CPU. `saerun plan` passes False: planning imports no torch."""
+    if flag is not None:
+        if not flag > 0:
+            raise SpecError(f"--device-memory must be a positive number of GB, got {flag:g}")
+        return Budget(flag, None, "--device-memory")
+    if spec.launcher.device_memory_gb is not None:
+        return Budget(spec.launcher.device_memory_gb, ("launcher", "device_memory_gb"),
+                      "launcher.device_memory_gb")
+    if not visible_gpu or spec.model.device not in ("auto", "cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    except (RuntimeError, AssertionError):  # CUDA said available but has no device to read
+        return None
+    return Budget(total / 1e9, None, "the visible GPU's memory")
+
+
+def prepare(path: str | Path, offline_dims: bool = True, device_memory_gb: float | None = None,
+            gpu_budget: bool = False) -> Prepared:
     """Load, validate and plan a spec; check the data exists. Writes nothing, loads nothing.
 
     offline_dims (the default, what `saerun plan` gets): a well-known model's widths come from
@@ -53,6 +85,10 @@ def prepare(path: str | Path, offline_dims: bool = True) -> Prepared:
     paper recipe plans with no network; embedded and local files are still checked. `run_spec`
     passes False: before anything is written it needs the model's own config and a dataset it
     can read.
+
+    The runs are packed into device jobs for the budget `device_budget` resolves from
+    `device_memory_gb` (the --device-memory flag), the spec, and with `gpu_budget` the visible
+    GPU.
 
     `text` is what the registry keeps: the file as read, or for a spec that `extends` others
     the composed spec as standalone YAML (see `spec.load_spec`). Errors name the file and line
@@ -63,7 +99,9 @@ def prepare(path: str | Path, offline_dims: bool = True) -> Prepared:
     path = Path(path)
     spec, raw, lines, text = load_spec(path)
     try:
-        plan = build_plan(spec, raw, lambda name: model_dims(name, offline_table=offline_dims))
+        budget = device_budget(spec, device_memory_gb, gpu_budget)
+        plan = build_plan(spec, raw, lambda name: model_dims(name, offline_table=offline_dims),
+                          budget)
     except SpecError as err:
         raise locate(err, lines, str(path), spec) from None
     for dataset in sorted({job.config.data.dataset for job in plan.jobs}):
@@ -91,9 +129,11 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Progress | N
     from saerun.launch import local, slurm
     from saerun.registry import Registry
 
-    prepared = prepare(path, offline_dims=False)
+    options = dict(launcher or {})
+    flag = options.pop("device_memory_gb", None)
+    prepared = prepare(path, offline_dims=False, device_memory_gb=flag, gpu_budget=True)
     plan = prepared.plan
-    launcher_cfg = launcher_with(prepared.spec.launcher, launcher or {})
+    launcher_cfg = launcher_with(prepared.spec.launcher, options)
     run_ids = [j.run_id for j in plan.jobs]
     with Registry(registry_path) as reg:
         spec_hash = reg.add_spec(plan.spec.name, str(prepared.path), prepared.text)
@@ -120,6 +160,7 @@ def run_spec(path: str | Path, registry_path: str | Path, progress: Progress | N
         if devices:
             return local.spread(reg, plan, devices, record, retry_failed)
         summary = Summary(jobs=plan.jobs)
-        local.run_here(reg, plan.groups.values(), record, retry_failed, progress, summary)
+        local.run_here(reg, [dj.runs for dj in plan.device_jobs], record, retry_failed, progress,
+                       summary)
         summary.statuses = {r: (reg.get_run(r) or {}).get("status", "?") for r in run_ids}
     return summary

@@ -121,7 +121,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(tmp_path, old,
 
 def test_plan_shows_provenance(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY)
-    out = json.loads(saerun("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout)
+    out = json.loads(saerun("plan", "tiny.yaml", "--json", cwd=tmp_path).stdout)["runs"]
     assert len(out) == 3 and len({job["group"] for job in out}) == 1
     prov = out[0]["provenance"]
     assert prov["sae.d_in"].startswith("derived: width of blocks.1.hook_resid_post")

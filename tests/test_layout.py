@@ -21,7 +21,7 @@ MAX_LINES = 600
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "faults", "migrations", "pareto", "progress"),
     ("artifacts", "metrics", "spec"),
-    ("models", "data", "flops"),
+    ("models", "data", "flops", "memory"),
     ("sae",),
     ("plan",),  # it counts each run's step FLOPs through sae/cost.py
     ("registry", "activations", "actcache", "resample", "train", "evaluate"),

@@ -189,8 +189,8 @@ def test_cli_plan_prints_the_widths_offline():
         [sys.executable, "-m", "saerun.cli", "plan", "specs/gemma7b_gated.yaml", "--json"],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
     )
-    jobs = json.loads(as_json.stdout)
-    assert {j["config"]["sae"]["d_sae"] for j in jobs} == {131072, 196608}
+    runs = json.loads(as_json.stdout)["runs"]
+    assert {j["config"]["sae"]["d_sae"] for j in runs} == {131072, 196608}
 
 
 def test_planning_a_recipe_loads_no_model_code():

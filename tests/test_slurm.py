@@ -83,7 +83,8 @@ def test_local_groups_spread_over_visible_gpus_only_when_it_helps(monkeypatch):
 
     def plan(groups: int, device: str = "auto") -> NS:
         job = NS(config=NS(model=NS(device=device)))
-        return NS(groups={i: [job] for i in range(groups)}, jobs=[job] * groups)
+        return NS(groups={i: [job] for i in range(groups)}, jobs=[job] * groups,
+                  device_jobs=[NS(runs=[job]) for _ in range(groups)])
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

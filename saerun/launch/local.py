@@ -1,12 +1,13 @@
-"""The local launcher: train on this machine, in this process (`run_here`), or with several GPUs
-in one worker process per GPU (`spread`), each seeing only its own (CUDA_VISIBLE_DEVICES), all
-sharing the registry. Each process takes the next activation group no one holds (the registry's
-claims are one transaction each: no group is run twice), so the groups spread over the GPUs
-without a scheduler. With one GPU or none, or a model pinned to one device, everything runs in
-this process.
+"""The local launcher: train on this machine, in this process (`run_here`: one device job after
+another), or with several GPUs in one worker process per GPU (`spread`), each seeing only its own
+(CUDA_VISIBLE_DEVICES), all sharing the registry. Each process takes the next device job no one
+holds (the registry's claims are one transaction each: no job is run twice), so the jobs spread
+over the GPUs without a scheduler, the rest queueing. With one GPU or none, or a model pinned to
+one device, everything runs in this process.
 
-A worker (launch/local_worker.py) gets the planned groups as JSON, never the spec: it does not
-plan again, it claims and runs.
+A device job (`plan.DeviceJob`) is the runs of one activation group that fit one device's
+budget, or the whole group without one. A worker (launch/local_worker.py) gets the planned jobs
+as JSON, never the spec: it does not plan again, it claims and runs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ WORKER = "saerun.launch.local_worker"  # the module each per-GPU process runs
 
 def devices_to_spread(launcher: LocalLauncher, plan: Plan) -> list[str]:
     """The CUDA_VISIBLE_DEVICES value of each per-GPU process; [] to run in this process."""
-    if os.environ.get(CHILD) or len(plan.groups) < 2:
+    if os.environ.get(CHILD) or len(plan.device_jobs) < 2:
         return []
     if any(job.config.model.device not in ("auto", "cuda") for job in plan.jobs):
         return []  # the spec pinned a device (cpu, cuda:1): it is obeyed as written
@@ -50,13 +51,14 @@ def devices_to_spread(launcher: LocalLauncher, plan: Plan) -> list[str]:
     if missing:
         raise SaerunError(f"launcher.gpus asks for GPU {missing[0]}, but {len(names)} are visible",
                           hint="list GPUs by their index among the visible ones")
-    chosen = [names[i] for i in wanted][: len(plan.groups)]
+    chosen = [names[i] for i in wanted][: len(plan.device_jobs)]
     return chosen if len(chosen) >= 2 else []
 
 
 def run_here(reg: Registry, groups: Iterable[list[Job]], launcher: dict[str, Any],
              retry_failed: bool, progress: Progress | None, summary: Summary) -> None:
-    """Claim group after group and run each in this process, recording into `summary`.
+    """Claim device job after device job (each a list of runs of one activation group) and run
+    each in this process, recording into `summary`.
 
     launcher: the launch record each claimed run gets (the resolved launcher section)."""
     for todo in claim_groups(reg, groups, retry_failed, summary.elsewhere):
@@ -78,11 +80,11 @@ def run_here(reg: Registry, groups: Iterable[list[Job]], launcher: dict[str, Any
 
 def spread(reg: Registry, plan: Plan, devices: list[str], launcher: dict[str, Any],
            retry_failed: bool) -> Summary:
-    """Run the plan's groups in one worker process per device and wait; the summary is the
+    """Run the plan's device jobs in one worker process per device and wait; the summary is the
     registry's. Each worker's launch record names its CUDA_VISIBLE_DEVICES."""
     run_ids = [j.run_id for j in plan.jobs]
     before = {r: _status(reg, r) for r in run_ids}
-    groups = [[job_payload(j, plan.spec.name) for j in jobs] for jobs in plan.groups.values()]
+    groups = [[job_payload(j, plan.spec.name) for j in dj.runs] for dj in plan.device_jobs]
     with tempfile.TemporaryDirectory(prefix="saerun-spread-") as tmp:
         children = []
         for i, device in enumerate(devices):

@@ -2,9 +2,10 @@
 
     python -m saerun.launch.local_worker PAYLOAD REGISTRY [--retry-failed]
 
-PAYLOAD is the JSON file the parent wrote: {"launcher": the launch record, "groups": [[job, ...],
-...]} with every job as planned (run id, name, group key, resolved config). The worker claims
-the next group no one holds and runs it against the registry, until none is left. A user error
+PAYLOAD is the JSON file the parent wrote: {"launcher": the launch record, "groups": [[run, ...],
+...]}, one list per device job (`plan.DeviceJob`), every run as planned (run id, name, group
+key, resolved config). The worker claims the next device job no one holds and runs it against
+the registry, until none is left. A user error
 is printed on stderr as the CLI prints it, and the exit code is 2, so the parent raises too.
 """
 
@@ -22,7 +23,7 @@ from saerun.registry import Registry
 
 
 def work(payload_path: Path, registry_path: Path, retry_failed: bool) -> Summary:
-    """Claim and run the payload's groups in this process; the summary of what it did."""
+    """Claim and run the payload's device jobs in this process; the summary of what it did."""
     payload = json.loads(payload_path.read_text(encoding="utf-8"))
     groups = [[job_from_payload(job) for job in group] for group in payload["groups"]]
     summary = Summary(jobs=[job for group in groups for job in group])

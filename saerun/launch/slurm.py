@@ -1,7 +1,8 @@
-"""The Slurm launcher: submit activation groups as one job array through submitit, watch the
-jobs, and register what they leave behind.
+"""The Slurm launcher: submit device jobs as one job array through submitit, watch the jobs,
+and register what they leave behind.
 
-One job per activation group (its SAEs share one model pass), one array per submission, at
+One array task per device job (`plan.DeviceJob`: the SAEs of one activation group that fit one
+device, sharing one model pass; the whole group without a budget), one array per submission, at
 most `max_parallel` tasks at once. Only this driver writes the registry; jobs write result files
 into the run folders (launch/results.py), which `reconcile` ingests as jobs end. A run handed to
 a job is `running`, owned by `slurm:job:<id>` with a lease that never lapses by itself: it is
@@ -252,9 +253,9 @@ def drive(reg: Registry, plan: Plan, launcher: SlurmLauncher, retry_failed: bool
     run_ids = [j.run_id for j in plan.jobs]
     cancel_orphans(reg)
     flying = {f["run_id"]: f["job_id"] for f in reg.in_flight(run_ids)}
-    # Every group at once: one job array takes them all.
-    groups = list(claim_groups(reg, plan.groups.values(), retry_failed, summary.elsewhere,
-                               skip=flying))
+    # Every device job at once: one job array takes them all.
+    groups = list(claim_groups(reg, [dj.runs for dj in plan.device_jobs], retry_failed,
+                               summary.elsewhere, skip=flying))
     claimed = [j.run_id for group in groups for j in group]
     if groups:
         try:

@@ -46,9 +46,14 @@ class LocalLauncher(_Strict):
 
     kind: Literal["local"] = Field("local", description="train on this machine (the default).")
     gpus: Literal["all"] | list[Annotated[int, Field(ge=0)]] = Field(
-        "all", description="CUDA devices to spread activation groups over, one process per "
+        "all", description="CUDA devices to spread device jobs over, one process per "
         "device (`all`: every visible one); with fewer than two, or a model.device other than "
         "auto/cuda, everything runs in this process.",
+    )
+    device_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one device in GB (10^9 bytes): each activation group "
+        "is split into jobs whose estimated peak fits (`saerun plan` shows the estimates); "
+        "null: the visible GPU's memory when a run starts (one job per group on a CPU)",
     )
 
 
@@ -58,8 +63,9 @@ _RESERVED_SBATCH = {"array", "hold", "output", "error", "signal", "open-mode", "
 
 
 class SlurmLauncher(_Strict):
-    """Submit to a Slurm cluster through submitit: one job per activation group (the SAEs that
-    share one model pass), one job array per submission, capped at `max_parallel` at once."""
+    """Submit to a Slurm cluster through submitit: one array task per device job (the SAEs of
+    one activation group that fit one device, or the whole group without a budget), one job
+    array per submission, capped at `max_parallel` at once."""
 
     kind: Literal["slurm"] = Field(description="submit the jobs to Slurm (submitit).")
     partition: str | None = Field(None, description="sbatch --partition; null: the default one.")
@@ -72,6 +78,11 @@ class SlurmLauncher(_Strict):
         "1h", description="time limit per job: 90m, 6h, 2d, or Slurm's D-HH:MM:SS.",
     )
     max_parallel: int = Field(8, ge=1, description="jobs of one array running at once (%N).")
+    device_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one device in GB (10^9 bytes): each activation group "
+        "is split into jobs whose estimated peak fits (`saerun plan` shows the estimates); "
+        "null: one job per activation group",
+    )
     sbatch: dict[str, str | int | bool] = Field(
         default_factory=dict,
         description="extra sbatch options without the dashes, e.g. {account: lab, qos: high}.",
