@@ -58,8 +58,10 @@ def sparsity_at(step: int, total_steps: int, t: TrainConfig) -> float:
 
 def compiled(sae: SAE) -> Callable[[Tensor, StepInfo], LossOutput]:
     """`sae.loss` compiled by torch.compile (inductor): the forward and, through AOTAutograd,
-    its backward. Data-dependent branches (the sparse kernels' choice) become graph breaks,
-    each side compiled apart; the batch shape is fixed, so nothing recompiles after step 0."""
+    its backward. A compiled SAE takes the dense products (the path a GPU takes anyway): the
+    sparse kernels' data-dependent choice and index bookkeeping would break the graph into
+    pieces. The batch shape is fixed, so nothing recompiles after the first step."""
+    sae.sparse_kernels = False
     return torch.compile(sae.loss, dynamic=False)
 
 
