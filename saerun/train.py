@@ -62,7 +62,15 @@ def compiled(sae: SAE) -> Callable[[Tensor, StepInfo], LossOutput]:
     sparse kernels' data-dependent choice and index bookkeeping would break the graph into
     pieces. The batch shape is fixed, so nothing recompiles after the first step."""
     sae.sparse_kernels = False
-    return torch.compile(sae.loss, dynamic=False)
+    loss = torch.compile(sae.loss, dynamic=False)
+
+    def step(x: Tensor, info: StepInfo) -> LossOutput:
+        # The warm-up factor as a tensor: a Python float is a constant to the compiler, and a
+        # new one every warm-up step would recompile the graph each step (then fall back).
+        scale = torch.tensor(info.sparsity_scale, device=x.device)
+        return loss(x, info._replace(sparsity_scale=scale))
+
+    return step
 
 
 # -- one SAE's loop state ----------------------------------------------------------------------
