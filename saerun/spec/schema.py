@@ -442,8 +442,9 @@ class TrainConfig(_Strict):
         "thresholds (JumpReLU, BatchTopK) and fp32 loss reductions; no gradient scaler.",
     )
     compile: bool = Field(
-        False, description="compile the SAE's loss with torch.compile (inductor). Off by "
-        "default: on the CPU it was measured slower than eager (BENCHMARKS.md).",
+        False, description="compile the SAE's loss and backward with torch.compile "
+        "(inductor; a compiled SAE takes the dense products). Off by default until measured "
+        "faster (BENCHMARKS.md).",
     )
     tf32: bool = Field(
         True, description="allow TF32 matmuls and convolutions on CUDA (recorded in the run's "
