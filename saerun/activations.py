@@ -9,8 +9,11 @@ HF model's to float precision, so an SAE trained here splices into the HF model 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Literal
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor
@@ -250,3 +253,73 @@ def estimate_norm_scale(lm: LanguageModel, data: DataConfig, hook_names: list[st
         if count >= n_tokens:
             break
     return {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}
+
+
+_DONE = object()  # the producer's end-of-stream marker
+
+
+def prefetch(batches: Iterable[dict[str, Tensor]], depth: int = 2
+             ) -> Generator[dict[str, Tensor], None, None]:
+    """`batches`, produced ahead by a background thread into a queue of `depth` batches, so the
+    next language-model forward runs while the SAEs step (torch releases the GIL in its ops).
+
+    The same batches in the same order: the producer runs the very iterator the consumer would
+    have, so the result is bit-identical. An exception in the producer is raised here, in the
+    consumer, at the batch where it happened; when the consumer stops early (a break, an error,
+    the generator closed) the producer is told to stop and joined, so no thread outlives the
+    loop. On CUDA the producer works on a side stream; each batch waits for it on the
+    consumer's stream before it is used."""
+    items: queue.Queue[tuple[dict[str, Tensor] | object, torch.cuda.Event | None]] = \
+        queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    cuda = torch.cuda.is_available()
+
+    def put(item: dict[str, Tensor] | object, event: torch.cuda.Event | None) -> bool:
+        while not stop.is_set():
+            try:
+                items.put((item, event), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        side = torch.cuda.Stream() if cuda else None
+        source = iter(batches)
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for batch in source:
+                    event = None
+                    if side is not None:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    if not put(batch, event):
+                        return
+        except BaseException as err:  # handed to the consumer, never swallowed
+            failure.append(err)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator left mid-way is closed on its own thread
+                close()
+        put(_DONE, None)
+
+    thread = threading.Thread(target=produce, name="saerun-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, event = items.get()
+            if item is _DONE:
+                if failure:
+                    raise failure[0]
+                return
+            batch = cast("dict[str, Tensor]", item)
+            if event is not None:  # the side stream's work on this batch is done before use
+                current = torch.cuda.current_stream()
+                current.wait_event(event)
+                for t in batch.values():
+                    t.record_stream(current)  # its memory is not reused while in use here
+            yield batch
+    finally:
+        stop.set()
+        thread.join()

@@ -143,6 +143,18 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def set_tf32(device: str, allowed: bool) -> bool | None:
+    """TF32 matmuls and convolutions on CUDA as train.tf32 says; what was set (None off CUDA,
+    where there is no TF32 to set)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+    return allowed
+
+
 def environment(device: str, numerics_mode: str) -> dict[str, Any]:
     """What a reader needs to trust or reproduce a number: versions, device, git commit."""
     from importlib.metadata import PackageNotFoundError, version
@@ -189,6 +201,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         LanguageModel,
         estimate_norm_scale,
         eval_token_batches,
+        prefetch,
     )
     from saerun.evaluate import evaluate_group
     from saerun.registry import OWNER
@@ -196,16 +209,21 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
 
     first = jobs[0].config
     device = pick_device(first.model.device)
+    # The SAEs may train on another device than the LM's (train.device); batches move there.
+    sae_device = pick_device(first.train.device) if first.train.device else device
     dtype = getattr(torch, first.model.dtype)
     lm = LanguageModel.load(first.model.name, device=device, dtype=dtype)
     env = environment(device, lm.numerics_mode)
+    env["sae_device"] = sae_device
+    env["precision"] = first.train.precision
+    env["tf32"] = set_tf32(sae_device, first.train.tf32)
     fingerprint = data.fingerprint(first.data)
     hooks = sorted({j.config.site.hook_name for j in jobs})
 
     trainers: list[Trainer] = []
     for job in jobs:
         folder = reg.artifacts_dir(job.run_id)
-        tr = Trainer.create(job.run_id, job.config, device)
+        tr = Trainer.create(job.run_id, job.config, sae_device)
         saved = artifacts.load_checkpoint(folder)
         if saved is not None:
             tr.load_state(*saved)
@@ -241,16 +259,23 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     total = max(tr.total_steps for tr in trainers)
     t0 = time.perf_counter()
     if any(not tr.done for tr in trainers):
-        stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, device)
+        stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, sae_device)
         if start:
             stream.skip(start)
-        if progress is None:
-            train_group(trainers, stream, start, scales, checkpoint, lambda i: None, failed)
-        else:
-            task = progress.start_group(jobs, total, start)
-            train_group(trainers, stream, start, scales, checkpoint,
-                        lambda i: progress.advance(task, i, trainers), failed)
-            progress.finish(task)
+        # overlap: the next LM batch is computed while the SAEs step (bit-identical either way).
+        ahead = prefetch(stream) if first.train.overlap else None
+        batches = ahead if ahead is not None else stream
+        try:
+            if progress is None:
+                train_group(trainers, batches, start, scales, checkpoint, lambda i: None, failed)
+            else:
+                task = progress.start_group(jobs, total, start)
+                train_group(trainers, batches, start, scales, checkpoint,
+                            lambda i: progress.advance(task, i, trainers), failed)
+                progress.finish(task)
+        finally:
+            if ahead is not None:
+                ahead.close()  # stops and joins the producer, also when training stopped early
     train_seconds = time.perf_counter() - t0
 
     trainers = [tr for tr in trainers if tr.failure is None]
@@ -259,7 +284,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     t1 = time.perf_counter()
     folded = {}
     for tr in trainers:
-        sae = copy.deepcopy(tr.sae).eval()
+        sae = copy.deepcopy(tr.sae).eval().to(device)  # evaluated beside the LM
         sae.fold_scale(scales[tr.hook_name])
         folded[tr.run_id] = (sae, tr.hook_name)
     eval_batches = eval_token_batches(lm, first.data)

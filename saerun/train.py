@@ -18,7 +18,7 @@ from torch import Tensor
 
 from saerun import faults
 from saerun.resample import resample_dead_latents
-from saerun.sae import SAE, StepInfo, build_sae
+from saerun.sae import SAE, LossOutput, StepInfo, build_sae
 from saerun.spec import RunConfig, TrainConfig
 
 WEIGHT_LIMIT = 1e6  # a weight beyond this (in normalised units) is an explosion, not learning
@@ -56,6 +56,23 @@ def sparsity_at(step: int, total_steps: int, t: TrainConfig) -> float:
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
 
 
+def compiled(sae: SAE) -> Callable[[Tensor, StepInfo], LossOutput]:
+    """`sae.loss` compiled by torch.compile (inductor): the forward and, through AOTAutograd,
+    its backward. A compiled SAE takes the dense products (the path a GPU takes anyway): the
+    sparse kernels' data-dependent choice and index bookkeeping would break the graph into
+    pieces. The batch shape is fixed, so nothing recompiles after the first step."""
+    sae.sparse_kernels = False
+    loss = torch.compile(sae.loss, dynamic=False)
+
+    def step(x: Tensor, info: StepInfo) -> LossOutput:
+        # The warm-up factor as a tensor: a Python float is a constant to the compiler, and a
+        # new one every warm-up step would recompile the graph each step (then fall back).
+        scale = torch.tensor(info.sparsity_scale, device=x.device)
+        return loss(x, info._replace(sparsity_scale=scale))
+
+    return step
+
+
 # -- one SAE's loop state ----------------------------------------------------------------------
 
 
@@ -76,6 +93,11 @@ class Trainer:
     # The first step whose loss was not finite (-1: none yet), kept on the device so that
     # watching for it costs no sync; read by `check_health` on logging and checkpoint steps.
     first_bad_step: Tensor = field(default_factory=lambda: torch.tensor(-1))
+    # The SAE's loss as this run calls it: `sae.loss`, or its torch.compile'd form.
+    loss_fn: Callable[[Tensor, StepInfo], LossOutput] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.loss_fn = compiled(self.sae) if self.config.train.compile else self.sae.loss
 
     @classmethod
     def create(cls, run_id: str, config: RunConfig, device: str) -> Trainer:
@@ -106,7 +128,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask())
-        out = self.sae.loss(x, info)
+        # bf16: the loss under autocast (its matmuls in bf16, everything else as it was: the
+        # weights, the Adam state, the thresholds and the loss's reductions stay fp32). bf16
+        # has fp32's exponent range, so no gradient scaler is needed.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+            out = self.loss_fn(x, info)
         bad = ~torch.isfinite(out.loss.detach())
         self.first_bad_step = torch.where(
             (self.first_bad_step < 0) & bad, torch.full_like(self.first_bad_step, self.step),

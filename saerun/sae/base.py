@@ -35,7 +35,7 @@ class LossOutput(NamedTuple):
 class StepInfo(NamedTuple):
     """What the training loop tells an SAE about the current step."""
 
-    sparsity_scale: float  # sparsity warm-up factor in [0, 1]
+    sparsity_scale: float | Tensor  # sparsity warm-up factor in [0, 1] (a 0-d tensor: compiled)
     dead_mask: Tensor  # [d_sae] bool: latents that fired on none of the last dead-window tokens
 
 

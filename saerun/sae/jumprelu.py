@@ -42,8 +42,9 @@ def _near_sum(pre: Tensor, theta: Tensor, eps: float, grad: Tensor) -> Tensor:
 
 
 def _sum_to_theta(grad: Tensor, theta: Tensor) -> Tensor:
-    """Reduce a [..., d_sae] gradient to theta's [d_sae] (theta is broadcast over the batch)."""
-    return grad.reshape(-1, theta.shape[-1]).sum(0)
+    """Reduce a [..., d_sae] gradient to theta's [d_sae] (theta is broadcast over the batch),
+    summed in fp32 under bf16 autocast: theta's updates are below bf16's resolution."""
+    return grad.reshape(-1, theta.shape[-1]).to(theta.dtype).sum(0)
 
 
 class JumpReLUFn(torch.autograd.Function):
@@ -70,7 +71,8 @@ class StepFn(torch.autograd.Function):
     def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.eps = eps
-        return (pre > theta).to(pre.dtype)
+        # In theta's dtype (fp32): an L0 summed over d_sae latents in bf16 would round.
+        return (pre > theta).to(theta.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:

@@ -137,6 +137,13 @@ def _csr_t(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> 
                                    check_invariants=False)
 
 
+# Under autocast (train.precision bf16) these kernels run in fp32, autocast off inside: they are
+# CPU-only (`SAE.use_sparse`), where bf16 buys no speed, and their index/scatter ops would
+# otherwise meet a mix of bf16 and fp32 operands. Without autocast the decorators do nothing.
+_fp32_forward = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+_fp32_backward = torch.amp.custom_bwd(device_type="cpu")
+
+
 class _GatherLinear(torch.autograd.Function):
     """vals[e] = pre[rows[e], cols[e]] for pre = x_c W_enc + b_enc, given the dense pre
     (computed without grad), with a backward in O(nnz * d_in). With `centre` (x_c = x - centre
@@ -144,6 +151,7 @@ class _GatherLinear(torch.autograd.Function):
     matrix-vector product, instead of a [B, d_in] gradient for x_c."""
 
     @staticmethod
+    @_fp32_forward
     def forward(ctx: Any, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, pre: Tensor,
                 codes_idx: tuple[Tensor, Tensor, Tensor], centre: Tensor | None) -> Tensor:
         rows, cols, offsets = codes_idx
@@ -151,6 +159,7 @@ class _GatherLinear(torch.autograd.Function):
         return pre[rows, cols]
 
     @staticmethod
+    @_fp32_backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x_c, w_enc, rows, cols, offsets = ctx.saved_tensors
         grad_x = grad_w = grad_b = grad_centre = None
@@ -174,12 +183,14 @@ class _Decode(torch.autograd.Function):
     entries (sampled_addmm), both in O(nnz * d_in)."""
 
     @staticmethod
+    @_fp32_forward
     def forward(ctx: Any, vals: Tensor, w_dec: Tensor, rows: Tensor, cols: Tensor,
                 offsets: Tensor) -> Tensor:
         ctx.save_for_backward(vals, w_dec, rows, cols, offsets)
         return F.embedding_bag(cols, w_dec, offsets, mode="sum", per_sample_weights=vals)
 
     @staticmethod
+    @_fp32_backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         vals, w_dec, rows, cols, offsets = ctx.saved_tensors
         shape = (grad.shape[0], w_dec.shape[0])
@@ -199,12 +210,14 @@ class _Linear(torch.autograd.Function):
     product: no [B, d_in] gradient for x_c, a product as large as the forward's."""
 
     @staticmethod
+    @_fp32_forward
     def forward(ctx: Any, x_c: Tensor, w: Tensor, b: Tensor, pre: Tensor,
                 centre: Tensor | None) -> Tensor:
         ctx.save_for_backward(x_c, w)
         return pre
 
     @staticmethod
+    @_fp32_backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x_c, w = ctx.saved_tensors
         grad_x = grad @ w.t() if ctx.needs_input_grad[0] else None
@@ -236,12 +249,14 @@ class _Take(torch.autograd.Function):
     """values[index] whose backward sums into values deterministically (`_scatter_sum`)."""
 
     @staticmethod
+    @_fp32_forward
     def forward(ctx: Any, values: Tensor, index: Tensor) -> Tensor:
         ctx.save_for_backward(index)
         ctx.size = values.shape[0]
         return values[index]
 
     @staticmethod
+    @_fp32_backward
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (index,) = ctx.saved_tensors
         return _scatter_sum(index, grad, ctx.size), None

@@ -114,6 +114,9 @@ def resolved_sae(sae: SAEConfig) -> SAEConfig:
 # -- the v1 identity view: what a run id hashes ---------------------------------------------------
 
 _V1_LM = {"ce_loss_recovered", "delta_lm_loss", "kl"}
+# The train fields saerun v1 did not have, with their defaults (dropped from the view there).
+TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32", "compile": False, "tf32": True,
+                                  "device": None}
 
 
 def v1_metrics(metrics: list[str]) -> list[str]:
@@ -147,5 +150,13 @@ def v1_identity(config: dict) -> dict:
     if ("sae", "prefix_weights") in rules and ("sae", "prefix_weights") not in derived:
         derived.discard(("sae", "prefix_widths"))  # weights given by hand need their widths
     out = with_values(config, {path: None for path in derived})
+    # Fields v1 did not have leave the view at their defaults, so every v1 id stays valid; a
+    # value other than the default enters it. `overlap` never changes a result: never in it.
+    train = dict(out["train"])
+    train.pop("overlap", None)
+    for name, default in TRAIN_DEFAULTS.items():
+        if name in train and train[name] == default:
+            del train[name]
+    out["train"] = train
     out["eval"] = {**out["eval"], "metrics": v1_metrics(config["eval"]["metrics"])}
     return out

@@ -436,6 +436,29 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(
         25, gt=0, description="record a training-curve point every N steps."
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="the SAE step's compute precision. bf16: the loss and its backward "
+        "under torch.autocast(bfloat16), with fp32 master weights, fp32 Adam state, fp32 "
+        "thresholds (JumpReLU, BatchTopK) and fp32 loss reductions; no gradient scaler.",
+    )
+    compile: bool = Field(
+        False, description="compile the SAE's loss and backward with torch.compile "
+        "(inductor; a compiled SAE takes the dense products). Off by default until measured "
+        "faster (BENCHMARKS.md).",
+    )
+    tf32: bool = Field(
+        True, description="allow TF32 matmuls and convolutions on CUDA (recorded in the run's "
+        "environment); no effect on the CPU.",
+    )
+    device: str | None = Field(
+        None, description="where the SAEs train (cpu, cuda, cuda:1, auto); null: the model's "
+        "device. The language model's activations move there batch by batch.",
+    )
+    overlap: bool = Field(
+        False, description="compute the next language-model batch in a background thread (a "
+        "side CUDA stream on a GPU) while the SAEs step. Bit-identical either way, so it is "
+        "not part of the run id.",
+    )
 
 
 # What eval.metrics switches: the metrics that cost extra language-model passes, named as the
