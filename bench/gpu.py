@@ -160,7 +160,8 @@ def run_case(case: dict[str, Any], folder: Path, steps: int, warmup: int) -> dic
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    lm = LanguageModel.load(first.model.name, device=device, dtype=getattr(torch, first.model.dtype))
+    dtype = getattr(torch, first.model.dtype)
+    lm = LanguageModel.load(first.model.name, device=device, dtype=dtype)
     hook = first.site.hook_name
     scale = estimate_norm_scale(lm, first.data, [hook], n_tokens=8192)[hook]
     trainers = [Trainer.create(j.run_id, j.config, device) for j in jobs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch
 # bench/ is not an installed package: import it from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common, data, report, step, sweep  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LINE_KEYS = {"workload", "architecture", "saerun_tokens_per_s", "peer", "peer_tokens_per_s",
              "ratio", "saerun_peak_rss_mb", "peer_peak_rss_mb"}
@@ -288,3 +291,19 @@ def test_saerun_driver_resumes_the_trained_state(tmp_path, monkeypatch):
     moments = [st["exp_avg_sq"] for st in resumed.optimizer.state.values()]
     assert moments and all(m.abs().sum() > 0 for m in moments)
     assert resumed.config.train.sparsity_warmup_fraction == 0.0
+
+
+def test_the_gpu_check_runs_its_paths_on_the_cpu(tmp_path):
+    """bench/gpu.py --smoke: the GPU check's own code (a planned spec, the model, the stream,
+    fp32 / bf16 / compiled SAE steps, the planner's estimate) end to end on the CPU, so the
+    first lent GPU runs code that has run before."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out",
+                           str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["n_saes"], r["precision"], r["compile_step"]) for r in results] == [
+        (1, "fp32", False), (2, "bf16", False), (1, "bf16", True)]
+    for r in results:
+        assert r["tokens_per_s"] > 0 and 0 <= r["lm_fraction"] < 1
+        assert r["planner_estimate_gb"] > 0 and r["sae_tflops"] > 0
