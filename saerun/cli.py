@@ -179,10 +179,14 @@ def _registry_path(args: argparse.Namespace) -> Path:
     return args.registry or default_registry_path()
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
-    return Console()
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    # A pipe, a log, nohup: rich would assume 80 columns and cut every table cell (run names,
+    # derivations); a log wants whole values.
+    return Console(width=200)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
