@@ -265,13 +265,15 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         # overlap: the next LM batch is computed while the SAEs step (bit-identical either way).
         ahead = prefetch(stream) if first.train.overlap else None
         batches = ahead if ahead is not None else stream
+        task = progress.start_group(jobs, total, start) if progress is not None else None
+
+        def on_batch(i: int) -> None:
+            if progress is not None and task is not None:
+                progress.advance(task, i, trainers)
+
         try:
-            if progress is None:
-                train_group(trainers, batches, start, scales, checkpoint, lambda i: None, failed)
-            else:
-                task = progress.start_group(jobs, total, start)
-                train_group(trainers, batches, start, scales, checkpoint,
-                            lambda i: progress.advance(task, i, trainers), failed)
+            train_group(trainers, batches, start, scales, checkpoint, on_batch, failed)
+            if progress is not None and task is not None:
                 progress.finish(task)
         finally:
             if ahead is not None:

@@ -1,14 +1,8 @@
 """The post-hoc report, from the records `saerun.posthoc.compute` stored in the registry (no
-model, no weights, no torch here). The analyses (DESIGN.md §5):
+model, no weights, no torch here). DESIGN.md §5.
 
-- **Global-threshold ablation**: zero every latent activation below t (keep f_i >= t), then
-  L0 / FVU / CE loss recovered against t. t = 0 is the SAE as trained; the other values are
-  quantiles of the SAE's own non-zero activations on the eval tokens, so every SAE is probed
-  across its whole range whatever its scale.
-- **Progressive code** (TopK family): evaluate at k' other than the trained k: per token the
-  k' largest pre-activations, ReLU'd (batchtopk and matryoshka too, per token).
-- **Opposing decoder directions**: latent pairs whose decoder rows have cosine < -0.9 and
-  < -0.7 (weights only).
+The analyses themselves (threshold ablation, TopK at other k, opposing decoder directions)
+are described in `saerun/posthoc.py`, which computes and stores them.
 
 Each record says how many held-out tokens it was evaluated on (`tokens`).
 """
