@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("execute",),
     ("launch",),
     ("runner",),
-    ("reproduce", "campaign", "posthoc", "report"),
+    ("reproduce", "campaign", "posthoc", "report", "views"),
     ("cli",),
     ("__main__",),
 ]

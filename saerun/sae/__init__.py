@@ -3,7 +3,7 @@
 One table links each architecture's config class (`spec.SAE_CONFIG_BY_TAG`, the schema's) to
 its SAE class. The schema cannot import this package (it imports torch), so the table is built
 here from the schema's tags, and importing the package fails when a tag has no SAE class or an
-SAE class has no config: adding an architecture means one config in `spec/schema.py` and one
+SAE class has no config: adding an architecture means one config in `spec/architectures.py` and one
 module here, and forgetting either is an error at once, not at the first run.
 """
 

@@ -1,5 +1,5 @@
-"""The spec schema (the single source of truth): every section of a spec, the SAE configs of
-every architecture, and `RunConfig`, one fully resolved job.
+"""The spec schema (the single source of truth): every section of a spec and `RunConfig`, one
+fully resolved job. The SAE configs of every architecture live in `architectures`.
 
 A spec is what a researcher writes; a `RunConfig` is one fully resolved job of it (one SAE),
 produced by `plan.py`. Both are frozen pydantic models with `extra="forbid"` and a description on
@@ -10,16 +10,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from saerun.spec.architectures import (  # noqa: F401  (re-exported through saerun.spec)
+    DEFAULT_COEFFICIENTS,
+    GATED_DEFAULT_COEFFICIENT,
+    JUMPRELU_DEFAULT_BANDWIDTH,
+    JUMPRELU_DEFAULT_COEFFICIENT,
+    JUMPRELU_DEFAULT_INIT_THRESHOLD,
+    JUMPRELU_DEFAULT_PRE_ACT,
+    MAX_LATENTS,
+    SAE_CONFIG_BY_TAG,
+    SAE_CONFIGS,
+    BatchTopKSAEConfig,
+    ComputeMatch,
+    GatedSAEConfig,
+    JumpReLUSAEConfig,
+    MatryoshkaSAEConfig,
+    ReluSAEConfig,
+    SAEConfig,
+    SparsityConfig,
+    TopKSAEConfig,
+    _SAECommon,
+    architecture_tag,
+)
 from saerun.spec.base import Strict as _Strict
 from saerun.spec.launcher import LauncherConfig, LocalLauncher
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range (non-negative part)
-MAX_LATENTS = 2**26  # far beyond any SAE trained so far (16M latents); catches typos like 1e30
-
-
-DecoderMode = Literal["norm_weighted", "unit_norm"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,303 +103,6 @@ class DataConfig(_Strict):
     lm_batch_sequences: int = Field(
         32, gt=0, description="sequences per language-model forward pass."
     )
-
-
-class SparsityConfig(_Strict):
-    penalty: Literal["l1", "sqrt_l1", "tanh"] = Field(
-        "l1",
-        description="'l1': lambda * sum_i f_i ||W_dec,i||; 'sqrt_l1': lambda * sum_i "
-        "(sqrt(f_i ||W_dec,i|| + epsilon) - sqrt(epsilon)); 'tanh' (Anthropic, Jan 2025): "
-        "lambda * sum_i tanh(tanh_scale * f_i ||W_dec,i||).",
-    )
-    coefficient: float | None = Field(
-        None, ge=0, description="sparsity coefficient lambda; null: derived, the penalty's default "
-        "(l1 3, sqrt_l1 0.2, tanh 0.3: L0 ~40-70 with under 40% dead latents at expansion 8 on "
-        "the embedded model, activations normalised to E||x|| = sqrt(d_in)).",
-    )
-    epsilon: float = Field(
-        1e-4, gt=0, description="sqrt_l1 only: keeps the penalty's gradient finite near 0."
-    )
-    tanh_scale: float = Field(
-        4.0, gt=0, description="tanh only: c in tanh(c * f_i ||W_dec,i||); the penalty "
-        "saturates once f_i ||W_dec,i|| is well above 1/c.",
-    )
-
-
-# Defaults measured on the embedded model (README, "Architectures"); activations normalised.
-DEFAULT_COEFFICIENTS = {"l1": 3.0, "sqrt_l1": 0.2, "tanh": 0.3}
-GATED_DEFAULT_COEFFICIENT = 3.0
-JUMPRELU_DEFAULT_COEFFICIENT = 0.5  # for the default sparsity_mode, tanh
-JUMPRELU_DEFAULT_INIT_THRESHOLD = 0.001
-JUMPRELU_DEFAULT_BANDWIDTH = 0.001
-JUMPRELU_DEFAULT_PRE_ACT = 0.1  # dead latents 72% -> 13% at equal L0 and FVU (embedded model)
-
-
-class ComputeMatch(_Strict):
-    """A reference SAE whose training step this SAE's width must cost the same as (the Gated SAE
-    paper's compute-matched baselines); the planner resolves it into d_sae (`sae.cost`)."""
-
-    architecture: str = Field(
-        description="architecture tag of the reference SAE, with its default options "
-        "(relu, gated, jumprelu, topk, batchtopk or matryoshka).",
-    )
-    d_sae: int | None = Field(
-        None, gt=0, le=MAX_LATENTS,
-        description="latents of the reference SAE; or give expansion_factor.",
-    )
-    expansion_factor: float | None = Field(
-        None, gt=0, description="reference d_sae = round(expansion_factor * d_in); with neither "
-        "given, the default expansion factor.",
-    )
-
-    @field_validator("architecture")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        allowed = sorted(SAE_CONFIG_BY_TAG)  # defined below; read at validation time
-        if value not in allowed:
-            raise ValueError(f"unknown architecture (allowed: {', '.join(allowed)})")
-        return value
-
-    @model_validator(mode="after")
-    def _one_width(self) -> ComputeMatch:
-        if self.d_sae is not None and self.expansion_factor is not None:
-            raise ValueError("give the reference's d_sae or expansion_factor, not both")
-        return self
-
-
-class _SAECommon(_Strict):
-    """Options every architecture shares (DESIGN.md §4), stated once."""
-
-    d_in: int | None = Field(
-        None, gt=0, description="input width; taken from the model when omitted (derived)."
-    )
-    d_sae: int | None = Field(
-        None, gt=0, le=MAX_LATENTS,
-        description="number of latents; or give expansion_factor instead.",
-    )
-    expansion_factor: float | None = Field(
-        None, gt=0, description="d_sae = round(expansion_factor * d_in) when d_sae is omitted."
-    )
-    compute_matched_to: ComputeMatch | None = Field(
-        None, description="instead of d_sae: the width whose training step costs the same FLOPs "
-        "per token as this reference SAE's (derived; see `saerun plan`).",
-    )
-    decoder_mode: DecoderMode = Field(
-        "norm_weighted",
-        description="'norm_weighted': the decoder is free and every sparsity term weights latent "
-        "i by ||W_dec,i|| (so shrinking f while growing W_dec cannot dodge it); 'unit_norm': "
-        "every decoder row is held at norm 1 (gradient projected off the row before the step, "
-        "row renormalised after it) and the terms are unweighted.",
-    )
-    decoder_init_norm: float | None = Field(
-        None, gt=0, description="norm of every decoder row at initialisation; null: derived, "
-        "0.1 with norm_weighted, 1 with unit_norm (which admits only 1).",
-    )
-    init_encoder_as_decoder_transpose: bool = Field(
-        True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update)."
-    )
-    b_dec_init: Literal["zeros", "mean", "geometric_median"] = Field(
-        "geometric_median",
-        description="initial decoder bias: zeros, the activation mean or their geometric median.",
-    )
-
-    @property
-    def widths(self) -> tuple[int, int]:
-        """(d_in, d_sae) of a resolved config: every RunConfig has both (the planner derives
-        them); a spec's section may not yet."""
-        if self.d_in is None or self.d_sae is None:
-            raise ValueError("d_in and d_sae are resolved by the planner (saerun.plan)")
-        return self.d_in, self.d_sae
-
-    @model_validator(mode="after")
-    def _one_width(self) -> _SAECommon:
-        norm = self.decoder_init_norm
-        if self.decoder_mode == "unit_norm" and norm is not None and norm != 1.0:
-            raise ValueError(
-                f"decoder_mode 'unit_norm' holds every decoder row at norm 1, so "
-                f"decoder_init_norm must be 1 (or omitted), got {self.decoder_init_norm}"
-            )
-        given = [self.d_sae, self.expansion_factor, self.compute_matched_to]
-        if sum(v is not None for v in given) > 1:
-            raise ValueError("give one of d_sae, expansion_factor, compute_matched_to")
-        return self
-
-
-class ReluSAEConfig(_SAECommon):
-    architecture: Literal["relu"] = Field(description="ReLU SAE (Anthropic / SAELens baseline).")
-    sparsity: SparsityConfig = Field(
-        default_factory=SparsityConfig, description="sparsity penalty and its coefficient."
-    )
-    ghost_grads: bool = Field(
-        False, description="ghost grads (Anthropic, Feb 2024): dead latents, through "
-        "exp(pre-activation), are trained to reconstruct the residual x - x_hat, at the scale of "
-        "the main reconstruction loss. Defined for the ReLU SAE only (TopK has AuxK, JumpReLU "
-        "its pre-activation loss).",
-    )
-
-
-class _TopKCommon(_SAECommon):
-    """Options of the TopK family (topk, batchtopk, matryoshka), stated once."""
-
-    decoder_mode: DecoderMode = Field(
-        "unit_norm", description="as for every SAE; the TopK family has no sparsity penalty, "
-        "and the default unit norm (Gao et al. 2024) removes the free f <-> W_dec scale.",
-    )
-    k: int = Field(
-        32, gt=0, description="latents kept per token (topk), or k * batch_tokens over the "
-        "batch (batchtopk, matryoshka: k per token on average); at most d_sae.",
-    )
-    aux_k: int | None = Field(
-        None, gt=0, description="AuxK: number of dead latents that reconstruct the residual; "
-        "null: derived, d_in // 2 (Gao et al. 2024) capped at d_sae.",
-    )
-    aux_coefficient: float = Field(
-        1 / 32, ge=0, description="weight of AuxK = min(n_dead / aux_k, 1) * mean ||e - e_hat||^2, "
-        "e = x - x_hat (sparsify's normalisation in the main loss's units); 0 turns it off.",
-    )
-
-    @model_validator(mode="after")
-    def _k_fits(self) -> _TopKCommon:
-        if self.d_sae is not None and self.k > self.d_sae:
-            raise ValueError(f"k ({self.k}) must be at most d_sae ({self.d_sae})")
-        if self.d_sae is not None and self.aux_k is not None and self.aux_k > self.d_sae:
-            raise ValueError(f"aux_k ({self.aux_k}) must be at most d_sae ({self.d_sae})")
-        return self
-
-
-class TopKSAEConfig(_TopKCommon):
-    architecture: Literal["topk"] = Field(
-        description="TopK SAE (Gao et al. 2024): f = ReLU(TopK_k(pre)), exactly k latents per "
-        "token, no sparsity penalty; AuxK revives dead latents."
-    )
-
-
-class _BatchTopKCommon(_TopKCommon):
-    threshold_ema: float = Field(
-        0.9, ge=0, lt=1, description="decay of the EMA of the smallest activation kept per "
-        "training batch: the global threshold theta used at inference.",
-    )
-
-
-class BatchTopKSAEConfig(_BatchTopKCommon):
-    architecture: Literal["batchtopk"] = Field(
-        description="BatchTopK SAE (Bussmann et al. 2024): trains on the top k * batch "
-        "activations of the batch; infers as a JumpReLU with one global threshold."
-    )
-
-
-class MatryoshkaSAEConfig(_BatchTopKCommon):
-    architecture: Literal["matryoshka"] = Field(
-        description="Matryoshka BatchTopK SAE (Bussmann et al. 2025): the loss sums the "
-        "reconstruction error of nested prefixes of the dictionary; infers as batchtopk."
-    )
-    prefix_widths: list[int] | None = Field(
-        None, description="nested prefix widths m_1 < ... < m_n, the last equal to d_sae; "
-        "null: derived, d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped).",
-    )
-    prefix_weights: list[float] | None = Field(
-        None, description="weight of each prefix's reconstruction loss (one per prefix width, "
-        ">= 0); null: derived, 1/n each.",
-    )
-
-    @model_validator(mode="after")
-    def _nested(self) -> MatryoshkaSAEConfig:
-        widths, weights = self.prefix_widths, self.prefix_weights
-        if widths is not None:
-            increasing = all(a < b for a, b in zip(widths[:-1], widths[1:], strict=True))
-            if not widths or widths[0] < 1 or not increasing:
-                raise ValueError(
-                    f"prefix_widths must be positive and strictly increasing, got {widths}"
-                )
-            if self.d_sae is not None and widths[-1] != self.d_sae:
-                raise ValueError(
-                    f"the last prefix width must equal d_sae ({self.d_sae}), got {widths[-1]}"
-                )
-        if weights is not None:
-            if widths is None or len(weights) != len(widths):
-                raise ValueError("prefix_weights needs prefix_widths, one weight per width")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(f"prefix_weights must be >= 0 and not all 0, got {weights}")
-        return self
-
-
-class GatedSAEConfig(_SAECommon):
-    architecture: Literal["gated"] = Field(
-        description="Gated SAE (Rajamanoharan et al. 2024): a gate path picks the latents, a "
-        "magnitude path (shared weights, rescaled by exp(r_mag)) sets their values."
-    )
-    decoder_mode: DecoderMode = Field(
-        "unit_norm", description="as for every SAE; gated defaults to unit_norm as in the paper: "
-        "the auxiliary term's decoder is detached, so with a free decoder the penalty alone "
-        "shrinks ||W_dec||, W_gate grows to compensate and b_gate can no longer close gates "
-        "(L0 near d_sae/2 at any lambda, seen on the embedded model).",
-    )
-    sparsity: SparsityConfig = Field(
-        default_factory=SparsityConfig,
-        description="L1 penalty on ReLU(pi_gate), decoder-norm weighted (only penalty 'l1' "
-        f"applies; the gated default coefficient is {GATED_DEFAULT_COEFFICIENT}).",
-    )
-
-    @field_validator("sparsity")
-    @classmethod
-    def _l1_only(cls, value: SparsityConfig) -> SparsityConfig:
-        if value.penalty != "l1":
-            raise ValueError("the gated SAE supports only sparsity.penalty 'l1'")
-        return value
-
-
-class JumpReLUSAEConfig(_SAECommon):
-    architecture: Literal["jumprelu"] = Field(
-        description="JumpReLU SAE (Rajamanoharan et al. 2024b; Anthropic Jan 2025): f = pre * "
-        "H(pre - theta) with a learned threshold per latent, trained by straight-through "
-        "estimators."
-    )
-    sparsity_mode: Literal["l0", "tanh", "target_l0"] = Field(
-        "tanh",
-        description="'tanh' (Anthropic Jan 2025): lambda * sum_i tanh(tanh_scale * f_i "
-        "||W_dec,i||); 'l0' (the paper): lambda * sum_i H(pre_i - theta_i); 'target_l0': "
-        "lambda * (L0_batch / target_l0 - 1)^2. l0 and target_l0 act through theta alone, which "
-        "Adam moves about lr per step in log space: they need long runs and a smaller lambda.",
-    )
-    coefficient: float = Field(JUMPRELU_DEFAULT_COEFFICIENT, ge=0,
-                               description="sparsity coefficient lambda.")
-    tanh_scale: float = Field(4.0, gt=0, description="tanh mode only: c in the tanh penalty.")
-    target_l0: float | None = Field(
-        None, gt=0, description="target_l0 mode only (required there): the L0 to steer towards."
-    )
-    init_threshold: float = Field(
-        JUMPRELU_DEFAULT_INIT_THRESHOLD, gt=0,
-        description="initial threshold theta of every latent (theta = exp(log_threshold)).",
-    )
-    bandwidth: float = Field(
-        JUMPRELU_DEFAULT_BANDWIDTH, gt=0, description="width eps of the rectangle kernel of the "
-        "straight-through estimators (the threshold learns from pre within eps/2 of it).",
-    )
-    pre_act_coefficient: float = Field(
-        JUMPRELU_DEFAULT_PRE_ACT, ge=0, description="Anthropic Jan 2025 pre-activation loss "
-        "coefficient: "
-        "sum_{i dead} ReLU(theta_i - pre_i) ||W_dec,i||, which revives dead latents; 0 turns it "
-        "off.",
-    )
-
-    @model_validator(mode="after")
-    def _target_given(self) -> JumpReLUSAEConfig:
-        if self.sparsity_mode == "target_l0" and self.target_l0 is None:
-            raise ValueError("sparsity_mode 'target_l0' needs target_l0")
-        return self
-
-
-# One entry per architecture; the `architecture` tag picks the member. Add new configs HERE only.
-SAE_CONFIGS: tuple[type[_SAECommon], ...] = (
-    ReluSAEConfig, GatedSAEConfig, JumpReLUSAEConfig,
-    TopKSAEConfig, BatchTopKSAEConfig, MatryoshkaSAEConfig,
-)
-# Spelled out (not Union[SAE_CONFIGS]) so that a type checker sees the members.
-SAEConfig = Annotated[
-    ReluSAEConfig | GatedSAEConfig | JumpReLUSAEConfig | TopKSAEConfig | BatchTopKSAEConfig
-    | MatryoshkaSAEConfig,
-    Field(discriminator="architecture"),
-]
 
 
 class ResampleConfig(_Strict):
@@ -576,12 +297,3 @@ class RunConfig(_Strict):
     sae: SAEConfig = Field(description="the SAE, with d_in and d_sae resolved.")
     train: TrainConfig = Field(description="optimisation.")
     eval: EvalConfig = Field(description="evaluation.")
-
-
-def architecture_tag(cls: type[BaseModel]) -> str:
-    """The `architecture` tag of an SAE config class: Literal["relu"] -> "relu"."""
-    return cls.model_fields["architecture"].annotation.__args__[0]  # type: ignore[union-attr]
-
-
-# tag -> config class: what the `sae/` package builds its SAE class table from.
-SAE_CONFIG_BY_TAG: dict[str, type[_SAECommon]] = {architecture_tag(c): c for c in SAE_CONFIGS}

@@ -1,0 +1,175 @@
+"""What the CLI prints about a plan and a finished run: `saerun plan` (text and --json) and
+the summary table after `saerun SPEC`. Printing only; cli.py parses and dispatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from saerun.execute import Summary
+    from saerun.plan import Plan
+    from saerun.runner import Prepared
+    from saerun.spec import LineMap
+
+
+def print_summary(console: Console, summary: Summary, registry: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from saerun.registry import Registry
+
+    table = Table(title="runs")
+    for col in ("run", "name", "status", "L0", "FVU", "CE rec.", "dead %"):
+        table.add_column(col)
+    with Registry(registry) as reg:
+        for job in summary.jobs:
+            run = reg.get_run(job.run_id) or {}
+            m = run.get("metrics") or {}
+            table.add_row(
+                job.run_id[:10], escape(job.name), run.get("status", "?"),
+                fmt(m.get("l0")), fmt(m.get("fvu")), fmt(m.get("ce_loss_recovered")),
+                fmt(100 * m["dead_fraction"] if "dead_fraction" in m else None),
+            )
+    console.print(table)
+    if summary.trained:  # which runs THIS process executed (others may share the registry)
+        console.print("trained here: " + " ".join(r[:10] for r in summary.trained),
+                      soft_wrap=True)
+    for run_id, reason in summary.failed.items():
+        console.print(f"[red]failed[/red] {run_id[:10]}: {escape(reason)}")
+    if summary.failed:
+        console.print("re-run them with --retry-failed (they resume from their last checkpoint)")
+    for run_id, owner in summary.elsewhere.items():
+        console.print(f"{run_id[:10]} is being run by another process ({escape(owner)})")
+    if summary.submitted and any(s == "running" for s in summary.statuses.values()):
+        console.print("jobs are still out: `saerun status SPEC` shows them, "
+                      "`saerun collect SPEC` registers their results")
+
+
+def _gb(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """`saerun plan --json`: {runs, jobs, budget}."""
+    runs = [
+        {"run_id": j.run_id, "name": j.name, "group": j.group_key,
+         "config": j.config.model_dump(mode="json"), "provenance": j.provenance,
+         "step_flops_per_token": j.step_flops_per_token}
+        for j in plan.jobs
+    ]
+    jobs = [{"index": dj.index, "group": dj.group_key, "run_ids": dj.run_ids,
+             "memory_gb": dj.memory_gb, "memory": dj.memory, "memory_detail": dj.memory_detail}
+            for dj in plan.device_jobs]
+    limit = None if plan.budget is None else {"gb": plan.budget.gb, "from": plan.budget.named}
+    return {"runs": runs, "jobs": jobs, "budget": limit}
+
+
+def print_plan(console: Console, prepared: Prepared) -> None:
+    """`saerun plan`: the device jobs, then every resolved value of the first run and its
+    source (spec line and comment, sweep axis, or the rule that derived it)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from saerun.plan import resolved_items
+
+    plan = prepared.plan
+    groups = plan.groups
+    budget = ("no device memory budget: one job per group" if plan.budget is None else
+              f"jobs sized for {plan.budget.named} {plan.budget.gb:g} GB")
+    console.print(f"[bold]{plan.spec.name}[/bold]: {len(plan.jobs)} runs in {len(groups)} "
+                  "activation group(s) (one language-model pass per batch per group), "
+                  f"{len(plan.device_jobs)} job(s); {budget}")
+    names = {j.run_id: j.name for j in plan.jobs}
+    for dj in plan.device_jobs:
+        first = dj.runs[0].config
+        tokens = first.data.train_tokens + first.data.eval_tokens
+        console.print(f"\njob {dj.index} (group {dj.group_key}): model {first.model.name}, "
+                      f"{len(dj.runs)} SAEs, {tokens:,} tokens through the model, "
+                      f"~{_gb(dj.memory_gb)} GB on its device")
+        if dj.memory:
+            parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in dj.memory.items()
+                              if k != "total")
+            console.print(f"  GB: {parts}; {escape(dj.memory_detail)}")
+        for run_id in dj.run_ids:
+            console.print(f"  {run_id}  {escape(names[run_id])}")
+    console.print()
+    first_job = plan.jobs[0]
+    table = Table(title=f"resolved values (first run; sweep axes vary): {first_job.name}")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("source")
+    notes = _SourceNotes(prepared.path, prepared.lines)
+    for key, value in resolved_items(first_job.config).items():
+        source = first_job.provenance.get(key, "?")
+        if source in ("spec", "sweep"):
+            source += notes.note(key) if source == "spec" else notes.sweep_note(key)
+        table.add_row(key, json.dumps(value), escape(source))
+    if first_job.step_flops_per_token is not None:  # what a step costs, stored with the run
+        table.add_row("step_flops_per_token", f"{first_job.step_flops_per_token:,.0f}",
+                      "derived: FLOPs per token of one training step (saerun.flops)")
+    console.print(table)
+
+
+class _SourceNotes:
+    """Where a value was written: `line N` of its file and that line's YAML comment, which is
+    where a recipe says where each value comes from (e.g. `lr: 3e-4  # paper, section 5`)."""
+
+    def __init__(self, path: Path, lines: LineMap) -> None:
+        self.path, self.lines = path, lines
+        self.texts: dict[str, list[str]] = {}
+
+    def sweep_note(self, dotted: str) -> str:
+        """The line of the sweep axis that sets `dotted` (a parent section's axis counts)."""
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            axis = ".".join(parts[:n])
+            for kind in ("zip", "grid"):
+                if ("sweep", kind, axis) in self.lines:
+                    return self._at(("sweep", kind, axis))
+        return self._at(("sweep",))
+
+    def note(self, dotted: str) -> str:
+        return self._at(tuple(dotted.split(".")))
+
+    def _at(self, parts: tuple) -> str:
+        while parts and parts not in self.lines:
+            parts = parts[:-1]
+        if not parts:
+            return ""
+        line = self.lines[parts]
+        file = getattr(line, "file", None) or str(self.path)
+        if file not in self.texts:
+            try:
+                self.texts[file] = Path(file).read_text(encoding="utf-8").splitlines()
+            except OSError:
+                self.texts[file] = []
+        text = self.texts[file]
+        comment = _comment(text[line - 1]) if 0 < line <= len(text) else ""
+        above = line - 2  # else a comment-only line right above the key says it
+        if not comment and 0 <= above < len(text) and text[above].lstrip().startswith("#"):
+            comment = text[above].lstrip().lstrip("#").strip()
+        where = f" {Path(file).name}:{int(line)}"
+        return f"{where} ({comment})" if comment else where
+
+
+def _comment(line: str) -> str:
+    """The trailing `# ...` of a YAML line, ignoring # inside quotes."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[i + 1:].strip()
+    return ""
+
+
