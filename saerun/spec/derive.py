@@ -114,9 +114,17 @@ def resolved_sae(sae: SAEConfig) -> SAEConfig:
 # -- the v1 identity view: what a run id hashes ---------------------------------------------------
 
 _V1_LM = {"ce_loss_recovered", "delta_lm_loss", "kl"}
-# The train fields saerun v1 did not have, with their defaults (dropped from the view there).
-TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32", "compile": False, "tf32": True,
-                                  "device": None}
+# Fields saerun v1 did not have, by key path, with the default at which each leaves the view
+# (so every v1 id stays valid; any other value enters it). A new RunConfig field goes HERE, or
+# `tests/test_run_ids.py` fails: every committed spec's run ids are pinned.
+V1_ABSENT: dict[KeyPath, Any] = {
+    ("train", "precision"): "fp32",
+    ("train", "compile"): False,
+    ("train", "tf32"): True,
+    ("train", "device"): None,
+}
+# Fields that never change a result (how fast, not what): never in the view.
+NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"),)
 
 
 def v1_metrics(metrics: list[str]) -> list[str]:
@@ -150,13 +158,24 @@ def v1_identity(config: dict) -> dict:
     if ("sae", "prefix_weights") in rules and ("sae", "prefix_weights") not in derived:
         derived.discard(("sae", "prefix_widths"))  # weights given by hand need their widths
     out = with_values(config, {path: None for path in derived})
-    # Fields v1 did not have leave the view at their defaults, so every v1 id stays valid; a
-    # value other than the default enters it. `overlap` never changes a result: never in it.
-    train = dict(out["train"])
-    train.pop("overlap", None)
-    for name, default in TRAIN_DEFAULTS.items():
-        if name in train and train[name] == default:
-            del train[name]
-    out["train"] = train
+    for path in NEVER_IN_ID:
+        _drop(out, path)
+    for path, default in V1_ABSENT.items():
+        _drop(out, path, default)
     out["eval"] = {**out["eval"], "metrics": v1_metrics(config["eval"]["metrics"])}
     return out
+
+
+_MISSING = object()
+
+
+def _drop(tree: dict, path: KeyPath, default: Any = _MISSING) -> None:
+    """Remove `path` from the (copied) tree: always, or only where it equals `default`."""
+    *parents, leaf = path
+    node = tree
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            return
+        node[key] = node = dict(node[key])
+    if leaf in node and (default is _MISSING or node[leaf] == default):
+        del node[leaf]
