@@ -30,9 +30,6 @@ from saerun import faults
 class ExportableSAE(Protocol):
     """What `write_sae` reads of an SAE (`sae.base.SAE` has it; this layer sits below sae/)."""
 
-    d_in: int
-    d_sae: int
-
     def saelens_cfg(self) -> dict[str, Any]: ...
 
     def export_tensors(self) -> dict[str, torch.Tensor]: ...
@@ -82,27 +79,16 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(code, f"{os.strerror(code)} (writing {path.name})") from err
 
 
-def write_sae(
-    folder: Path, sae: ExportableSAE, metadata: dict[str, Any], density: torch.Tensor | None
-) -> None:
-    """SAELens layout: cfg.json + sae_weights.safetensors (+ sparsity.safetensors)."""
-    cfg = {
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        # Normalisation is folded into the weights, so the SAE takes raw activations.
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": metadata,
-        **sae.saelens_cfg(),
-    }
+def write_sae(folder: Path, sae: ExportableSAE, cfg: dict[str, Any],
+              density: torch.Tensor | None) -> None:
+    """SAELens layout: cfg.json + sae_weights.safetensors (+ sparsity.safetensors). cfg.json is
+    `cfg` (the run's part, `saelens.export_cfg`) with the architecture's keys over it."""
     weights = sae.export_tensors()  # SAELens names (e.g. gated b_gate, jumprelu threshold)
     write_tensors(folder / "sae_weights.safetensors", weights)
     if density is not None:
         log_density = density.clamp_min(1e-10).log10()
         write_tensors(folder / "sparsity.safetensors", {"sparsity": log_density})
-    write_json(folder / "cfg.json", cfg)
+    write_json(folder / "cfg.json", {**cfg, **sae.saelens_cfg()})
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:

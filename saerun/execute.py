@@ -195,7 +195,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     runs that failed numerically (marked failed; the others were finished)."""
     import torch
 
-    from saerun import artifacts, data
+    from saerun import artifacts, data, imported, saelens
     from saerun.activations import (
         ActivationStream,
         LanguageModel,
@@ -219,6 +219,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     env["tf32"] = set_tf32(sae_device, first.train.tf32)
     fingerprint = data.fingerprint(first.data)
     hooks = sorted({j.config.site.hook_name for j in jobs})
+    if imported.is_imported(first):  # SAEs trained elsewhere: evaluated only (imported.py)
+        return imported.evaluate_imported(reg, jobs, lm, env, fingerprint)
 
     trainers: list[Trainer] = []
     for job in jobs:
@@ -300,18 +302,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         metrics = dict(res.metrics)
         metrics["dead_fraction_train"] = tr.dead_mask().float().mean().item()
         metrics["norm_scale"] = scales[tr.hook_name]
-        metadata = {
-            "model_name": tr.config.model.name,
-            "hook_name": tr.hook_name,
-            "context_size": tr.config.data.context_size,
-            "prepend_bos": True,
-            "dataset_path": tr.config.data.dataset,
-            "saerun_run_id": tr.run_id,
-            "saerun_architecture": tr.config.sae.architecture,
-            "numerics_mode": lm.numerics_mode,
-            "normalization_scale_folded": scales[tr.hook_name],
-        }
-        artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], metadata,
-                            res.density)
+        cfg = saelens.export_cfg(tr.sae, tr.config, tr.run_id, lm.numerics_mode,
+                                 scales[tr.hook_name], metrics)
+        artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], cfg, res.density)
         reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
     return failures

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from saerun import flops, memory
+from saerun import flops, memory, saelens
 from saerun.errors import SaerunError, SpecError, shown
 from saerun.models import layer_of
 from saerun.spec import (
@@ -35,6 +35,7 @@ from saerun.spec import (
     derive,
     spec_error_from_validation,
 )
+from saerun.spec.architectures import ImportedSAEConfig
 
 # Bump when the meaning of a resolved config changes (new numerics), so old ids never collide.
 RUN_ID_VERSION = "saerun-run-v1"
@@ -124,10 +125,23 @@ def run_id_of(config: RunConfig) -> str:
 
     What is hashed is the config's v1 identity view (`spec.derive.v1_identity`: aux_k and the
     Matryoshka prefixes null where their rule gives them, eval.metrics in v1's names), so the
-    ids saerun v1 gave stay valid (tests/test_run_ids.py)."""
+    ids saerun v1 gave stay valid (tests/test_run_ids.py). An imported SAE: `imported_run_id`."""
+    if isinstance(config.sae, ImportedSAEConfig):
+        return imported_run_id(config)
     resolved = derive.v1_identity(config.model_dump(mode="json"))
     resolved["data"]["dataset"] = data_identity(config.data.dataset)
     return stable_hash([RUN_ID_VERSION, resolved], n=16)
+
+
+def imported_run_id(config: RunConfig) -> str:
+    """An imported SAE's id: its content (weights and output-changing cfg.json values, as
+    `content_sha256`) and the evaluation config (model, site, data, eval), so the same SAE found
+    in another folder is the same run; the seed and train section change nothing of it."""
+    c = config.model_dump(mode="json")
+    sae = {k: v for k, v in c["sae"].items() if k != "from_pretrained"}
+    data = {**c["data"], "dataset": data_identity(config.data.dataset)}
+    view = {"model": c["model"], "site": c["site"], "data": data, "eval": c["eval"], "sae": sae}
+    return stable_hash([RUN_ID_VERSION, "imported", view], n=16)
 
 
 def data_identity(dataset: str) -> str:
@@ -145,8 +159,11 @@ def data_identity(dataset: str) -> str:
 
 
 def group_key_of(config: RunConfig) -> str:
-    """Jobs with the same model, data and batch size can step in lockstep on one stream."""
+    """Jobs with the same model, data and batch size can step in lockstep on one stream.
+    Imported SAEs (evaluation only) group apart from the runs that train."""
     c = config.model_dump(mode="json")
+    if isinstance(config.sae, ImportedSAEConfig):
+        return stable_hash([c["model"], c["data"], "imported"], n=12)
     return stable_hash([c["model"], c["data"], c["train"]["batch_tokens"]], n=12)
 
 
@@ -247,9 +264,10 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims],
         # From here on every default is explicit: the resolved config is the whole truth.
         tree = partial.model_dump(mode="json", exclude={"name", "sweep", "launcher"})
         config = _validated(tree, derived, note)
-        # The widths are known: the rules of `spec.derive` fill in what is left.
-        derived.update(derive.sae_derivations(config.sae))
-        config = _validated(tree, derived, note)
+        if not isinstance(config.sae, ImportedSAEConfig):
+            # The widths are known: the rules of `spec.derive` fill in what is left.
+            derived.update(derive.sae_derivations(config.sae))
+            config = _validated(tree, derived, note)
 
         provenance = _provenance(config, raw, point, derived)
         run_id = run_id_of(config)
@@ -274,9 +292,11 @@ def _validated(tree: dict, derived: derive.Derived, note: str) -> RunConfig:
         raise spec_error_from_validation(err, data=tree, root=RunConfig, note=note) from None
 
 
-def _step_flops(config: RunConfig) -> float:
+def _step_flops(config: RunConfig) -> float | None:
     """FLOPs per token of one training step at the resolved width (`saerun.flops`: the count
-    `sae.cost` measures, by formula, so planning imports no torch)."""
+    `sae.cost` measures, by formula, so planning imports no torch); None: not trained here."""
+    if isinstance(config.sae, ImportedSAEConfig):
+        return None
     if config.sae.d_sae is None:  # resolved by `_derive`; a None here is a planner bug
         raise ValueError("the step cost needs d_sae")
     return flops.step_flops_per_token(config.sae, config.sae.d_sae)
@@ -319,9 +339,11 @@ def _derive(
             path=("data", "context_size"), field="data.context_size", hint=f"at most {dims.n_ctx}",
         )
     sae = partial.sae
+    width = dims.hook_widths[hook]
+    if isinstance(sae, ImportedSAEConfig):
+        return _imported(sae, hook, width)
     out: derive.Derived = {}
     d_in = sae.d_in
-    width = dims.hook_widths[hook]
     if d_in is not None and d_in != width:
         raise SpecError(
             f"d_in {d_in} does not match the model's width {width} at {hook!r}",
@@ -339,6 +361,45 @@ def _derive(
         d_sae = _width(factor, d_in, ("sae", "expansion_factor"))
         out[("sae", "d_sae")] = (d_sae, f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
+    return out
+
+
+def _imported(sae: ImportedSAEConfig, hook: str, width: int) -> derive.Derived:
+    """What an imported SAE's folder says (`saelens.read_folder`, every cfg.json key checked),
+    each value with the folder's cfg.json as its provenance; a value the spec gives must agree,
+    and so must the site."""
+    path = ("sae", "from_pretrained")
+    try:
+        info = saelens.read_folder(sae.from_pretrained, sae.norm_scaling_factor)
+    except SaerunError as err:
+        raise SpecError(err.message, path=path, field="sae.from_pretrained",
+                        hint=err.hint) from None
+    source = f"{sae.from_pretrained}/{saelens.CFG_FILENAME}"
+    values: dict[str, tuple[Any, str]] = {
+        "d_in": (info.d_in, source), "d_sae": (info.d_sae, source),
+        "saelens_architecture": (info.architecture, source), "k": (info.options.get("k"), source),
+        "content_sha256": (info.content_sha256, f"{source} and its weights"),
+        "norm_scaling_factor": (info.scaling_factor,
+                                f"{sae.from_pretrained}/{saelens.SCALER_FILENAME}"),
+    }
+    out: derive.Derived = {}
+    for key, (value, how) in values.items():
+        given = getattr(sae, key)
+        if given is None and value is not None:
+            out[("sae", key)] = (value, how)
+        elif given != value:
+            raise SpecError(f"{key} {shown(given)} does not match {how} ({shown(value)})",
+                            path=("sae", key), field=f"sae.{key}",
+                            hint="omit it: the planner reads it from the folder")
+    if info.hook_name is not None and info.hook_name != hook:
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} was trained at {info.hook_name!r} (its cfg.json's "
+            f"metadata.hook_name), not {hook!r}", path=("site", "hook_name"),
+            field="site.hook_name", hint=f"site: {{hook_name: {info.hook_name}}}")
+    if info.d_in != width:
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "
+            f"{hook!r} is {width}", path=path, field="sae.from_pretrained")
     return out
 
 
@@ -412,12 +473,18 @@ def resolved_items(config: BaseModel) -> dict[str, Any]:
 
 # -- device jobs -------------------------------------------------------------------------------
 
+# SAELens architecture -> the saerun one whose memory an imported SAE's is estimated by.
+IMPORTED_AS = {"standard": "relu", "gated": "gated", "jumprelu": "jumprelu", "topk": "topk"}
+
 
 def _sae_shape(config: RunConfig) -> memory.SAEShape:
     if config.sae.d_in is None or config.sae.d_sae is None:  # resolved by `_derive`
         raise ValueError("the memory model needs d_in and d_sae")
+    architecture = config.sae.architecture
+    if isinstance(config.sae, ImportedSAEConfig):  # evaluated only: bounded by training one
+        architecture = IMPORTED_AS.get(config.sae.saelens_architecture or "", "relu")
     return memory.SAEShape(
-        config.sae.architecture, config.sae.d_in, config.sae.d_sae, config.train.batch_tokens,
+        architecture, config.sae.d_in, config.sae.d_sae, config.train.batch_tokens,
         bool(getattr(config.sae, "ghost_grads", False)),
         str(getattr(config.train, "precision", "fp32")),
     )

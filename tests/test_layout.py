@@ -21,10 +21,10 @@ MAX_LINES = 600
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "faults", "migrations", "pareto", "progress"),
     ("artifacts", "metrics", "spec"),
-    ("models", "data", "flops", "memory"),
+    ("models", "data", "flops", "memory", "saelens"),
     ("sae",),
     ("plan",),  # it counts each run's step FLOPs through sae/cost.py
-    ("registry", "activations", "actcache", "resample", "train", "evaluate"),
+    ("registry", "activations", "actcache", "resample", "train", "evaluate", "imported"),
     ("execute",),
     ("launch",),
     ("runner",),

@@ -5,9 +5,9 @@ its SAE class table from `SAE_CONFIGS`). Add an architecture's config HERE only.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 
 from saerun.spec.base import Strict as _Strict
 
@@ -300,16 +300,74 @@ class JumpReLUSAEConfig(_SAECommon):
         return self
 
 
+class ImportedSAEConfig(_Strict):
+    """An SAE trained elsewhere, read from a folder in SAELens's layout (cfg.json +
+    sae_weights.safetensors) and only evaluated: `sae: {from_pretrained: FOLDER}`. Every value
+    but the folder (and a scaling factor the folder lacks) is read from it by the planner."""
+
+    architecture: Literal["imported"] = Field(
+        "imported", description="'imported' (implied by from_pretrained): an SAE that saerun "
+        "evaluates on the spec's held-out tokens and registers, with no training.",
+    )
+    from_pretrained: str = Field(
+        description="folder in SAELens 6.x's layout: cfg.json and sae_weights.safetensors, "
+        "architecture standard, gated, jumprelu or topk (relative: to the spec file's folder). "
+        "A cfg.json option saerun cannot honour is an error naming it.",
+    )
+    norm_scaling_factor: float | None = Field(
+        None, gt=0, description="for normalize_activations 'expected_average_only_in' only: "
+        "the factor the SAE's inputs were multiplied by; null: derived, from the folder's "
+        "activation_scaler.json (an error when it has none).",
+    )
+    d_in: int | None = Field(None, gt=0, description="input width; derived, from cfg.json.")
+    d_sae: int | None = Field(
+        None, gt=0, le=MAX_LATENTS, description="number of latents; derived, from cfg.json."
+    )
+    saelens_architecture: str | None = Field(
+        None, description="cfg.json's architecture; derived.",
+    )
+    k: int | None = Field(None, gt=0, description="topk only: cfg.json's k; derived.")
+    content_sha256: str | None = Field(
+        None, description="SHA-256 of the weights file and of every cfg.json value that "
+        "changes the SAE's output; derived. The run id hashes it instead of the folder's path.",
+    )
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        if self.d_in is None or self.d_sae is None:
+            raise ValueError("d_in and d_sae are resolved by the planner (saerun.plan)")
+        return self.d_in, self.d_sae
+
+
+IMPORTED_TAG = "imported"
+
+
+def _sae_tag(value: Any) -> str | None:
+    """The member of `SAEConfig` a section is: its `architecture`, or 'imported' for a section
+    that names a folder (`from_pretrained`) and no architecture."""
+    if isinstance(value, dict):
+        tag = value.get("architecture")
+        if tag is None and "from_pretrained" in value:
+            return IMPORTED_TAG
+        return tag if isinstance(tag, str) else None
+    return getattr(value, "architecture", None)
+
+
 # One entry per architecture; the `architecture` tag picks the member. Add new configs HERE only.
 SAE_CONFIGS: tuple[type[_SAECommon], ...] = (
     ReluSAEConfig, GatedSAEConfig, JumpReLUSAEConfig,
     TopKSAEConfig, BatchTopKSAEConfig, MatryoshkaSAEConfig,
 )
-# Spelled out (not Union[SAE_CONFIGS]) so that a type checker sees the members.
+# Spelled out (not Union[SAE_CONFIGS]) so that a type checker sees the members. The imported SAE
+# is a member (a spec's `sae` may be one) but not a trainable architecture: it is in neither
+# SAE_CONFIGS nor SAE_CONFIG_BY_TAG, which `sae/` builds its SAE classes from.
 SAEConfig = Annotated[
-    ReluSAEConfig | GatedSAEConfig | JumpReLUSAEConfig | TopKSAEConfig | BatchTopKSAEConfig
-    | MatryoshkaSAEConfig,
-    Field(discriminator="architecture"),
+    Annotated[ReluSAEConfig, Tag("relu")] | Annotated[GatedSAEConfig, Tag("gated")]
+    | Annotated[JumpReLUSAEConfig, Tag("jumprelu")] | Annotated[TopKSAEConfig, Tag("topk")]
+    | Annotated[BatchTopKSAEConfig, Tag("batchtopk")]
+    | Annotated[MatryoshkaSAEConfig, Tag("matryoshka")]
+    | Annotated[ImportedSAEConfig, Tag(IMPORTED_TAG)],
+    Discriminator(_sae_tag),
 ]
 
 
@@ -320,3 +378,4 @@ def architecture_tag(cls: type[BaseModel]) -> str:
 
 # tag -> config class: what the `sae/` package builds its SAE class table from.
 SAE_CONFIG_BY_TAG: dict[str, type[_SAECommon]] = {architecture_tag(c): c for c in SAE_CONFIGS}
+

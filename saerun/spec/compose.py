@@ -152,6 +152,7 @@ def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
     files = [file]
     if "extends" in data:
         data, lines, files = _compose(path, file, data, lines)
+    data = _folders_resolved(data, lines, file)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
@@ -161,6 +162,47 @@ def load_spec(path: str | Path) -> tuple[Spec, dict, LineMap, str]:
     return spec, data, lines, text
 
 
+
+def _folders_resolved(data: dict, lines: LineMap, file: str) -> dict:
+    """`sae.from_pretrained` (also as a sweep grid or zip axis) made absolute: a relative folder
+    is relative to the folder of the spec file that names it (a base spec's, for one it
+    inherits), like `extends`; `~` is expanded. Other values are left for the schema."""
+
+    def absolute(value: Any, at: tuple) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        folder = Path(value).expanduser()
+        if folder.is_absolute():
+            return str(folder)
+        owner = getattr(lines.get(at), "file", None) or file
+        return os.path.abspath(Path(owner).parent / folder)
+
+    def in_section(sae: Any, at: tuple) -> Any:
+        if isinstance(sae, dict) and "from_pretrained" in sae:
+            return {**sae, "from_pretrained": absolute(sae["from_pretrained"],
+                                                       at + ("from_pretrained",))}
+        return sae
+
+    out = dict(data)
+    out["sae"] = in_section(data.get("sae"), ("sae",))
+    sweep = data.get("sweep")
+    if isinstance(sweep, dict):
+        sweep = dict(sweep)
+        for kind in ("grid", "zip"):
+            axes = sweep.get(kind)
+            if not isinstance(axes, dict):
+                continue
+            axes = dict(axes)
+            for key in ("sae.from_pretrained", "sae"):
+                values, at = axes.get(key), ("sweep", kind, key)
+                if isinstance(values, list):
+                    axes[key] = [absolute(v, at) if key != "sae" else in_section(v, at)
+                                 for v in values]
+            sweep[kind] = axes
+        out["sweep"] = sweep
+    if "sae" not in data:
+        del out["sae"]
+    return out
 
 
 # -- a registered run back as a spec ------------------------------------------------------------

@@ -10,10 +10,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from saerun.errors import SpecError, shown
+from saerun.spec.architectures import IMPORTED_TAG, ImportedSAEConfig
 from saerun.spec.schema import SAE_CONFIG_BY_TAG, Spec, SweepConfig
 from saerun.spec.yaml_io import Line, LineMap, _dotted
 
 _ARCH_TAGS = set(SAE_CONFIG_BY_TAG)
+_SAE_SECTIONS: dict[str, type[BaseModel]] = {**SAE_CONFIG_BY_TAG, IMPORTED_TAG: ImportedSAEConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -25,7 +27,7 @@ def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-tag element ('sae', 'relu', 'd_sae') -> ('sae', 'd_sae')."""
     out = []
     for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1] == "sae" and part in _ARCH_TAGS:
+        if i > 0 and loc[i - 1] == "sae" and part in _SAE_SECTIONS:
             continue
         if isinstance(part, str) and part.startswith("function-after["):
             continue
@@ -47,7 +49,9 @@ def _model_at(path: tuple, root: type[BaseModel], data: dict) -> type[BaseModel]
         annotation = field.annotation
         if part == "sae":
             arch = node.get("architecture") if isinstance(node, dict) else None
-            model = SAE_CONFIG_BY_TAG.get(arch) if arch in SAE_CONFIG_BY_TAG else None
+            if arch is None and isinstance(node, dict) and "from_pretrained" in node:
+                arch = IMPORTED_TAG
+            model = _SAE_SECTIONS.get(arch) if isinstance(arch, str) else None
             continue
         model = annotation
     if isinstance(model, type) and issubclass(model, BaseModel):
@@ -78,7 +82,8 @@ def spec_error_from_validation(
         hint = f"allowed: {', '.join(sorted(_ARCH_TAGS))}"
     elif kind == "union_tag_not_found":
         message = "missing 'architecture'"
-        hint = f"allowed: {', '.join(sorted(_ARCH_TAGS))}"
+        hint = (f"allowed: {', '.join(sorted(_ARCH_TAGS))}; or from_pretrained: FOLDER to "
+                "evaluate an SAE trained elsewhere")
     else:
         message = error["msg"].removeprefix("Value error, ")
         if "input" in error and not isinstance(error["input"], dict | list):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from saerun.spec.architectures import ImportedSAEConfig
 from saerun.spec.launcher import LAUNCHERS
 from saerun.spec.schema import SAE_CONFIG_BY_TAG, SparsityConfig, Spec
 
@@ -17,6 +18,7 @@ def reference_markdown() -> str:
     sections += [(name, f.annotation) for name, f in Spec.model_fields.items()
                  if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
     sections += [(f"sae (architecture: {tag})", cls) for tag, cls in SAE_CONFIG_BY_TAG.items()]
+    sections.append(("sae (from_pretrained: an SAE trained elsewhere)", ImportedSAEConfig))
     sections.append(("sae.sparsity", SparsityConfig))
     sections += [(f"launcher (kind: {tag})", cls) for tag, cls in LAUNCHERS.items()]
     out = []

@@ -1,0 +1,360 @@
+"""SAELens's folder format, both ways: the cfg.json saerun writes at export, and reading a folder
+that SAELens (or anyone writing its layout) made, to evaluate it (`sae: {from_pretrained: ...}`).
+
+Written for SAELens 6.x: cfg.json carries `metadata.sae_lens_version`, so SAELens's loader keeps
+`metadata` as written (a config without it, or older than 6.0, is rebuilt from top-level keys
+only, which loses hook_name and model_name: `HookedSAETransformer.add_sae` then attaches
+nothing).
+
+Reading checks every cfg.json key: an architecture, option or tensor saerun cannot honour is a
+SaerunError naming it, never a silent mis-load. `read_folder` reads JSON only (the planner calls
+it); `load_sae` reads the weights (safetensors only) into `SAELensSAE`, which computes what
+SAELens's inference classes compute, in their order of operations, so codes and L0 agree with
+SAELens's own encode bit for bit.
+
+Transcoders (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder: d_out,
+W_skip, `metadata.hook_name_out`) are refused for now; they slot in as entries of TENSORS and
+OPTION_KEYS plus a d_out and a skip term in `SAELensSAE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from saerun.errors import SaerunError
+from saerun.spec import RunConfig
+
+# The SAELens release whose format saerun writes (PEP 440; >= 6.0 keeps `metadata`), the one
+# bench/saelens_check.py loads the exports with.
+SAELENS_VERSION = "6.54.12"
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SCALER_FILENAME = "activation_scaler.json"  # SAELens's trainer writes it in checkpoints
+
+# SAELens architecture -> the tensors of sae_weights.safetensors ([d_in/d_sae] shape tags).
+TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
+    "standard": {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
+                 "b_dec": ("d_in",)},
+    "gated": {"W_enc": ("d_in", "d_sae"), "b_gate": ("d_sae",), "r_mag": ("d_sae",),
+              "b_mag": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)},
+    "jumprelu": {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
+                 "b_dec": ("d_in",), "threshold": ("d_sae",)},
+    "topk": {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
+             "b_dec": ("d_in",)},
+}
+TRANSCODER_KINDS = ("transcoder", "skip_transcoder", "jumprelu_transcoder",
+                    "jumprelu_skip_transcoder")
+# cfg.json keys every architecture has, and each architecture's own.
+COMMON_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
+               "normalize_activations", "reshape_activations", "metadata"}
+OPTION_KEYS: dict[str, set[str]] = {"standard": set(), "gated": set(), "jumprelu": set(),
+                                    "topk": {"k", "rescale_acts_by_decoder_norm"}}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+NORMALIZATIONS = ("none", "expected_average_only_in")
+RESHAPES = ("none", "hook_z")
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class ExportedSAE(Protocol):
+    """What `export_cfg` reads of a trained SAE (`sae.base.SAE` has it)."""
+
+    d_in: int
+    d_sae: int
+
+
+def export_cfg(sae: ExportedSAE, config: RunConfig, run_id: str, numerics_mode: str,
+               norm_scale: float, metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's part of a finished run's cfg.json (`artifacts.write_sae` adds the
+    architecture's keys, `SAE.saelens_cfg`). The normalisation scale is folded into the
+    weights, so the SAE takes raw activations (`normalize_activations: none`)."""
+    dead = metrics.get("dead_fraction_train")
+    metadata: dict[str, Any] = {
+        "sae_lens_version": SAELENS_VERSION,
+        "sae_lens_training_version": None,  # trained by saerun, not by SAELens
+        "model_name": config.model.name,
+        "hook_name": config.site.hook_name,
+        "hook_head_index": None,
+        "context_size": config.data.context_size,
+        "prepend_bos": True,
+        # saerun never reconstructs special tokens (BOS/EOS/pad); SAELens's add_sae applies an
+        # SAE at every position unless told (README, "SAELens").
+        "exclude_special_tokens": config.data.exclude_special_tokens,
+        "dataset_path": config.data.dataset,
+        # SAELens 6.46/6.47's provenance keys: what trained it, with which options, and what
+        # it came out as (l0 on the held-out tokens; dead latents over the training window).
+        "training_architecture": config.sae.architecture,
+        "training_architecture_details": {**config.sae.model_dump(mode="json"),
+                                          "train": config.train.model_dump(mode="json")},
+        "l0": _finite(metrics.get("l0")),
+        "num_dead_features": None if dead is None else round(dead * sae.d_sae),
+        "saerun_run_id": run_id,
+        "saerun_architecture": config.sae.architecture,
+        "numerics_mode": numerics_mode,
+        "normalization_scale_folded": norm_scale,
+    }
+    return {
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if config.site.hook_name.endswith("hook_z") else "none",
+        "metadata": metadata,
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN: a metric that is not finite is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderSAE:
+    """What a SAELens folder says, checked: all the planner needs, without loading weights."""
+
+    folder: Path
+    architecture: str  # SAELens's name: standard, gated, jumprelu, topk
+    d_in: int
+    d_sae: int
+    options: dict[str, Any]  # every cfg.json value that changes the SAE's output
+    scaling_factor: float | None  # inputs are multiplied by it (expected_average_only_in)
+    content_sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hook_name(self) -> str | None:
+        hook = self.metadata.get("hook_name")
+        return hook if isinstance(hook, str) else None
+
+
+def _fail(folder: Path, key: str, message: str, hint: str | None = None) -> SaerunError:
+    return SaerunError(f"{folder / CFG_FILENAME}: {key}: {message}", hint=hint)
+
+
+def read_cfg(folder: Path) -> dict[str, Any]:
+    path = folder / CFG_FILENAME
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SaerunError(f"no {CFG_FILENAME} in {folder}",
+                          hint="from_pretrained names a folder in SAELens's layout (cfg.json, "
+                          "sae_weights.safetensors), e.g. what SAE.save_model writes") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SaerunError(f"cannot read {path}: {err}") from None
+    if not isinstance(cfg, dict):
+        raise SaerunError(f"{path} is not a JSON object")
+    return cfg
+
+
+def read_folder(folder: str | Path, scaling_factor: float | None = None) -> FolderSAE:
+    """Check a SAELens folder's cfg.json (every key) and hash its content. `scaling_factor`: the
+    input scale for `normalize_activations: expected_average_only_in` when the spec gives it
+    (else the folder's activation_scaler.json must)."""
+    folder = Path(folder)
+    cfg = read_cfg(folder)
+    metadata = cfg.get("metadata")
+    if not isinstance(metadata, dict):
+        raise _fail(folder, "metadata", "missing: not a SAELens 6.x config",
+                    hint="load it with SAELens (SAE.load_from_disk) and write it again with "
+                    "save_model")
+    _check_version(folder, metadata.get("sae_lens_version"))
+    arch = cfg.get("architecture")
+    if arch in TRANSCODER_KINDS:
+        raise _fail(folder, "architecture", f"{arch!r}: transcoders are not evaluated yet")
+    if arch not in TENSORS:
+        raise _fail(folder, "architecture", f"unknown architecture {arch!r}",
+                    hint=f"saerun evaluates {', '.join(TENSORS)}")
+    unknown = sorted(set(cfg) - COMMON_KEYS - OPTION_KEYS[arch])
+    if unknown:
+        raise _fail(folder, unknown[0], f"an option saerun does not know for a {arch} SAE",
+                    hint="saerun refuses what it cannot honour rather than mis-load it")
+    d_in, d_sae = (_positive_int(folder, cfg, key) for key in ("d_in", "d_sae"))
+    options = _options(folder, cfg, arch, d_sae)
+    factor = _scaling_factor(folder, options["normalize_activations"], scaling_factor)
+    weights = folder / WEIGHTS_FILENAME
+    if not weights.is_file():
+        raise SaerunError(f"no {WEIGHTS_FILENAME} in {folder}")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    identity = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "options": options,
+                "scaling_factor": factor, "weights": digest.hexdigest()}
+    content = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return FolderSAE(folder, arch, d_in, d_sae, options, factor, content, metadata)
+
+
+def _check_version(folder: Path, version: object) -> None:
+    """SAELens 6.0 (pre-releases included) or later: the PEP 440 release's first number."""
+    found = re.match(r"\s*v?(\d+)", version) if isinstance(version, str) else None
+    if found is None or int(found.group(1)) < 6:
+        key = "metadata.sae_lens_version"
+        raise _fail(folder, key, f"{version!r}: saerun reads SAELens 6.x folders only",
+                    hint="load it with SAELens (SAE.load_from_disk converts older configs) "
+                    "and write it again with save_model")
+
+
+def _positive_int(folder: Path, cfg: dict[str, Any], key: str) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _fail(folder, key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _options(folder: Path, cfg: dict[str, Any], arch: str, d_sae: int) -> dict[str, Any]:
+    """Every cfg.json value that changes the output, checked; the ones that do not (device)
+    are not kept."""
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise _fail(folder, "dtype", f"unknown dtype {dtype!r}", hint=f"one of {list(DTYPES)}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in NORMALIZATIONS:
+        raise _fail(folder, "normalize_activations", f"{norm!r} is not honoured",
+                    hint="saerun evaluates 'none' and 'expected_average_only_in' (with its "
+                    "scaling factor)")
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in RESHAPES:
+        raise _fail(folder, "reshape_activations", f"{reshape!r} is not honoured",
+                    hint="'none' or 'hook_z'")
+    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
+    if not isinstance(apply_b_dec, bool):
+        raise _fail(folder, "apply_b_dec_to_input", f"must be true or false, got {apply_b_dec!r}")
+    options: dict[str, Any] = {"dtype": dtype, "normalize_activations": norm,
+                               "reshape_activations": reshape, "apply_b_dec_to_input": apply_b_dec}
+    if arch == "topk":
+        k = cfg.get("k", 100)  # SAELens's default
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= d_sae:
+            raise _fail(folder, "k", f"must be an integer in 1..d_sae ({d_sae}), got {k!r}")
+        rescale = cfg.get("rescale_acts_by_decoder_norm", False)
+        if not isinstance(rescale, bool):
+            raise _fail(folder, "rescale_acts_by_decoder_norm",
+                        f"must be true or false, got {rescale!r}")
+        options.update(k=k, rescale_acts_by_decoder_norm=rescale)
+    return options
+
+
+def _scaling_factor(folder: Path, norm: str, given: float | None) -> float | None:
+    if norm == "none":
+        if given is not None:
+            raise _fail(folder, "normalize_activations", "'none' takes no norm_scaling_factor",
+                        hint="remove sae.norm_scaling_factor from the spec")
+        return None
+    if given is not None:
+        return float(given)
+    path = folder / SCALER_FILENAME
+    factor = None
+    if path.is_file():
+        try:
+            factor = json.loads(path.read_text(encoding="utf-8")).get("scaling_factor")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            factor = None
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or not factor > 0:
+        raise _fail(folder, "normalize_activations",
+                    "'expected_average_only_in' needs the factor the inputs were scaled by, "
+                    f"and the folder has none ({SCALER_FILENAME})",
+                    hint="give it as sae.norm_scaling_factor in the spec (SAELens lists it as "
+                    "norm_scaling_factor in pretrained_saes.yaml)")
+    return float(factor)
+
+
+# -- evaluating ------------------------------------------------------------------------------
+
+
+class SAELensSAE(nn.Module):
+    """A SAELens-format SAE at inference, on raw activations [n, d_in] (a hook_z site arrives
+    flattened to n_heads * d_head, as SAELens's reshape makes it). Computed in float32."""
+
+    def __init__(self, info: FolderSAE, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.info = info
+        self.architecture = info.architecture
+        self.d_in, self.d_sae = info.d_in, info.d_sae
+        opts = info.options
+        self.apply_b_dec = bool(opts["apply_b_dec_to_input"])
+        self.k: int | None = opts.get("k")
+        self.rescale = bool(opts.get("rescale_acts_by_decoder_norm", False))
+        self.scale = info.scaling_factor
+        for name, value in tensors.items():
+            self.register_buffer(name, value.to(torch.float32).contiguous())
+
+    W_dec: Tensor  # [d_sae, d_in], a buffer like every tensor of the folder
+
+    def _t(self, name: str) -> Tensor:
+        tensor = self._buffers[name]
+        if tensor is None:  # never: every tensor was registered with a value
+            raise KeyError(name)
+        return tensor
+
+    def encode(self, x: Tensor) -> Tensor:
+        if self.scale is not None:
+            x = x * self.scale
+        # SAELens: sae_in - b_dec * apply_b_dec_to_input, then the architecture's activation.
+        sae_in = x - self._t("b_dec") * self.apply_b_dec
+        W_enc = self._t("W_enc")
+        if self.architecture == "gated":
+            gate = (sae_in @ W_enc + self._t("b_gate") > 0).to(sae_in.dtype)
+            mag = torch.relu(sae_in @ (W_enc * self._t("r_mag").exp()) + self._t("b_mag"))
+            return gate * mag
+        pre = sae_in @ W_enc + self._t("b_enc")
+        if self.architecture == "jumprelu":
+            return torch.relu(pre) * (pre > self._t("threshold")).to(pre.dtype)
+        if self.architecture == "topk":
+            if self.rescale:
+                pre = pre * self.W_dec.norm(dim=-1)
+            values, indices = torch.topk(pre, k=self.k or 1, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        return torch.relu(pre)
+
+    def decode(self, f: Tensor) -> Tensor:
+        if self.rescale:
+            f = f * (1 / self.W_dec.norm(dim=-1))
+        x_hat = f @ self.W_dec + self._t("b_dec")
+        return x_hat / self.scale if self.scale is not None else x_hat
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {name: buf for name, buf in self.named_buffers()}
+
+
+def load_sae(info: FolderSAE, device: str = "cpu") -> SAELensSAE:
+    """The folder's weights (safetensors, never pickle), every tensor checked by name and
+    shape against the architecture `read_folder` found."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = info.folder / WEIGHTS_FILENAME
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise SaerunError(f"cannot read {path}: {err}") from None
+    if info.architecture == "jumprelu" and "log_threshold" in tensors and \
+            "threshold" not in tensors:  # older SAELens checkpoints, as SAELens converts them
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
+    wanted = TENSORS[info.architecture]
+    sizes = {"d_in": info.d_in, "d_sae": info.d_sae}
+    for name in sorted(set(tensors) | set(wanted)):
+        if name not in wanted:
+            raise SaerunError(f"{path}: tensor {name!r} is not part of a {info.architecture} SAE",
+                              hint="saerun refuses what it cannot honour rather than ignore it")
+        if name not in tensors:
+            raise SaerunError(f"{path}: tensor {name!r} is missing")
+        shape = tuple(sizes[d] for d in wanted[name])
+        if tuple(tensors[name].shape) != shape:
+            raise SaerunError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                              f"cfg.json says {shape}")
+    return SAELensSAE(info, tensors).to(device)
