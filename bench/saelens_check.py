@@ -100,8 +100,8 @@ def spliced_delta(model: Any, sae: Any, tokens: torch.Tensor) -> float:
 
 
 def check(folder: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     out: dict[str, Any] = {"folder": str(folder)}
     written = json.loads((folder / "cfg.json").read_text())

@@ -68,13 +68,14 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
             raise SaerunError(f"run {job.run_id[:10]} vanished from the registry while running")
         folder = reg.artifacts_dir(job.run_id)
         artifacts.write_text(folder / "run.yaml", export_spec(run))
-        sae = job.config.sae
+        planned = job.config.sae
         try:
             info = folder_info(job.config)
-            if not isinstance(sae, ImportedSAEConfig) or info.content_sha256 != sae.content_sha256:
+            if not isinstance(planned, ImportedSAEConfig) or \
+                    info.content_sha256 != planned.content_sha256:
                 raise SaerunError(f"{info.folder} changed since it was planned (content "
                                   f"{info.content_sha256[:12]}, planned "
-                                  f"{str(getattr(sae, 'content_sha256', ''))[:12]})",
+                                  f"{str(getattr(planned, 'content_sha256', ''))[:12]})",
                                   hint="plan the spec again: a new content is a new run")
             saes[job.run_id] = (saelens.load_sae(info, lm.device), job.config.site.hook_name)
         except SaerunError as err:

@@ -480,7 +480,7 @@ IMPORTED_AS = {"standard": "relu", "gated": "gated", "jumprelu": "jumprelu", "to
 def _sae_shape(config: RunConfig) -> memory.SAEShape:
     if config.sae.d_in is None or config.sae.d_sae is None:  # resolved by `_derive`
         raise ValueError("the memory model needs d_in and d_sae")
-    architecture = config.sae.architecture
+    architecture: str = config.sae.architecture
     if isinstance(config.sae, ImportedSAEConfig):  # evaluated only: bounded by training one
         architecture = IMPORTED_AS.get(config.sae.saelens_architecture or "", "relu")
     return memory.SAEShape(

@@ -159,3 +159,98 @@ def test_run_ids_hash_the_v1_identity_view(tmp_path):
     assert run_id("{architecture: topk}", "eval: {metrics: [kl_score, delta_lm_loss, "
                   "ce_loss_recovered]}\n") == topk
     assert run_id("{architecture: topk}", "eval: {metrics: []}\n") != topk
+
+
+# -- imported SAEs (sae: {from_pretrained: FOLDER}) ------------------------------------------
+
+
+def saelens_folder(folder, d_in: int = 64, d_sae: int = 96, seed: int = 0, **cfg):
+    """A folder in SAELens 6.x's layout, written by hand (tests/test_saelens_real.py uses the
+    real package)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    save_file({"W_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.zeros(d_sae),
+               "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.zeros(d_in)},
+              str(folder / "sae_weights.safetensors"))
+    meta = {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}
+    (folder / "cfg.json").write_text(json.dumps(
+        {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": 8, "metadata": meta,
+         "normalize_activations": "none", **cfg}))
+    return folder
+
+
+IMPORTED = """\
+name: outside
+site: {hook_name: blocks.1.hook_resid_post}
+sae: {from_pretrained: published/a}
+"""
+
+
+def test_an_imported_sae_is_planned_from_its_folder(tmp_path):
+    saelens_folder(tmp_path / "specs" / "published" / "a")
+    plan = plan_of(tmp_path / "specs", IMPORTED)
+    job = plan.jobs[0]
+    sae = job.config.sae
+    folder = str(tmp_path / "specs" / "published" / "a")  # relative to the spec file's folder
+    assert sae.from_pretrained == folder
+    assert (sae.architecture, sae.saelens_architecture, sae.d_in, sae.d_sae, sae.k) == (
+        "imported", "topk", 64, 96, 8)
+    assert job.provenance["sae.d_sae"] == f"derived: {folder}/cfg.json"
+    assert job.provenance["sae.content_sha256"] == f"derived: {folder}/cfg.json and its weights"
+    assert job.step_flops_per_token is None  # nothing is trained
+
+
+def test_an_imported_run_id_is_its_content_and_evaluation_not_its_path(tmp_path):
+    import shutil
+
+    saelens_folder(tmp_path / "one" / "published" / "a")
+    shutil.copytree(tmp_path / "one" / "published", tmp_path / "two" / "published")
+    first = plan_of(tmp_path / "one", IMPORTED).jobs[0]
+    moved = plan_of(tmp_path / "two", IMPORTED).jobs[0]
+    assert first.run_id == moved.run_id
+    # ...the seed and train section change nothing of it; the evaluation data does.
+    assert plan_of(tmp_path / "one", IMPORTED + "seed: 4\ntrain: {lr: 0.1}\n",
+                   "s2.yaml").jobs[0].run_id == first.run_id
+    assert plan_of(tmp_path / "one", IMPORTED + "data: {eval_tokens: 4096}\n",
+                   "s3.yaml").jobs[0].run_id != first.run_id
+    saelens_folder(tmp_path / "two" / "published" / "a", seed=1)  # new weights
+    assert plan_of(tmp_path / "two", IMPORTED).jobs[0].run_id != first.run_id
+    # Imported runs never share a group (a training stream) with runs that train.
+    assert first.group_key != plan_of(tmp_path / "one", SPEC, "t.yaml").jobs[0].group_key
+
+
+def test_a_sweep_over_folders_plans_one_run_each(tmp_path):
+    saelens_folder(tmp_path / "published" / "a")
+    saelens_folder(tmp_path / "published" / "b", d_sae=128, seed=2)
+    plan = plan_of(tmp_path, IMPORTED + "sweep: {grid: {sae.from_pretrained: [published/a, "
+                   "published/b]}}\n")
+    assert [j.config.sae.d_sae for j in plan.jobs] == [96, 128]
+    assert plan.jobs[1].config.sae.from_pretrained == str(tmp_path / "published" / "b")
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"d_in": 32}, "s.yaml:3: sae.from_pretrained: the SAE in {folder} takes d_in 32, the model's "
+     "width at 'blocks.1.hook_resid_post' is 64"),
+    ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_post"}},
+     "s.yaml:2: site.hook_name: the SAE in {folder} was trained at 'blocks.0.hook_resid_post'"),
+    ({"normalize_activations": "layer_norm"},
+     "s.yaml:3: sae.from_pretrained: {folder}/cfg.json: normalize_activations: 'layer_norm' is "
+     "not honoured"),
+])
+def test_what_an_imported_sae_cannot_be_is_a_spec_error(tmp_path, change, expected):
+    folder = saelens_folder(tmp_path / "published" / "a", **change)
+    with pytest.raises(SpecError) as err:
+        plan_of(tmp_path, IMPORTED)
+    assert str(err.value).startswith(f"error: {tmp_path}/" + expected.format(folder=folder)), \
+        str(err.value)
+
+
+def test_a_value_the_spec_gives_must_agree_with_the_folder(tmp_path):
+    saelens_folder(tmp_path / "published" / "a")
+    with pytest.raises(SpecError, match=r"sae.d_sae: d_sae 95 does not match .*cfg.json \(96\)"):
+        plan_of(tmp_path, IMPORTED.replace("published/a}", "published/a, d_sae: 95}"))

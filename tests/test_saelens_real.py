@@ -165,10 +165,11 @@ def test_saelens_written_folders_are_evaluated_as_runs(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     names = ["standard", "gated", "jumprelu", "topk", "topk_rescaled"]
+    folders_listed = ", ".join(f"published/{n}" for n in names)
     (tmp_path / "outside.yaml").write_text(
         f"name: outside\nmodel: {{name: saerun/tiny-stdlib}}\nsite: {{hook_name: {HOOK}}}\n"
         f"data: {DATA}\nsae: {{from_pretrained: published/standard}}\n"
-        f"sweep: {{grid: {{sae.from_pretrained: [{', '.join('published/' + n for n in names)}]}}}}\n")
+        f"sweep: {{grid: {{sae.from_pretrained: [{folders_listed}]}}}}\n")
     done = saerun("outside.yaml", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     runs = runs_of(tmp_path)

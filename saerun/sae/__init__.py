@@ -18,7 +18,8 @@ from saerun.sae.jumprelu import JumpReLUSAE
 from saerun.sae.matryoshka import MatryoshkaSAE
 from saerun.sae.relu import ReluSAE
 from saerun.sae.topk import TopKSAE
-from saerun.spec import SAE_CONFIG_BY_TAG, SAEConfig, derive
+from saerun.spec import SAE_CONFIG_BY_TAG, derive
+from saerun.spec.architectures import ImportedSAEConfig, SAESection
 
 _MODULES: tuple[type[SAE], ...] = (
     ReluSAE, GatedSAE, JumpReLUSAE, TopKSAE, BatchTopKSAE, MatryoshkaSAE,
@@ -44,9 +45,12 @@ ARCHITECTURES = _table()
 SAE_CLASSES: dict[str, type[SAE]] = {tag: sae for tag, (_, sae) in ARCHITECTURES.items()}
 
 
-def build_sae(cfg: SAEConfig, seed: int) -> SAE:
+def build_sae(cfg: SAESection, seed: int) -> SAE:
     """A freshly initialised SAE for an `sae` config section with d_in and d_sae set; the
-    values still left to a rule (`spec.derive`) are resolved first, as the planner does."""
+    values still left to a rule (`spec.derive`) are resolved first, as the planner does. An
+    imported SAE is never built: it is read from its folder (`saelens.load_sae`)."""
+    if isinstance(cfg, ImportedSAEConfig):
+        raise TypeError(f"the SAE in {cfg.from_pretrained} is imported: nothing to initialise")
     cfg = derive.resolved_sae(cfg)
     generator = torch.Generator().manual_seed(seed)
     return SAE_CLASSES[cfg.architecture](cfg, generator)

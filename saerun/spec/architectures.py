@@ -342,15 +342,16 @@ class ImportedSAEConfig(_Strict):
 IMPORTED_TAG = "imported"
 
 
-def _sae_tag(value: Any) -> str | None:
-    """The member of `SAEConfig` a section is: its `architecture`, or 'imported' for a section
-    that names a folder (`from_pretrained`) and no architecture."""
-    if isinstance(value, dict):
-        tag = value.get("architecture")
-        if tag is None and "from_pretrained" in value:
-            return IMPORTED_TAG
-        return tag if isinstance(tag, str) else None
-    return getattr(value, "architecture", None)
+def _sae_tag(value: Any) -> str:
+    """Which `SAESection` a section is: 'imported' when it says so or names a folder
+    (`from_pretrained`) and no architecture; else 'trained' (whose own union then reads the
+    architecture, and names a missing or unknown one)."""
+    tag = value.get("architecture") if isinstance(value, dict) else getattr(
+        value, "architecture", None)
+    if tag == IMPORTED_TAG or (tag is None and isinstance(value, dict)
+                               and "from_pretrained" in value):
+        return IMPORTED_TAG
+    return "trained"
 
 
 # One entry per architecture; the `architecture` tag picks the member. Add new configs HERE only.
@@ -358,15 +359,17 @@ SAE_CONFIGS: tuple[type[_SAECommon], ...] = (
     ReluSAEConfig, GatedSAEConfig, JumpReLUSAEConfig,
     TopKSAEConfig, BatchTopKSAEConfig, MatryoshkaSAEConfig,
 )
-# Spelled out (not Union[SAE_CONFIGS]) so that a type checker sees the members. The imported SAE
-# is a member (a spec's `sae` may be one) but not a trainable architecture: it is in neither
-# SAE_CONFIGS nor SAE_CONFIG_BY_TAG, which `sae/` builds its SAE classes from.
+# Spelled out (not Union[SAE_CONFIGS]) so that a type checker sees the members.
 SAEConfig = Annotated[
-    Annotated[ReluSAEConfig, Tag("relu")] | Annotated[GatedSAEConfig, Tag("gated")]
-    | Annotated[JumpReLUSAEConfig, Tag("jumprelu")] | Annotated[TopKSAEConfig, Tag("topk")]
-    | Annotated[BatchTopKSAEConfig, Tag("batchtopk")]
-    | Annotated[MatryoshkaSAEConfig, Tag("matryoshka")]
-    | Annotated[ImportedSAEConfig, Tag(IMPORTED_TAG)],
+    ReluSAEConfig | GatedSAEConfig | JumpReLUSAEConfig | TopKSAEConfig | BatchTopKSAEConfig
+    | MatryoshkaSAEConfig,
+    Field(discriminator="architecture"),
+]
+# What a spec's `sae` section is: an SAE to train (`SAEConfig`), or one trained elsewhere to
+# evaluate. The imported SAE is not a trainable architecture: it is in neither SAE_CONFIGS nor
+# SAE_CONFIG_BY_TAG, which `sae/` builds its SAE classes from.
+SAESection = Annotated[
+    Annotated[SAEConfig, Tag("trained")] | Annotated[ImportedSAEConfig, Tag(IMPORTED_TAG)],
     Discriminator(_sae_tag),
 ]
 

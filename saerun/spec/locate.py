@@ -24,10 +24,12 @@ _SAE_SECTIONS: dict[str, type[BaseModel]] = {**SAE_CONFIG_BY_TAG, IMPORTED_TAG: 
 
 
 def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-tag element ('sae', 'relu', 'd_sae') -> ('sae', 'd_sae')."""
+    """Drop pydantic's union-tag elements ('sae', 'trained', 'relu', 'd_sae') -> ('sae',
+    'd_sae')."""
     out = []
     for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1] == "sae" and part in _SAE_SECTIONS:
+        after_sae = i > 0 and (loc[i - 1] == "sae" or loc[i - 2:i] == ("sae", "trained"))
+        if after_sae and (part in _SAE_SECTIONS or part == "trained"):
             continue
         if isinstance(part, str) and part.startswith("function-after["):
             continue

@@ -29,6 +29,7 @@ from saerun.spec.architectures import (  # noqa: F401  (re-exported through saer
     MatryoshkaSAEConfig,
     ReluSAEConfig,
     SAEConfig,
+    SAESection,
     SparsityConfig,
     TopKSAEConfig,
     _SAECommon,
@@ -272,7 +273,8 @@ class Spec(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the language model.")
     site: SiteConfig = Field(default_factory=SiteConfig, description="where activations come from.")
     data: DataConfig = Field(default_factory=DataConfig, description="text, tokens, shuffling.")
-    sae: SAEConfig = Field(description="the SAE architecture and its hyperparameters.")
+    sae: SAESection = Field(description="the SAE architecture and its hyperparameters, or "
+                            "`from_pretrained: FOLDER` to evaluate an SAE trained elsewhere.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="what to vary.")
@@ -294,6 +296,6 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(description="the language model.")
     site: ResolvedSite = Field(description="the hook point.")
     data: DataConfig = Field(description="text, tokens, shuffling.")
-    sae: SAEConfig = Field(description="the SAE, with d_in and d_sae resolved.")
+    sae: SAESection = Field(description="the SAE, with d_in and d_sae resolved.")
     train: TrainConfig = Field(description="optimisation.")
     eval: EvalConfig = Field(description="evaluation.")
