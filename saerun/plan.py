@@ -396,6 +396,11 @@ def _imported(sae: ImportedSAEConfig, hook: str, width: int) -> derive.Derived:
             f"the SAE in {sae.from_pretrained} was trained at {info.hook_name!r} (its cfg.json's "
             f"metadata.hook_name), not {hook!r}", path=("site", "hook_name"),
             field="site.hook_name", hint=f"site: {{hook_name: {info.hook_name}}}")
+    if info.options["reshape_activations"] == "hook_z" and not hook.endswith("hook_z"):
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} reshapes attn.hook_z activations "
+            f"(reshape_activations: hook_z), and {hook!r} is not one", path=("site", "hook_name"),
+            field="site.hook_name")
     if info.d_in != width:
         raise SpecError(
             f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "

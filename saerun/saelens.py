@@ -174,6 +174,9 @@ def read_folder(folder: str | Path, scaling_factor: float | None = None) -> Fold
                     hint="load it with SAELens (SAE.load_from_disk) and write it again with "
                     "save_model")
     _check_version(folder, metadata.get("sae_lens_version"))
+    if metadata.get("hook_head_index") is not None:
+        raise _fail(folder, "metadata.hook_head_index", f"{metadata['hook_head_index']!r}: an SAE "
+                    "on one attention head is not evaluated (saerun's sites are whole hooks)")
     arch = cfg.get("architecture")
     if arch in TRANSCODER_KINDS:
         raise _fail(folder, "architecture", f"{arch!r}: transcoders are not evaluated yet")

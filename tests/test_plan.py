@@ -238,6 +238,8 @@ def test_a_sweep_over_folders_plans_one_run_each(tmp_path):
      "width at 'blocks.1.hook_resid_post' is 64"),
     ({"metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_post"}},
      "s.yaml:2: site.hook_name: the SAE in {folder} was trained at 'blocks.0.hook_resid_post'"),
+    ({"reshape_activations": "hook_z"}, "s.yaml:2: site.hook_name: the SAE in {folder} reshapes "
+     "attn.hook_z activations"),
     ({"normalize_activations": "layer_norm"},
      "s.yaml:3: sae.from_pretrained: {folder}/cfg.json: normalize_activations: 'layer_norm' is "
      "not honoured"),

@@ -114,6 +114,8 @@ def test_read_folder_reads_widths_options_and_hash(tmp_path):
     ({"metadata": {}}, "metadata.sae_lens_version: None"),
     ({"metadata": "DROP"}, "metadata: missing"),
     ({"d_sae": 0}, "d_sae: must be a positive integer, got 0"),
+    ({"metadata": {"sae_lens_version": "6.1", "hook_head_index": 3}},
+     "metadata.hook_head_index: 3: an SAE on one attention head"),
     ({"dtype": "int8"}, "dtype: unknown dtype 'int8'"),
     ({"apply_b_dec_to_input": "yes"}, "apply_b_dec_to_input: must be true or false"),
 ])
@@ -238,3 +240,50 @@ def test_older_jumprelu_log_threshold_is_converted(tmp_path):
     tensors["log_threshold"] = theta.log()
     sae = saelens.load_sae(saelens.read_folder(make_folder(tmp_path, "jumprelu", tensors)))
     assert torch.allclose(sae.tensors()["threshold"], theta)
+
+
+# -- an imported SAE, end to end (the real CLI) ------------------------------------------------
+
+
+def test_an_imported_sae_is_evaluated_and_registered(tmp_path):
+    from conftest import saerun
+
+    from saerun.activations import LanguageModel, eval_token_batches
+    from saerun.spec import RunConfig
+
+    g = torch.Generator().manual_seed(0)
+    d_in, d_sae = 128, 64  # the embedded model's width
+    w_dec = torch.randn(d_sae, d_in, generator=g)
+    tensors = {"W_enc": w_dec.t().contiguous() / 10, "b_enc": torch.zeros(d_sae),
+               "W_dec": w_dec / 10, "b_dec": torch.zeros(d_in),
+               "threshold": torch.rand(d_sae, generator=g)}
+    folder = tmp_path / "specs" / "theirs"
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({
+        "architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae,
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}}))
+    (tmp_path / "specs" / "imp.yaml").write_text(
+        "name: imp\nsite: {hook_name: blocks.1.hook_resid_post}\n"
+        "data: {context_size: 64, train_tokens: 4096, eval_tokens: 1024}\n"
+        "sae: {from_pretrained: theirs}\n")
+    done = saerun("specs/imp.yaml", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(saerun("ls", "--json", cwd=tmp_path).stdout)
+    assert len(listed) == 1 and listed[0]["status"] == "done"
+    run = json.loads(saerun("show", listed[0]["run_id"], "--json", cwd=tmp_path).stdout)
+    assert run["config"]["sae"]["architecture"] == "imported"
+    assert run["config"]["sae"]["from_pretrained"] == str(folder)
+    assert run["tokens_trained"] == 0
+    for name in ("run.yaml", "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+        assert (Path(run["artifacts"]) / name).exists(), name
+    # Its L0 is the folder's SAE's (SAELens's maths) on the held-out activations.
+    cfg = RunConfig.model_validate(run["config"])
+    lm = LanguageModel.load(cfg.model.name)
+    tokens = torch.cat(eval_token_batches(lm, cfg.data))
+    with torch.no_grad():
+        x = lm.capture(tokens, [cfg.site.hook_name])[cfg.site.hook_name][~lm.special_mask(tokens)]
+        f = saelens.load_sae(saelens.read_folder(folder)).encode(x)
+    l0 = float((f > 0).double().sum(-1).mean())
+    assert 0 < run["metrics"]["l0"] and abs(run["metrics"]["l0"] - l0) < 1e-9 * l0
+    assert run["metrics"]["fvu"] > 0
