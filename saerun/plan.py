@@ -341,7 +341,7 @@ def _derive(
     sae = partial.sae
     width = dims.hook_widths[hook]
     if isinstance(sae, ImportedSAEConfig):
-        return _imported(sae, hook, width)
+        return saelens.planned_values(sae, hook, width)
     out: derive.Derived = {}
     d_in = sae.d_in
     if d_in is not None and d_in != width:
@@ -361,50 +361,6 @@ def _derive(
         d_sae = _width(factor, d_in, ("sae", "expansion_factor"))
         out[("sae", "d_sae")] = (d_sae, f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
-    return out
-
-
-def _imported(sae: ImportedSAEConfig, hook: str, width: int) -> derive.Derived:
-    """What an imported SAE's folder says (`saelens.read_folder`, every cfg.json key checked),
-    each value with the folder's cfg.json as its provenance; a value the spec gives must agree,
-    and so must the site."""
-    path = ("sae", "from_pretrained")
-    try:
-        info = saelens.read_folder(sae.from_pretrained, sae.norm_scaling_factor)
-    except SaerunError as err:
-        raise SpecError(err.message, path=path, field="sae.from_pretrained",
-                        hint=err.hint) from None
-    source = f"{sae.from_pretrained}/{saelens.CFG_FILENAME}"
-    values: dict[str, tuple[Any, str]] = {
-        "d_in": (info.d_in, source), "d_sae": (info.d_sae, source),
-        "saelens_architecture": (info.architecture, source), "k": (info.options.get("k"), source),
-        "content_sha256": (info.content_sha256, f"{source} and its weights"),
-        "norm_scaling_factor": (info.scaling_factor,
-                                f"{sae.from_pretrained}/{saelens.SCALER_FILENAME}"),
-    }
-    out: derive.Derived = {}
-    for key, (value, how) in values.items():
-        given = getattr(sae, key)
-        if given is None and value is not None:
-            out[("sae", key)] = (value, how)
-        elif given != value:
-            raise SpecError(f"{key} {shown(given)} does not match {how} ({shown(value)})",
-                            path=("sae", key), field=f"sae.{key}",
-                            hint="omit it: the planner reads it from the folder")
-    if info.hook_name is not None and info.hook_name != hook:
-        raise SpecError(
-            f"the SAE in {sae.from_pretrained} was trained at {info.hook_name!r} (its cfg.json's "
-            f"metadata.hook_name), not {hook!r}", path=("site", "hook_name"),
-            field="site.hook_name", hint=f"site: {{hook_name: {info.hook_name}}}")
-    if info.options["reshape_activations"] == "hook_z" and not hook.endswith("hook_z"):
-        raise SpecError(
-            f"the SAE in {sae.from_pretrained} reshapes attn.hook_z activations "
-            f"(reshape_activations: hook_z), and {hook!r} is not one", path=("site", "hook_name"),
-            field="site.hook_name")
-    if info.d_in != width:
-        raise SpecError(
-            f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "
-            f"{hook!r} is {width}", path=path, field="sae.from_pretrained")
     return out
 
 

@@ -30,8 +30,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from saerun.errors import SaerunError
+from saerun.errors import SaerunError, SpecError, shown
 from saerun.spec import RunConfig
+from saerun.spec.architectures import ImportedSAEConfig
+from saerun.spec.derive import Derived
 
 # The SAELens release whose format saerun writes (PEP 440; >= 6.0 keeps `metadata`), the one
 # bench/saelens_check.py loads the exports with.
@@ -274,6 +276,53 @@ def _scaling_factor(folder: Path, norm: str, given: float | None) -> float | Non
                     hint="give it as sae.norm_scaling_factor in the spec (SAELens lists it as "
                     "norm_scaling_factor in pretrained_saes.yaml)")
     return float(factor)
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+def planned_values(sae: ImportedSAEConfig, hook: str, width: int) -> Derived:
+    """The planner's derived values of an imported SAE: what its folder says (`read_folder`,
+    every cfg.json key checked), each with the folder's cfg.json as its provenance. A value the
+    spec gives must agree, and so must the site. Errors name their key path (SpecError)."""
+    path = ("sae", "from_pretrained")
+    try:
+        info = read_folder(sae.from_pretrained, sae.norm_scaling_factor)
+    except SaerunError as err:
+        raise SpecError(err.message, path=path, field="sae.from_pretrained",
+                        hint=err.hint) from None
+    source = f"{sae.from_pretrained}/{CFG_FILENAME}"
+    values: dict[str, tuple[Any, str]] = {
+        "d_in": (info.d_in, source), "d_sae": (info.d_sae, source),
+        "saelens_architecture": (info.architecture, source), "k": (info.options.get("k"), source),
+        "content_sha256": (info.content_sha256, f"{source} and its weights"),
+        "norm_scaling_factor": (info.scaling_factor,
+                                f"{sae.from_pretrained}/{SCALER_FILENAME}"),
+    }
+    out: Derived = {}
+    for key, (value, how) in values.items():
+        given = getattr(sae, key)
+        if given is None and value is not None:
+            out[("sae", key)] = (value, how)
+        elif given != value:
+            raise SpecError(f"{key} {shown(given)} does not match {how} ({shown(value)})",
+                            path=("sae", key), field=f"sae.{key}",
+                            hint="omit it: the planner reads it from the folder")
+    if info.hook_name is not None and info.hook_name != hook:
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} was trained at {info.hook_name!r} (its cfg.json's "
+            f"metadata.hook_name), not {hook!r}", path=("site", "hook_name"),
+            field="site.hook_name", hint=f"site: {{hook_name: {info.hook_name}}}")
+    if info.options["reshape_activations"] == "hook_z" and not hook.endswith("hook_z"):
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} reshapes attn.hook_z activations "
+            f"(reshape_activations: hook_z), and {hook!r} is not one", path=("site", "hook_name"),
+            field="site.hook_name")
+    if info.d_in != width:
+        raise SpecError(
+            f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "
+            f"{hook!r} is {width}", path=path, field="sae.from_pretrained")
+    return out
 
 
 # -- evaluating ------------------------------------------------------------------------------
