@@ -172,7 +172,8 @@ def compute(registry_path: Path, run_ids: list[str], tokens: int = POSTHOC_TOKEN
         todo = set(pending(reg, run_ids, tokens))
         runs = [r for r in reg.finished_runs() if r["run_id"] in todo]
         folders = {r["run_id"]: reg.artifacts_dir(r["run_id"]) for r in runs}
-        runnable = [r for r in runs if (folders[r["run_id"]] / "sae_weights.safetensors").exists()]
+        runnable = [r for r in runs if (folders[r["run_id"]] / "sae_weights.safetensors").exists()
+                    and r["config"]["sae"]["architecture"] != "imported"]  # no saerun SAE class
         configs = {r["run_id"]: RunConfig.model_validate(r["config"]) for r in runnable}
         records = analyse(configs, folders, tokens)
         for r in runnable:

@@ -7,8 +7,9 @@ only, which loses hook_name and model_name: `HookedSAETransformer.add_sae` then 
 nothing).
 
 Reading checks every cfg.json key: an architecture, option or tensor saerun cannot honour is a
-SaerunError naming it, never a silent mis-load. `read_folder` reads JSON only (the planner calls
-it); `load_sae` reads the weights (safetensors only) into `SAELensSAE`, which computes what
+SaerunError naming it, never a silent mis-load. `read_folder` reads the JSON and hashes the
+weights file without loading it (the planner calls it, through `planned_values`); `load_sae`
+reads the weights (safetensors only) into `SAELensSAE`, which computes what
 SAELens's inference classes compute, in their order of operations, so codes and L0 agree with
 SAELens's own encode bit for bit.
 
