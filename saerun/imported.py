@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+from torch import Tensor, nn
+
 from saerun import artifacts, saelens
 from saerun.activations import LanguageModel, eval_token_batches
 from saerun.errors import SaerunError
@@ -60,7 +63,7 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
     ones whose folder could not be read (marked failed)."""
     first = jobs[0].config
     failures: dict[str, str] = {}
-    saes: dict[str, tuple[saelens.SAELensSAE, str]] = {}
+    saes: dict[str, tuple[SAELensSAE, str]] = {}
     for job in jobs:
         reg.mark_running(job.run_id, env, fingerprint, OWNER)
         run = reg.get_run(job.run_id)
@@ -77,7 +80,7 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
                                   f"{info.content_sha256[:12]}, planned "
                                   f"{str(getattr(planned, 'content_sha256', ''))[:12]})",
                                   hint="plan the spec again: a new content is a new run")
-            saes[job.run_id] = (saelens.load_sae(info, lm.device), job.config.site.hook_name)
+            saes[job.run_id] = (load_sae(info, lm.device), job.config.site.hook_name)
         except SaerunError as err:
             failures[job.run_id] = err.message
             reg.mark_failed(job.run_id, err.message, OWNER)
@@ -107,3 +110,92 @@ def _copy_folder(source: Path, target: Path) -> None:
             os.link(source / name, dest)
         except OSError:
             shutil.copyfile(source / name, dest)
+
+
+# -- the SAE of a folder ----------------------------------------------------------------------
+
+
+class SAELensSAE(nn.Module):
+    """A SAELens-format SAE at inference, on raw activations [n, d_in] (a hook_z site arrives
+    flattened to n_heads * d_head, as SAELens's reshape makes it), in float32. It computes what
+    SAELens's inference classes compute, in their order of operations, so codes and L0 agree
+    with SAELens's own encode bit for bit (tests/test_saelens_real.py)."""
+
+    def __init__(self, info: saelens.FolderSAE, tensors: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.info = info
+        self.architecture = info.architecture
+        self.d_in, self.d_sae = info.d_in, info.d_sae
+        opts = info.options
+        self.apply_b_dec = bool(opts["apply_b_dec_to_input"])
+        self.k: int | None = opts.get("k")
+        self.rescale = bool(opts.get("rescale_acts_by_decoder_norm", False))
+        self.scale = info.scaling_factor
+        for name, value in tensors.items():
+            self.register_buffer(name, value.to(torch.float32).contiguous())
+
+    W_dec: Tensor  # [d_sae, d_in], a buffer like every tensor of the folder
+
+    def _t(self, name: str) -> Tensor:
+        tensor = self._buffers[name]
+        if tensor is None:  # never: every tensor was registered with a value
+            raise KeyError(name)
+        return tensor
+
+    def encode(self, x: Tensor) -> Tensor:
+        if self.scale is not None:
+            x = x * self.scale
+        # SAELens: sae_in - b_dec * apply_b_dec_to_input, then the architecture's activation.
+        sae_in = x - self._t("b_dec") * self.apply_b_dec
+        W_enc = self._t("W_enc")
+        if self.architecture == "gated":
+            gate = (sae_in @ W_enc + self._t("b_gate") > 0).to(sae_in.dtype)
+            mag = torch.relu(sae_in @ (W_enc * self._t("r_mag").exp()) + self._t("b_mag"))
+            return gate * mag
+        pre = sae_in @ W_enc + self._t("b_enc")
+        if self.architecture == "jumprelu":
+            return torch.relu(pre) * (pre > self._t("threshold")).to(pre.dtype)
+        if self.architecture == "topk":
+            if self.rescale:
+                pre = pre * self.W_dec.norm(dim=-1)
+            values, indices = torch.topk(pre, k=self.k or 1, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        return torch.relu(pre)
+
+    def decode(self, f: Tensor) -> Tensor:
+        if self.rescale:
+            f = f * (1 / self.W_dec.norm(dim=-1))
+        x_hat = f @ self.W_dec + self._t("b_dec")
+        return x_hat / self.scale if self.scale is not None else x_hat
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {name: buf for name, buf in self.named_buffers()}
+
+
+def load_sae(info: saelens.FolderSAE, device: str = "cpu") -> SAELensSAE:
+    """The folder's weights (safetensors, never pickle), every tensor checked by name and
+    shape against the architecture `read_folder` found."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = info.folder / saelens.WEIGHTS_FILENAME
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise SaerunError(f"cannot read {path}: {err}") from None
+    if info.architecture == "jumprelu" and "log_threshold" in tensors and \
+            "threshold" not in tensors:  # older SAELens checkpoints, as SAELens converts them
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
+    wanted = saelens.TENSORS[info.architecture]
+    sizes = {"d_in": info.d_in, "d_sae": info.d_sae}
+    for name in sorted(set(tensors) | set(wanted)):
+        if name not in wanted:
+            raise SaerunError(f"{path}: tensor {name!r} is not part of a {info.architecture} SAE",
+                              hint="saerun refuses what it cannot honour rather than ignore it")
+        if name not in tensors:
+            raise SaerunError(f"{path}: tensor {name!r} is missing")
+        shape = tuple(sizes[d] for d in wanted[name])
+        if tuple(tensors[name].shape) != shape:
+            raise SaerunError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                              f"cfg.json says {shape}")
+    return SAELensSAE(info, tensors).to(device)

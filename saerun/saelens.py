@@ -9,13 +9,12 @@ nothing).
 Reading checks every cfg.json key: an architecture, option or tensor saerun cannot honour is a
 SaerunError naming it, never a silent mis-load. `read_folder` reads the JSON and hashes the
 weights file without loading it (the planner calls it, through `planned_values`); `load_sae`
-reads the weights (safetensors only) into `SAELensSAE`, which computes what
-SAELens's inference classes compute, in their order of operations, so codes and L0 agree with
-SAELens's own encode bit for bit.
+(`imported.py`) reads the weights (safetensors only) into `SAELensSAE`, which computes what
+SAELens's inference classes compute. This module imports no torch: planning stays light.
 
 Transcoders (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder: d_out,
 W_skip, `metadata.hook_name_out`) are refused for now; they slot in as entries of TENSORS and
-OPTION_KEYS plus a d_out and a skip term in `SAELensSAE`.
+OPTION_KEYS plus a d_out and a skip term in `imported.SAELensSAE`.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import torch
-from torch import Tensor, nn
 
 from saerun.errors import SaerunError, SpecError, shown
 from saerun.spec import RunConfig
@@ -61,8 +57,7 @@ COMMON_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_
                "normalize_activations", "reshape_activations", "metadata"}
 OPTION_KEYS: dict[str, set[str]] = {"standard": set(), "gated": set(), "jumprelu": set(),
                                     "topk": {"k", "rescale_acts_by_decoder_norm"}}
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-          "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float64", "float16", "bfloat16")  # evaluated in float32 whatever they are
 NORMALIZATIONS = ("none", "expected_average_only_in")
 RESHAPES = ("none", "hook_z")
 
@@ -324,90 +319,3 @@ def planned_values(sae: ImportedSAEConfig, hook: str, width: int) -> Derived:
             f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "
             f"{hook!r} is {width}", path=path, field="sae.from_pretrained")
     return out
-
-
-# -- evaluating ------------------------------------------------------------------------------
-
-
-class SAELensSAE(nn.Module):
-    """A SAELens-format SAE at inference, on raw activations [n, d_in] (a hook_z site arrives
-    flattened to n_heads * d_head, as SAELens's reshape makes it). Computed in float32."""
-
-    def __init__(self, info: FolderSAE, tensors: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.info = info
-        self.architecture = info.architecture
-        self.d_in, self.d_sae = info.d_in, info.d_sae
-        opts = info.options
-        self.apply_b_dec = bool(opts["apply_b_dec_to_input"])
-        self.k: int | None = opts.get("k")
-        self.rescale = bool(opts.get("rescale_acts_by_decoder_norm", False))
-        self.scale = info.scaling_factor
-        for name, value in tensors.items():
-            self.register_buffer(name, value.to(torch.float32).contiguous())
-
-    W_dec: Tensor  # [d_sae, d_in], a buffer like every tensor of the folder
-
-    def _t(self, name: str) -> Tensor:
-        tensor = self._buffers[name]
-        if tensor is None:  # never: every tensor was registered with a value
-            raise KeyError(name)
-        return tensor
-
-    def encode(self, x: Tensor) -> Tensor:
-        if self.scale is not None:
-            x = x * self.scale
-        # SAELens: sae_in - b_dec * apply_b_dec_to_input, then the architecture's activation.
-        sae_in = x - self._t("b_dec") * self.apply_b_dec
-        W_enc = self._t("W_enc")
-        if self.architecture == "gated":
-            gate = (sae_in @ W_enc + self._t("b_gate") > 0).to(sae_in.dtype)
-            mag = torch.relu(sae_in @ (W_enc * self._t("r_mag").exp()) + self._t("b_mag"))
-            return gate * mag
-        pre = sae_in @ W_enc + self._t("b_enc")
-        if self.architecture == "jumprelu":
-            return torch.relu(pre) * (pre > self._t("threshold")).to(pre.dtype)
-        if self.architecture == "topk":
-            if self.rescale:
-                pre = pre * self.W_dec.norm(dim=-1)
-            values, indices = torch.topk(pre, k=self.k or 1, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
-        return torch.relu(pre)
-
-    def decode(self, f: Tensor) -> Tensor:
-        if self.rescale:
-            f = f * (1 / self.W_dec.norm(dim=-1))
-        x_hat = f @ self.W_dec + self._t("b_dec")
-        return x_hat / self.scale if self.scale is not None else x_hat
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {name: buf for name, buf in self.named_buffers()}
-
-
-def load_sae(info: FolderSAE, device: str = "cpu") -> SAELensSAE:
-    """The folder's weights (safetensors, never pickle), every tensor checked by name and
-    shape against the architecture `read_folder` found."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = info.folder / WEIGHTS_FILENAME
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise SaerunError(f"cannot read {path}: {err}") from None
-    if info.architecture == "jumprelu" and "log_threshold" in tensors and \
-            "threshold" not in tensors:  # older SAELens checkpoints, as SAELens converts them
-        tensors["threshold"] = tensors.pop("log_threshold").exp()
-    wanted = TENSORS[info.architecture]
-    sizes = {"d_in": info.d_in, "d_sae": info.d_sae}
-    for name in sorted(set(tensors) | set(wanted)):
-        if name not in wanted:
-            raise SaerunError(f"{path}: tensor {name!r} is not part of a {info.architecture} SAE",
-                              hint="saerun refuses what it cannot honour rather than ignore it")
-        if name not in tensors:
-            raise SaerunError(f"{path}: tensor {name!r} is missing")
-        shape = tuple(sizes[d] for d in wanted[name])
-        if tuple(tensors[name].shape) != shape:
-            raise SaerunError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                              f"cfg.json says {shape}")
-    return SAELensSAE(info, tensors).to(device)

@@ -13,7 +13,7 @@ import torch
 from conftest import unit_config
 from safetensors.torch import save_file
 
-from saerun import saelens
+from saerun import imported, saelens
 from saerun.errors import SaerunError
 
 D_IN, D_SAE = 3, 4
@@ -157,14 +157,14 @@ def test_missing_files_are_errors(tmp_path):
 def test_tensors_are_checked_by_name_and_shape(tmp_path):
     extra = tensors_for("standard") | {"W_skip": torch.zeros(D_IN, D_IN)}
     with pytest.raises(SaerunError, match="tensor 'W_skip' is not part of a standard SAE"):
-        saelens.load_sae(saelens.read_folder(make_folder(tmp_path / "a", tensors=extra)))
+        imported.load_sae(saelens.read_folder(make_folder(tmp_path / "a", tensors=extra)))
     missing = {k: v for k, v in tensors_for("gated").items() if k != "r_mag"}
     with pytest.raises(SaerunError, match="tensor 'r_mag' is missing"):
-        saelens.load_sae(saelens.read_folder(make_folder(tmp_path / "b", "gated",
+        imported.load_sae(saelens.read_folder(make_folder(tmp_path / "b", "gated",
                                                          tensors=missing)))
     wrong = tensors_for("standard") | {"b_enc": torch.zeros(D_SAE + 1)}
     with pytest.raises(SaerunError, match=r"'b_enc' has shape \(5,\), cfg.json says \(4,\)"):
-        saelens.load_sae(saelens.read_folder(make_folder(tmp_path / "c", tensors=wrong)))
+        imported.load_sae(saelens.read_folder(make_folder(tmp_path / "c", tensors=wrong)))
 
 
 # -- the inference maths, by hand --------------------------------------------------------------
@@ -177,9 +177,9 @@ B_DEC = torch.tensor([0.0, 1.0, 0.0])
 ZERO = torch.zeros(D_SAE)
 
 
-def sae_of(tmp_path: Path, arch: str, extra: dict, **cfg: object) -> saelens.SAELensSAE:
+def sae_of(tmp_path: Path, arch: str, extra: dict, **cfg: object) -> imported.SAELensSAE:
     tensors = {"W_enc": W_ENC, "W_dec": W_DEC, "b_dec": B_DEC} | extra
-    return saelens.load_sae(saelens.read_folder(make_folder(tmp_path, arch, tensors, **cfg)))
+    return imported.load_sae(saelens.read_folder(make_folder(tmp_path, arch, tensors, **cfg)))
 
 
 def test_standard_and_apply_b_dec(tmp_path):
@@ -228,7 +228,7 @@ def test_a_scaling_factor_scales_inputs_and_unscales_outputs(tmp_path):
     folder = make_folder(tmp_path / "b", "standard", tensors,
                          normalize_activations="expected_average_only_in")
     (folder / "activation_scaler.json").write_text('{"scaling_factor": 4.0}')
-    scaled = saelens.load_sae(saelens.read_folder(folder))
+    scaled = imported.load_sae(saelens.read_folder(folder))
     # The SAE sees 4 x: its codes are the plain SAE's of 4 x, its output that / 4.
     assert torch.equal(scaled.encode(X), plain.encode(4 * X))
     assert torch.equal(scaled.decode(scaled.encode(X)), plain.decode(plain.encode(4 * X)) / 4)
@@ -238,7 +238,7 @@ def test_older_jumprelu_log_threshold_is_converted(tmp_path):
     tensors = tensors_for("jumprelu")
     theta = tensors.pop("threshold")
     tensors["log_threshold"] = theta.log()
-    sae = saelens.load_sae(saelens.read_folder(make_folder(tmp_path, "jumprelu", tensors)))
+    sae = imported.load_sae(saelens.read_folder(make_folder(tmp_path, "jumprelu", tensors)))
     assert torch.allclose(sae.tensors()["threshold"], theta)
 
 
@@ -283,7 +283,7 @@ def test_an_imported_sae_is_evaluated_and_registered(tmp_path):
     tokens = torch.cat(eval_token_batches(lm, cfg.data))
     with torch.no_grad():
         x = lm.capture(tokens, [cfg.site.hook_name])[cfg.site.hook_name][~lm.special_mask(tokens)]
-        f = saelens.load_sae(saelens.read_folder(folder)).encode(x)
+        f = imported.load_sae(saelens.read_folder(folder)).encode(x)
     l0 = float((f > 0).double().sum(-1).mean())
     assert 0 < run["metrics"]["l0"] and abs(run["metrics"]["l0"] - l0) < 1e-9 * l0
     assert run["metrics"]["fvu"] > 0

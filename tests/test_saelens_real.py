@@ -158,7 +158,7 @@ def test_every_export_loads_in_saelens_and_attaches(tmp_path):
 
 
 def test_saelens_written_folders_are_evaluated_as_runs(tmp_path):
-    from saerun import saelens
+    from saerun import imported, saelens
 
     made = tmp_path / "published"
     done = subprocess.run([str(SAELENS_PYTHON), "-c", WRITE_WITH_SAELENS, str(made), HOOK],
@@ -180,7 +180,7 @@ def test_saelens_written_folders_are_evaluated_as_runs(tmp_path):
         assert run["config"]["sae"]["from_pretrained"].startswith(str(made))
         assert run["metrics"]["l0"] > 0 and run["metrics"]["fvu"] > 0
         folder = Path(run["config"]["sae"]["from_pretrained"])
-        sae = saelens.load_sae(saelens.read_folder(folder))
+        sae = imported.load_sae(saelens.read_folder(folder))
         with torch.no_grad():
             f = sae.encode(x)
             write_check(folder, x, f, sae.decode(f), tokens, run["metrics"])
