@@ -18,6 +18,7 @@ against the registry's. Prints one JSON object per folder; exit 0 iff every fold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -68,8 +69,9 @@ def load_model(name: str | None) -> tuple[Any, str | None]:
         from sae_lens import HookedSAETransformer
 
         allow_local_gpt2()
-        _models[name] = HookedSAETransformer.from_pretrained_no_processing(
-            str(path), device="cpu", dtype=torch.float32)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON lines
+            _models[name] = HookedSAETransformer.from_pretrained_no_processing(
+                str(path), device="cpu", dtype=torch.float32)
         _models[name].eval()
     return _models[name], None
 
