@@ -256,3 +256,13 @@ def test_a_value_the_spec_gives_must_agree_with_the_folder(tmp_path):
     saelens_folder(tmp_path / "published" / "a")
     with pytest.raises(SpecError, match=r"sae.d_sae: d_sae 95 does not match .*cfg.json \(96\)"):
         plan_of(tmp_path, IMPORTED.replace("published/a}", "published/a, d_sae: 95}"))
+
+
+def test_a_spec_extending_a_training_spec_can_evaluate_an_imported_sae(tmp_path):
+    saelens_folder(tmp_path / "published" / "a")
+    (tmp_path / "base.yaml").write_text(SPEC)
+    plan = plan_of(tmp_path, "extends: base.yaml\nname: outside\nsweep: {}\n"
+                   "site: {hook_name: blocks.1.hook_resid_post}\n"
+                   "sae: {from_pretrained: published/a}\n")
+    assert [j.config.sae.architecture for j in plan.jobs] == ["imported"]
+    assert plan.jobs[0].config.seed == 3  # the rest is inherited

@@ -1,6 +1,8 @@
 """The SAE section of the schema: one config class per architecture, the sparsity penalty,
 compute matching, and the defaults measured for each (`schema` imports these; `sae/` builds
-its SAE class table from `SAE_CONFIGS`). Add an architecture's config HERE only.
+its SAE class table from `SAE_CONFIGS`). Add an architecture's config HERE only. A spec's
+`sae` is a `SAESection`: one of these, or `ImportedSAEConfig`, an SAE trained elsewhere that
+saerun only evaluates (`sae: {from_pretrained: FOLDER}`).
 """
 
 from __future__ import annotations

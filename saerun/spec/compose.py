@@ -86,7 +86,8 @@ def merge_over(base: dict, base_lines: LineMap, child: dict, child_lines: LineMa
       The composed spec means what the same keys written into one file would mean.
     - `sae`: when the child's `sae.architecture` differs from the base's, the child's `sae`
       replaces the base's whole (the options of one architecture mean nothing to another:
-      relu's `sparsity` would otherwise leak into a topk section). A child `sae` without an
+      relu's `sparsity` would otherwise leak into a topk section; a child naming a folder,
+      `from_pretrained`, counts as architecture `imported`). A child `sae` without an
       `architecture`, or with the base's, merges key by key. `launcher` likewise, by `kind`.
     - `sweep`: inherited when the child has none; a child `sweep` replaces the base's whole
       (it states what the child varies; `sweep: {}` drops the base's).
@@ -109,11 +110,19 @@ def merge_over(base: dict, base_lines: LineMap, child: dict, child_lines: LineMa
 _TAGGED = {("sae",): "architecture", ("launcher",): "kind"}
 
 
+def _tag_of(section: dict, tag: str) -> Any:
+    """A section's tag; an `sae` that names a folder and no architecture is an imported one."""
+    if tag == "architecture" and tag not in section and "from_pretrained" in section:
+        return "imported"
+    return section.get(tag)
+
+
 def _merge(base: Any, child: Any, path: tuple, replaced: set[tuple]) -> Any:
     tag = _TAGGED.get(path)
     whole = path == ("sweep",) or (
         tag is not None and isinstance(base, dict) and isinstance(child, dict)
-        and tag in base and tag in child and child[tag] != base[tag]
+        and _tag_of(base, tag) is not None and _tag_of(child, tag) is not None
+        and _tag_of(child, tag) != _tag_of(base, tag)
     )
     if isinstance(base, dict) and isinstance(child, dict) and not whole:
         out = dict(base)
