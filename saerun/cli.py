@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                   help="without a terminal (nohup, a pipe, a log file): one progress line "
+                   "every SECONDS (default 30)")
     p.add_argument("--activation-cache", type=Path, metavar="DIR",
                    help="read and write training activations under DIR, content-addressed by "
                    "model, hook, data and context: a later spec on the same stream skips the "
@@ -223,11 +226,17 @@ def _registry_path(args: argparse.Namespace) -> Path:
 def _console() -> Console:
     from rich.console import Console
 
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 here; `main` ends a closed pipe the same way for every command.
+            self.quiet = True
+            raise BrokenPipeError
+
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
+        return PipeConsole()
     # A pipe, a log, nohup: rich would assume 80 columns and cut every table cell (run names,
     # derivations); a log wants whole values.
-    return Console(width=200)
+    return PipeConsole(width=200)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -235,7 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from saerun.runner import run_spec
 
     console = _console()
-    progress = None if args.quiet else Progress(console)
+    progress = None if args.quiet else Progress(console, log_every=args.log_every)
     if args.activation_cache is not None:
         from saerun import actcache
 
