@@ -32,14 +32,13 @@ def print_summary(console: Console, summary: Summary, registry: Path) -> None:
     """The table after `saerun SPEC`: each run by its id and the values that set it apart in
     this spec (not its long name, which a narrow terminal cuts), with delta LM loss beside CE
     loss recovered. The values wrap instead of being cut, at any width."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     from saerun.listing import differing_keys, values_text
     from saerun.registry import Registry
     from saerun.report.rows import flatten
-
-    from rich import box
 
     configs = {job.run_id: job.config.model_dump(mode="json") for job in summary.jobs}
     keys = differing_keys(configs.values())

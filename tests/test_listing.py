@@ -35,8 +35,9 @@ def make_registry(path: Path) -> dict[str, str]:
             {"run_id": ids["a1"], "name": "a", "group_key": "g", "config": config(32, 3e-4)},
             {"run_id": ids["a2"], "name": "a", "group_key": "g", "config": config(64, 3e-4)},
             {"run_id": ids["a3"], "name": "a", "group_key": "g", "config": config(64, 1e-3)}])
+        transcoder = config(8, 3e-4, hook_name_out="blocks.0.hook_mlp_out")
         reg.ensure_runs(spec_b, [{"run_id": ids["b1"], "name": "b", "group_key": "h",
-                                  "config": config(8, 3e-4, hook_name_out="blocks.0.hook_mlp_out")}])
+                                  "config": transcoder}])
         for key, fvu in (("a1", 0.3), ("a2", 0.1), ("b1", 0.2)):
             reg.mark_running(ids[key], {"device": "cpu"}, "fp")
             reg.mark_done(ids[key], {"fvu": fvu, "l0": 32.0, "dead_fraction": 0.25}, 1.0, 1.0,
