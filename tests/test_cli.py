@@ -223,3 +223,20 @@ def test_summary_fits_a_narrow_terminal_and_shows_delta_lm_loss(tmp_path):
     assert retry_helps("disk full while writing (...)")
     assert retry_helps("Slurm job 12 ended TIMEOUT (...) without a result; log x")
     assert not retry_helps("non-finite loss at step 3 (no checkpoint yet)")
+
+
+def test_curves_reach_the_registry_between_checkpoints(tmp_path, monkeypatch):
+    """No checkpoint before the end, curves flushed every batch: a run killed mid-step 13 has
+    its curve points up to step 12 in the registry (before, only a checkpoint wrote them)."""
+    spec = (TINY.split("sweep:")[0]
+            .replace("train_tokens: 16384", "train_tokens: 8192")
+            .replace("checkpoint_every_tokens: 4096, log_every_steps: 4",
+                     "checkpoint_every_tokens: 1000000, log_every_steps: 2, "
+                     "curve_flush_seconds: 0.001"))
+    (tmp_path / "one.yaml").write_text(spec)
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:0.005")
+    killed = saerun("one.yaml", "--quiet", cwd=tmp_path, fault="train_step:13")
+    assert killed.returncode == -9, killed.stderr
+    with sqlite3.connect(tmp_path / "registry" / "saerun.db") as conn:
+        steps = [r[0] for r in conn.execute("SELECT step FROM curves ORDER BY step")]
+    assert steps == [2, 4, 6, 8, 10, 12]
