@@ -396,8 +396,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run, indent=2, sort_keys=True, default=str))
         return 0
+    from saerun.listing import is_imported, site_of
+
     console = _console()
     console.print(f"[bold]{run['run_id']}[/bold] {run['name']} ({run['status']})")
+    console.print(f"  site: {site_of(run['config'])}")
+    if is_imported(run["config"]):
+        console.print(f"  imported from {run['config']['sae']['from_pretrained']} (not trained)")
     for key in ("created_at", "started_at", "finished_at", "train_seconds", "eval_seconds",
                 "tokens_trained", "data_fingerprint", "artifacts", "error"):
         if run.get(key) is not None:
