@@ -1,5 +1,6 @@
 """The command line: parse, call one library function, print. Heavy imports stay lazy so that
-`saerun --help` is instant. A SaerunError prints as one line and exits 2, never a traceback."""
+`saerun --help` is instant. A SaerunError prints as one line and exits 2, never a traceback; a
+closed output pipe (`saerun ls | head`) ends quietly."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("SPEC [options]", "validate, plan, train, evaluate and register a spec"),
     "plan": ("SPEC [--json]", "what would run, every resolved value and its source"),
-    "ls": ("[--json]", "runs in the registry"),
+    "ls": ("[--json] [--sort M] [K=V ...]", "runs: what differs, L0, FVU, CE loss recovered"),
     "status": ("[SPEC]", "queued / running / done / failed per run, with Slurm job ids"),
     "collect": ("SPEC|--all", "register what cluster jobs left when their driver died"),
     "show": ("RUN_ID [--json]", "one run: config, environment, metrics"),
     "report": ("--frontier|--all", "Markdown + PNG reports from the registry"),
     "findings": ("", "train specs/findings/, write docs/FINDINGS.md"),
     "export-spec": ("RUN_ID", "a standalone spec that reproduces one run"),
+    "export": ("RUN_ID --format saebench", "a run's results as SAEBench's core-eval file"),
     "reproduce": ("RUN_ID", "retrain a run and compare, metric by metric, tensor by tensor"),
     "schema": ("", "the spec's JSON schema"),
 }
@@ -37,7 +39,7 @@ def _usage() -> str:
     lines = []
     for name, (synopsis, what) in COMMANDS.items():
         head = f"saerun {synopsis}" if name == "run" else f"saerun {name} {synopsis}".rstrip()
-        lines.append(f"{head:<32} {what}")
+        lines.append(f"{head:<38} {what}")
     return "\n".join(lines)
 
 
@@ -64,14 +66,34 @@ def _device_memory_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
                    "visible GPU's memory, none on a CPU)")
 
 
+HELP = """\
+saerun trains and evaluates sparse autoencoders from a YAML spec, and keeps every result in a
+registry (registry/saerun.db, or --registry / $SAERUN_REGISTRY).
+
+start here:
+  saerun specs/quickstart.yaml        train six SAEs on the embedded model (~2.5 min on a CPU)
+  saerun ls                           what ran: the values that differ, L0, FVU, CE recovered
+  saerun report --frontier            Markdown + PNG frontiers under reports/
+
+  saerun plan SPEC                    check a spec: every resolved value and where it came from
+  saerun COMMAND --help               the options of one command
+
+the spec's fields and the metrics' definitions: README.md ("A spec", "What is computed");
+the JSON schema: saerun schema"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saerun", usage=_usage(), description=__doc__)
+    parser = argparse.ArgumentParser(prog="saerun", usage=_usage(), description=HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     p = _command(sub, "run")
     p.add_argument("spec", type=Path)
     _registry_arg(p)
     p.add_argument("--retry-failed", action="store_true", help="re-run runs that failed")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                   help="without a terminal (nohup, a pipe, a log file): one progress line "
+                   "every SECONDS (default 30)")
     p.add_argument("--activation-cache", type=Path, metavar="DIR",
                    help="read and write training activations under DIR, content-addressed by "
                    "model, hook, data and context: a later spec on the same stream skips the "
@@ -98,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "schema")
     p = _command(sub, "ls")
     _registry_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="every field of every run: config, metrics, the values that differ")
     p.add_argument("--status", choices=["planned", "running", "done", "failed"])
+    p.add_argument("--sort", metavar="METRIC",
+                   help="sort by a metric or any filter key, e.g. fvu; --sort=-fvu descending")
+    p.add_argument("filters", nargs="*", metavar="KEY=VALUE",
+                   help="keep runs whose field equals the value, as in `saerun report`")
     p = _command(sub, "status")
     p.add_argument("spec", type=Path, nargs="?", help="only this spec's runs")
     _registry_arg(p)
@@ -144,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     _registry_arg(p)
     p.add_argument("-o", "--output", type=Path, default=None, help="write to a file")
+    p = _command(sub, "export")
+    p.add_argument("run_id")
+    _registry_arg(p)
+    p.add_argument("--format", choices=["saebench"], required=True,
+                   help="saebench: SAEBench 0.6.0's core-eval results file")
+    p.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR",
+                   help="folder to write <release>_<sae_id>_eval_results.json into "
+                   "(default: the current one)")
+    p.add_argument("--release", help="the file's SAELens release id (default: the spec's name)")
+    p.add_argument("--sae-id", help="the file's SAELens SAE id (default: HOOK__RUNID)")
     p = _command(sub, "reproduce")
     p.add_argument("run_id")
     _registry_arg(p)
@@ -161,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+        return code
     except SaerunError as err:
         print(str(err), file=sys.stderr)
         return err.exit_code
@@ -169,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished runs are registered; run the spec again to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`saerun ls | head -1`): end quietly, as a shell tool does. Python
+        # would flush stdout again at exit and fail on the same pipe, so stdout is pointed at
+        # /dev/null first (what the CPython docs on SIGPIPE recommend).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the pipe
 
 
 def _registry_path(args: argparse.Namespace) -> Path:
@@ -180,11 +226,17 @@ def _registry_path(args: argparse.Namespace) -> Path:
 def _console() -> Console:
     from rich.console import Console
 
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 here; `main` ends a closed pipe the same way for every command.
+            self.quiet = True
+            raise BrokenPipeError
+
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
+        return PipeConsole()
     # A pipe, a log, nohup: rich would assume 80 columns and cut every table cell (run names,
     # derivations); a log wants whole values.
-    return Console(width=200)
+    return PipeConsole(width=200)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -192,7 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from saerun.runner import run_spec
 
     console = _console()
-    progress = None if args.quiet else Progress(console)
+    progress = None if args.quiet else Progress(console, log_every=args.log_every)
     if args.activation_cache is not None:
         from saerun import actcache
 
@@ -248,22 +300,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from saerun.listing import listing, table_cells, table_header
     from saerun.registry import Registry
 
     with Registry(_registry_path(args), must_exist=True) as reg:
-        runs = reg.list_runs(status=args.status)
-        if args.json:
-            print(json.dumps(runs, indent=2, sort_keys=True, default=str))
-            return 0
-        from rich.table import Table
+        runs = reg.list_runs(details=True)
+    rows = listing(runs, args.status, _filters(args.filters), args.sort)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
 
-        table = Table()
-        for col in ("run", "name", "status", "finished"):
-            table.add_column(col)
-        for run in runs:
-            table.add_row(run["run_id"][:12], run["name"], run["status"],
-                          run.get("finished_at") or "")
-        _console().print(table)
+    table = Table()
+    for i, col in enumerate(table_header()):
+        # The values wrap (never cut: they are what tells a sweep's runs apart); ids and
+        # numbers stay on one line.
+        if col in ("values", "site"):
+            table.add_column(col, overflow="fold")
+        else:
+            table.add_column(col, no_wrap=True, justify="right" if i > 4 else "left")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in table_cells(row)))
+    _console().print(table)
     return 0
 
 
@@ -337,8 +396,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run, indent=2, sort_keys=True, default=str))
         return 0
+    from saerun.listing import is_imported, site_of
+
     console = _console()
     console.print(f"[bold]{run['run_id']}[/bold] {run['name']} ({run['status']})")
+    console.print(f"  site: {site_of(run['config'])}")
+    if is_imported(run["config"]):
+        console.print(f"  imported from {run['config']['sae']['from_pretrained']} (not trained)")
     for key in ("created_at", "started_at", "finished_at", "train_seconds", "eval_seconds",
                 "tokens_trained", "data_fingerprint", "artifacts", "error"):
         if run.get(key) is not None:
@@ -355,12 +419,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not kinds:
         raise SaerunError("say which report to write",
                           hint="--frontier, --death, --lr, --curves, --posthoc or --all")
-    filters = {}
-    for item in args.filters:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SaerunError(f"filter {item!r} is not KEY=VALUE", hint="e.g. architecture=relu")
-        filters[key] = value
+    filters = _filters(args.filters)
     registry = _registry_path(args)
     if "posthoc" in kinds:  # re-evaluate what is missing or stale; the report only reads
         from saerun.posthoc import compute
@@ -370,6 +429,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in write_reports(registry, kinds, filters, args.out, args.format):
         print(f"wrote {os.path.relpath(path)}")
     return 0
+
+
+def _filters(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE arguments (`report`, `ls`) as {key: value}."""
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SaerunError(f"filter {item!r} is not KEY=VALUE", hint="e.g. architecture=relu")
+        filters[key] = value
+    return filters
 
 
 def cmd_findings(args: argparse.Namespace) -> int:
@@ -399,6 +469,15 @@ def cmd_export_spec(args: argparse.Namespace) -> int:
 
         write_text(args.output, text)
         print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from saerun.saebench import write_saebench
+
+    path = write_saebench(_registry_path(args), args.run_id, args.output, args.release,
+                          args.sae_id)
+    print(f"wrote {path}")
     return 0
 
 

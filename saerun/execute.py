@@ -269,9 +269,18 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         batches = ahead if ahead is not None else stream
         task = progress.start_group(jobs, total, start) if progress is not None else None
 
+        flushed = [time.monotonic()]
+
         def on_batch(i: int) -> None:
             if progress is not None and task is not None:
                 progress.advance(task, i, trainers)
+            # Curves reach the registry on their own clock too, not only at checkpoints.
+            if time.monotonic() - flushed[0] >= first.train.curve_flush_seconds:
+                flushed[0] = time.monotonic()
+                for tr in trainers:
+                    if tr.curve:
+                        reg.add_curve(tr.run_id, tr.curve)
+                        tr.curve = []
 
         try:
             train_group(trainers, batches, start, scales, checkpoint, on_batch, failed)

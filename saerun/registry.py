@@ -492,9 +492,11 @@ class Registry:
         row = self.db.execute("SELECT name FROM specs WHERE spec_hash=?", [spec_hash]).fetchone()
         return str(row[0]) if row else None
 
-    def list_runs(self, status: str | None = None,
-                  spec_name: str | None = None) -> list[dict[str, Any]]:
-        """Run summaries (no config), oldest first; optionally one status / runs of one spec."""
+    def list_runs(self, status: str | None = None, spec_name: str | None = None,
+                  details: bool = False) -> list[dict[str, Any]]:
+        """Run summaries, oldest first; optionally one status / runs of one spec. With
+        `details`, each also has its config (parsed) and metrics ({name: value}), read in the
+        same snapshot (what `saerun ls` shows)."""
         if status is not None and status not in STATUSES:
             raise SaerunError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
         where, args = [], []
@@ -508,12 +510,24 @@ class Registry:
         sql = (
             "SELECT r.run_id, r.name, s.name AS spec_name, r.group_key, r.status, r.created_at, "
             "r.started_at, r.finished_at, r.train_seconds, r.eval_seconds, r.tokens_trained, "
-            "r.error, r.launcher, r.job_id, r.log_path, r.step_flops_per_token "
-            "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
+            "r.error, r.launcher, r.job_id, r.log_path, r.step_flops_per_token"
+            + (", r.config " if details else " ")
+            + "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
             + ("WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY r.created_at, r.run_id"
         )
-        return list(self.db.query(sql, args))
+        if not details:
+            return list(self.db.query(sql, args))
+        with self.db.atomic():  # one read snapshot for both queries
+            runs = list(self.db.query(sql, args))
+            metrics: dict[str, dict[str, float | None]] = {}
+            for run_id, name, value in self.db.execute(
+                    "SELECT run_id, name, value FROM metrics ORDER BY run_id, name"):
+                metrics.setdefault(run_id, {})[name] = value
+        for run in runs:
+            run["config"] = json.loads(run["config"])
+            run["metrics"] = metrics.get(run["run_id"], {})
+        return runs
 
     def finished_runs(self) -> list[dict[str, Any]]:
         """Every done run, sorted by run_id, read in one snapshot: run_id, name, spec_name,

@@ -16,32 +16,82 @@ if TYPE_CHECKING:
     from saerun.spec import LineMap
 
 
+# A failure a retry can fix comes from outside the run (the machine, the cluster, the disk);
+# anything else (an exception in the code, a diverging loss) repeats on a retry, which resumes
+# the same deterministic run from its last checkpoint.
+TRANSIENT = ("disk full", "Slurm job", "not submitted to Slurm", "OutOfMemoryError",
+             "MemoryError", "out of memory", "Killed", "interrupted")
+
+
+def retry_helps(reason: str) -> bool:
+    """Whether `--retry-failed` can help a run that failed with `reason`."""
+    return any(marker in reason for marker in TRANSIENT)
+
+
 def print_summary(console: Console, summary: Summary, registry: Path) -> None:
+    """The table after `saerun SPEC`: each run by its id and the values that set it apart in
+    this spec (not its long name, which a narrow terminal cuts), with delta LM loss beside CE
+    loss recovered. The values wrap instead of being cut, at any width."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
+    from saerun.listing import differing_keys, values_text
     from saerun.registry import Registry
+    from saerun.report.rows import flatten
 
-    table = Table(title="runs")
-    for col in ("run", "name", "status", "L0", "FVU", "CE rec.", "dead %"):
-        table.add_column(col)
+    configs = {job.run_id: job.config.model_dump(mode="json") for job in summary.jobs}
+    keys = differing_keys(configs.values())
+    rows = []
     with Registry(registry) as reg:
         for job in summary.jobs:
             run = reg.get_run(job.run_id) or {}
             m = run.get("metrics") or {}
-            table.add_row(
-                job.run_id[:10], escape(job.name), run.get("status", "?"),
+            flat = flatten(configs[job.run_id])
+            values = values_text({k: flat[k] for k in keys if k in flat})
+            rows.append([
+                job.run_id[:10], escape(values or job.name), run.get("status", "?"),
                 fmt(m.get("l0")), fmt(m.get("fvu")), fmt(m.get("ce_loss_recovered")),
+                fmt(m.get("delta_lm_loss")),
                 fmt(100 * m["dead_fraction"] if "dead_fraction" in m else None),
-            )
-    console.print(table)
+            ])
+    headers = ("run", "values", "status", "L0", "FVU", "CE rec.", "ΔLM", "dead%")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    fixed = sum(w for i, w in enumerate(widths) if i != 1) + 2 * len(headers)
+    if console.width < fixed + 12:
+        # Too narrow for a table whose numbers stay whole: one block per run instead, the
+        # values on their own wrapped line.
+        console.print("[bold]runs[/bold]")
+        for row in rows:
+            stats = "  ".join(f"{h} {v}" for h, v in zip(headers[3:], row[3:], strict=True))
+            console.print(f"{row[0]} {row[2]}  {stats}", soft_wrap=False)
+            console.print(f"  {row[1]}")
+    else:
+        # No vertical rules, and every column but the values as wide as its widest cell: the
+        # values take what is left and wrap there, so nothing is cut to "…".
+        table = Table(title="runs", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, col in enumerate(headers):
+            if i == 1:
+                table.add_column(col, overflow="fold", min_width=12, ratio=1)
+            else:
+                table.add_column(col, no_wrap=True, min_width=widths[i],
+                                 justify="left" if i < 3 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     if summary.trained:  # which runs THIS process executed (others may share the registry)
         console.print("trained here: " + " ".join(r[:10] for r in summary.trained),
                       soft_wrap=True)
     for run_id, reason in summary.failed.items():
         console.print(f"[red]failed[/red] {run_id[:10]}: {escape(reason)}")
-    if summary.failed:
-        console.print("re-run them with --retry-failed (they resume from their last checkpoint)")
+    retryable = [r for r, reason in summary.failed.items() if retry_helps(reason)]
+    if retryable:
+        console.print(f"re-run {' '.join(r[:10] for r in retryable)} with --retry-failed "
+                      "(they resume from their last checkpoint)")
+    if len(retryable) < len(summary.failed):
+        console.print("a retry repeats the other failures: fix their cause first (the spec, "
+                      "the model, or a bug to report), then --retry-failed")
     for run_id, owner in summary.elsewhere.items():
         console.print(f"{run_id[:10]} is being run by another process ({escape(owner)})")
     if summary.submitted and any(s == "running" for s in summary.statuses.values()):

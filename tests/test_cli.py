@@ -149,3 +149,94 @@ def test_every_command_has_one_entry_a_parser_and_a_function():
     for name, parser in sub.choices.items():
         assert parser.get_default("func") is getattr(cli, "cmd_" + name.replace("-", "_"))
         assert f"saerun {name}" in cli._usage() or name == "run"
+
+
+# -- what a run prints: the log line without a terminal, the summary at any width ---------------
+
+
+def test_log_line_without_a_terminal_has_the_honest_average_rate():
+    """A resumed group (step 20 of 100, 100 tokens a step) on a fake clock: a line only once
+    `log_every` seconds have passed, its rate this process's tokens over its wall time."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from saerun.progress import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress(Console(file=out, width=200), log_every=10, clock=lambda: now[0])
+    assert progress.log_lines  # a StringIO is no terminal
+    job = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(batch_tokens=100)))
+    trainers = [SimpleNamespace(curve=[{"loss": 2.0, "mse": 1.5, "l0": 30.0,
+                                        "dead_fraction": 0.1}]),
+                SimpleNamespace(curve=[{"loss": 3.0, "mse": 2.5, "l0": 40.0,
+                                        "dead_fraction": 0.1}])]
+    task = progress.start_group([job], total_steps=100, start=20)
+    now[0] = 5.0
+    progress.advance(task, 30, trainers)  # 5 s: no line yet
+    now[0] = 10.0
+    progress.advance(task, 40, trainers)  # 2,000 tokens in 10 s here: 200 tok/s, 6,000 to go
+    now[0] = 40.0
+    progress.finish(task)
+    assert out.getvalue().splitlines() == [
+        "training 1 SAE(s): step 20 of 100, 10,000 tokens",
+        "tokens 4,000/10,000 (40%)  0.2k tok/s  loss 2-3  L0 30-40  mse 1.5-2.5  dead 10.0%  "
+        "ETA 0m30s",
+        "trained 8,000 tokens in 0m40s (0.2k tok/s)",
+    ]
+
+
+def test_summary_fits_a_narrow_terminal_and_shows_delta_lm_loss(tmp_path):
+    import io
+
+    from conftest import unit_config
+    from rich.console import Console
+
+    from saerun.execute import Summary
+    from saerun.plan import Job
+    from saerun.registry import Registry
+    from saerun.views import print_summary, retry_helps
+
+    jobs = [Job(f"{i:02d}" * 8, "a-very-long-spec-name[train.lr=0.001,sae.d_sae=32]",
+                unit_config(lr=lr), "g", {}) for i, lr in enumerate((1e-3, 3e-4))]
+    db = tmp_path / "saerun.db"
+    with Registry(db) as reg:
+        spec = reg.add_spec("s", "s.yaml", "name: s")
+        reg.ensure_runs(spec, [{"run_id": j.run_id, "name": j.name, "group_key": "g",
+                                "config": j.config.model_dump(mode="json")} for j in jobs])
+        reg.mark_running(jobs[0].run_id, {}, "fp")
+        reg.mark_done(jobs[0].run_id, {"l0": 31.5, "fvu": 0.125, "ce_loss_recovered": 0.875,
+                                       "delta_lm_loss": 0.2345, "dead_fraction": 0.5}, 1, 1, 64)
+    failed = {jobs[1].run_id: "KeyError: 'hook_pos_embed'"}
+    for width in (40, 60, 100, 200):
+        out = io.StringIO()
+        print_summary(Console(file=out, width=width), Summary(jobs, failed=failed), db)
+        text = out.getvalue()
+        assert "…" not in text, (width, text)
+        flat = " ".join(text.split())
+        assert "train.lr=1e-3" in flat and "train.lr=3e-4" in flat, (width, text)
+        assert "0.2345" in flat and "0.875" in flat and "50" in flat
+        assert "--retry-failed (they resume" not in flat  # a KeyError repeats on a retry
+        assert "a retry repeats the other failures" in flat
+    assert retry_helps("disk full while writing (...)")
+    assert retry_helps("Slurm job 12 ended TIMEOUT (...) without a result; log x")
+    assert not retry_helps("non-finite loss at step 3 (no checkpoint yet)")
+
+
+def test_curves_reach_the_registry_between_checkpoints(tmp_path, monkeypatch):
+    """No checkpoint before the end, curves flushed every batch: a run killed mid-step 13 has
+    its curve points up to step 12 in the registry (before, only a checkpoint wrote them)."""
+    spec = (TINY.split("sweep:")[0]
+            .replace("train_tokens: 16384", "train_tokens: 8192")
+            .replace("checkpoint_every_tokens: 4096, log_every_steps: 4",
+                     "checkpoint_every_tokens: 1000000, log_every_steps: 2, "
+                     "curve_flush_seconds: 0.001"))
+    (tmp_path / "one.yaml").write_text(spec)
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:0.005")
+    killed = saerun("one.yaml", "--quiet", cwd=tmp_path, fault="train_step:13")
+    assert killed.returncode == -9, killed.stderr
+    with sqlite3.connect(tmp_path / "registry" / "saerun.db") as conn:
+        steps = [r[0] for r in conn.execute("SELECT step FROM curves ORDER BY step")]
+    assert steps == [2, 4, 6, 8, 10, 12]

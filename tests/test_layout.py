@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("execute",),
     ("launch",),
     ("runner",),
-    ("reproduce", "campaign", "posthoc", "report", "views"),
+    ("reproduce", "campaign", "posthoc", "report", "views", "listing", "saebench"),
     ("cli",),
     ("__main__",),
 ]

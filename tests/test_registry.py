@@ -393,3 +393,16 @@ def test_a_read_only_registry_is_a_clear_error_and_loses_nothing(tmp_path: Path,
     assert "\n" not in str(err.value)
     monkeypatch.undo()
     assert dump(path) == before
+
+
+def test_list_runs_with_details_carries_config_and_metrics(reg: Registry) -> None:
+    spec = reg.add_spec("s", "s.yaml", "name: s")
+    reg.ensure_runs(spec, [job("aa" * 8, lr=1e-3), job("bb" * 8)])
+    finish(reg, "aa" * 8, fvu=0.25, l0=3.0)
+    plain = reg.list_runs()
+    assert "config" not in plain[0] and "metrics" not in plain[0]
+    rows = {r["run_id"]: r for r in reg.list_runs(details=True)}
+    assert rows["aa" * 8]["config"] == config(lr=1e-3)
+    assert rows["aa" * 8]["metrics"] == {"fvu": 0.25, "l0": 3.0}
+    assert rows["bb" * 8]["metrics"] == {} and rows["bb" * 8]["status"] == "planned"
+    assert [r["run_id"] for r in reg.list_runs(status="done", details=True)] == ["aa" * 8]

@@ -60,7 +60,13 @@ def results(reg: Registry, filters: dict[str, str] | None = None) -> list[dict[s
     filters: {key: value} kept when str(row[key]) == value, or numerically equal when both
     parse as numbers. A key no row has is an error that suggests the closest one.
     """
-    rows = [result_row(run) for run in reg.finished_runs()]
+    return filter_rows([result_row(run) for run in reg.finished_runs()], filters)
+
+
+def filter_rows(rows: list[dict[str, Any]],
+                filters: dict[str, str] | None) -> list[dict[str, Any]]:
+    """The rows matching every KEY=VALUE filter (`matches`); a key no row has is an error that
+    suggests the closest one. `report` and `ls` filter through this one function."""
     for key in filters or {}:
         known = sorted({k for row in rows for k in row})
         if rows and key not in known:

@@ -158,6 +158,11 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(
         25, gt=0, description="record a training-curve point every N steps."
     )
+    curve_flush_seconds: float = Field(
+        60.0, gt=0, description="write the training-curve points recorded so far to the "
+        "registry at least every N seconds of wall time (and at every checkpoint), so a long "
+        "run's curves can be watched. Changes no result, so it is not part of the run id.",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="the SAE step's compute precision. bf16: the loss and its backward "
         "under torch.autocast(bfloat16), with fp32 master weights, fp32 Adam state, fp32 "
