@@ -41,7 +41,8 @@ def result_row(run: dict[str, Any]) -> dict[str, Any]:
         penalty=sparsity.get("penalty") or sae.get("sparsity_mode"),
         sparsity_coefficient=sparsity.get("coefficient", sae.get("coefficient")),
         d_sae=sae["d_sae"],
-        lr=config["train"]["lr"],
+        # An imported SAE was not trained here: no learning rate to plot it at.
+        lr=None if sae["architecture"] == "imported" else config["train"]["lr"],
         seed=config["seed"],
         train_tokens=config["data"]["train_tokens"],
         train_seconds=run["train_seconds"],
