@@ -218,7 +218,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     env["precision"] = first.train.precision
     env["tf32"] = set_tf32(sae_device, first.train.tf32)
     fingerprint = data.fingerprint(first.data)
-    hooks = sorted({j.config.site.hook_name for j in jobs})
+    hooks = sorted({h for j in jobs for h in (j.config.site.hook_name, j.config.site.hook_name_out)
+                    if h is not None})  # a transcoder's target rides the same forward
 
     trainers: list[Trainer] = []
     for job in jobs:
@@ -243,6 +244,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     def checkpoint(tr: Trainer) -> None:
         tensors, meta = tr.state()
         meta["norm_scale"] = scales[tr.hook_name]
+        if tr.hook_name_out is not None:
+            meta["norm_scale_out"] = scales[tr.hook_name_out]
         artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta)
         reg.add_curve(tr.run_id, tr.curve)
         tr.curve = []
@@ -287,8 +290,9 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     folded = {}
     for tr in trainers:
         sae = copy.deepcopy(tr.sae).eval().to(device)  # evaluated beside the LM
-        sae.fold_scale(scales[tr.hook_name])
-        folded[tr.run_id] = (sae, tr.hook_name)
+        out = tr.hook_name_out
+        sae.fold_scale(scales[tr.hook_name], None if out is None else scales[out])
+        folded[tr.run_id] = (sae, tr.hook_name, out)
     eval_batches = eval_token_batches(lm, first.data)
     metric_names: set[str] = set(first.eval.metrics)
     results = evaluate_group(lm, eval_batches, folded, metric_names,
@@ -311,6 +315,9 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
             "numerics_mode": lm.numerics_mode,
             "normalization_scale_folded": scales[tr.hook_name],
         }
+        if tr.hook_name_out is not None:  # a transcoder: SAELens's field for its target
+            metadata["hook_name_out"] = tr.hook_name_out
+            metadata["normalization_scale_out_folded"] = scales[tr.hook_name_out]
         artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], metadata,
                             res.density)
         reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)

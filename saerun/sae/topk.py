@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saerun.sae.auxk import auxk_loss, sparse_auxk_loss
 from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
@@ -37,6 +37,12 @@ class TopKSAE(SAE):
     architecture = "topk"
     saelens_architecture = "topk"
     cfg: TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig  # the TopK family's
+
+    def __init__(self, cfg: TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig,
+                 generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        # A TopK transcoder's export holds SAELens's threshold (zeros): ignored on load.
+        self.register_load_state_dict_pre_hook(_drop_export_threshold)
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return self.centre(x) @ self.W_enc + self.b_enc
@@ -106,4 +112,26 @@ class TopKSAE(SAE):
         return LossOutput(loss, mse, aux.detach(), l0.detach(), f.detach())
 
     def saelens_cfg(self) -> dict[str, Any]:
+        if self.transcoder:  # SAELens has no top-k transcoder (see `saelens_transcoder`)
+            return {**super().saelens_cfg(), "k": self.cfg.k,
+                    "saerun_not_representable": "per-token top-k selection (k above): SAELens's "
+                    "jumprelu_transcoder with threshold 0 is a ReLU transcoder, so it keeps every "
+                    "positive pre-activation; apply top-k to its encode to match saerun"}
         return {**super().saelens_cfg(), "k": self.cfg.k}
+
+    def saelens_transcoder(self) -> str:
+        """SAELens 6.54 has no top-k transcoder: the closest is its JumpReLU transcoder at
+        threshold 0 (same weights and pre-activations; top-k not applied), said in cfg.json."""
+        return "jumprelu_skip_transcoder" if self.W_skip is not None else "jumprelu_transcoder"
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        tensors = super().export_tensors()
+        if self.transcoder and "threshold" not in tensors:
+            tensors["threshold"] = torch.zeros(self.d_sae)
+        return tensors
+
+
+def _drop_export_threshold(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                           *args: object) -> None:
+    if "threshold" not in module._buffers:
+        state_dict.pop(prefix + "threshold", None)
