@@ -97,6 +97,8 @@ def write_sae(
         "metadata": metadata,
         **sae.saelens_cfg(),
     }
+    if "hook_name_out" in metadata:  # a transcoder's target, also where pre-6.0 readers look
+        cfg["hook_name_out"] = metadata["hook_name_out"]
     weights = sae.export_tensors()  # SAELens names (e.g. gated b_gate, jumprelu threshold)
     write_tensors(folder / "sae_weights.safetensors", weights)
     if density is not None:
