@@ -7,9 +7,10 @@ W_dec [d_sae, d_in], so one row of W_dec is one latent's decoder direction.
 A transcoder is the same module with a target y in R^d_out (another hook) instead of x:
 W_dec [d_sae, d_out], b_dec [d_out], y_hat = f W_dec + b_dec (+ x W_skip with a skip
 connection, zero at init; stored SAELens's way, [d_out, d_in], so x W_skip is x @ W_skip.T).
-Its encoder reads x itself, pre = x W_enc + b_enc: b_dec lives in the target's space, so it is not subtracted from the input (SAELens's
-transcoders: apply_b_dec_to_input false). An SAE is a transcoder whose target is its input:
-`loss(x, step)` is `loss(x, step, x)`, and an SAE (d_out null) keeps its b_dec centring.
+Its encoder reads x itself, pre = x W_enc + b_enc: b_dec lives in the target's space, so it is
+not subtracted from the input (SAELens's transcoders: apply_b_dec_to_input false).
+An SAE is a transcoder whose target is its input: `loss(x, step)` is `loss(x, step, x)`, and
+an SAE (d_out null) keeps its b_dec centring.
 """
 
 from __future__ import annotations
@@ -229,9 +230,9 @@ class SAE(nn.Module):
 
     def export_tensors(self) -> dict[str, Tensor]:
         """The tensors of sae_weights.safetensors, named as SAELens names them for this
-        architecture. Default: the parameters as they are. An architecture that renames or derives tensors here must accept the
-        exported names back in `load_state_dict` (with a load_state_dict pre-hook), so an
-        exported file still loads into a fresh SAE."""
+        architecture. Default: the parameters as they are. An architecture that renames or
+        derives tensors here must accept the exported names back in `load_state_dict`
+        (with a load_state_dict pre-hook), so an exported file still loads into a fresh SAE."""
         return {name: p.detach() for name, p in self.named_parameters()}
 
 

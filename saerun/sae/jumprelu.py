@@ -146,8 +146,8 @@ class JumpReLUSAE(SAE):
         return self.dense_loss(x, y, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre,
                                                          self.centre_bias))
 
-    def sparse_loss(self, x: Tensor, y: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo, near: Tensor,
-                    below: Tensor) -> LossOutput:
+    def sparse_loss(self, x: Tensor, y: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
+                    near: Tensor, below: Tensor) -> LossOutput:
         cfg = self.cfg
         rows, cols, offsets = sparse.where(near)
         pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
