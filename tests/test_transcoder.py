@@ -156,3 +156,23 @@ def test_different_widths_train_with_the_transpose_off(tmp_path):
     cfg = plan.jobs[0].config.sae
     assert (cfg.d_in, cfg.d_out) == (256, 64)
     assert build_sae(cfg, 0).W_dec.shape == (cfg.d_sae, 64)
+
+
+def test_reports_give_transcoders_their_own_panel_and_series():
+    from saerun.report.common import series_of
+    from saerun.report.rows import result_row
+
+    def run(site: dict, sae: dict) -> dict:
+        config = {"site": site, "model": {"name": "m"}, "data": {"train_tokens": 1},
+                  "train": {"lr": 1e-3}, "seed": 0, "sae": {"d_sae": 8, **sae}}
+        return {"run_id": "r", "name": "n", "spec_name": "s", "config": config,
+                "train_seconds": 1.0, "eval_seconds": 1.0, "tokens_trained": 1,
+                "finished_at": "t", "step_flops_per_token": 1.0, "metrics": {}}
+
+    tc = result_row(run({"hook_name": "a", "hook_name_out": "b"},
+                        {"architecture": "relu", "skip_connection": True,
+                         "sparsity": {"penalty": "l1"}}))
+    sae = result_row(run({"hook_name": "a"}, {"architecture": "relu",
+                                               "sparsity": {"penalty": "l1"}}))
+    assert (tc["hook_name"], sae["hook_name"]) == ("a -> b", "a")  # the panel key
+    assert (series_of(tc), series_of(sae)) == ("relu/l1 skip transcoder", "relu/l1")
