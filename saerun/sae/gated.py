@@ -23,6 +23,8 @@ and hence f unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -114,6 +116,13 @@ class GatedSAE(SAE):
         sparsity = (gate @ self.penalty_weights(w_dec)).mean()  # L1 of gate >= 0: one GEMV
         x_hat_frozen = gate @ w_dec.detach() + self.frozen_out_bias(x)
         return self._combine(y, step, x_hat, sparsity, x_hat_frozen, f.detach())
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        if self.transcoder:  # SAELens 6.54 has no gated transcoder: said, not hidden
+            return {"architecture": "gated", "apply_b_dec_to_input": False, "d_out": self.d_out,
+                    "saerun_not_representable": "a gated transcoder (SAELens has no class for "
+                    "it): its encoder reads x without b_dec, its decoder writes d_out"}
+        return super().saelens_cfg()
 
     def export_tensors(self) -> dict[str, Tensor]:
         """SAELens's GatedSAE names: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_enc)."""
