@@ -4,7 +4,8 @@
 the reports group by (model, hook_name ("IN -> OUT" for a transcoder), architecture, penalty,
 sparsity_coefficient, d_sae, lr, seed, train_tokens), timings, `step_flops_per_token` and
 every metric by name. This projection knows the schema's vocabulary (relu and gated name a
-`penalty`, jumprelu a `sparsity_mode`); the registry itself stores configs and metrics and knows nothing of architectures.
+`penalty`, jumprelu a `sparsity_mode`); the registry itself stores configs and metrics and
+knows nothing of architectures.
 """
 
 from __future__ import annotations
