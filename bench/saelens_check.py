@@ -73,6 +73,8 @@ def load_model(name: str | None) -> tuple[Any, str | None]:
             _models[name] = HookedSAETransformer.from_pretrained_no_processing(
                 str(path), device="cpu", dtype=torch.float32)
         _models[name].eval()
+        # A transcoder reading hook_mlp_in needs that hook on (off by default in TL).
+        _models[name].set_use_hook_mlp_in(True)
     return _models[name], None
 
 
@@ -145,9 +147,23 @@ def check(folder: Path) -> dict[str, Any]:
         if got.get(key) is None or got.get(key) != meta.get(key):
             problems.append(f"metadata.{key}: {got.get(key)!r}, written {meta.get(key)!r}")
     data = load_file(str(folder / "check.safetensors"))
+    unrepresentable = written.get("saerun_not_representable")
     with torch.no_grad():
         f = sae.encode(data["x"])
+        if unrepresentable and "k" in written:  # a TopK transcoder: SAELens has no top-k
+            out["encode_without_topk_max_abs_diff"] = max_diff(f, data["f"])
+            kept = f.topk(int(written["k"]), dim=-1)
+            f = torch.zeros_like(f).scatter(-1, kept.indices, kept.values)
         x_hat = sae.decode(data["f"])
+        y_sae = None
+        if "y_hat" in data:  # a transcoder's whole output, skip connection included
+            y_sae = sae(data["x"])
+            if unrepresentable and "k" in written:  # SAELens's decode of the top-k'd encode
+                skip = getattr(sae, "W_skip", None)
+                y_sae = sae.decode(f) + (0 if skip is None else data["x"] @ skip.T)
+            out["forward_max_abs_diff"] = max_diff(y_sae, data["y_hat"])
+    if unrepresentable:
+        out["not_representable"] = unrepresentable
     out["encode_max_abs_diff"] = max_diff(f, data["f"])
     out["decode_max_abs_diff"] = max_diff(x_hat, data["x_hat"])
     out["exact"] = out["encode_max_abs_diff"] == 0 and out["decode_max_abs_diff"] == 0
@@ -157,6 +173,8 @@ def check(folder: Path) -> dict[str, Any]:
         problems.append(f"encode differs by {out['encode_max_abs_diff']:.3g}")
     if not close(x_hat, data["x_hat"]):
         problems.append(f"decode differs by {out['decode_max_abs_diff']:.3g}")
+    if y_sae is not None and not close(y_sae, data["y_hat"]):
+        problems.append(f"forward differs by {out['forward_max_abs_diff']:.3g}")
     saerun_topk = out["architecture"] == "topk" and "saerun_run_id" in meta
     if saerun_topk and not sae.cfg.rescale_acts_by_decoder_norm:
         fold_topk(folder, data, out, problems)
@@ -166,11 +184,15 @@ def check(folder: Path) -> dict[str, Any]:
     else:
         model.reset_saes()
         model.add_sae(sae)
-        attached = got.hook_name in model.acts_to_saes
+        attached = (got.hook_name in model.acts_to_saes
+                    or got.get("hook_name_out") in model.acts_to_saes)
         model.reset_saes()
         out["add_sae"] = "attached" if attached else "NOT attached"
         if not attached:
             problems.append(f"add_sae did not attach at {got.hook_name!r}")
+        elif unrepresentable:
+            out["spliced"] = "skipped: SAELens runs this SAE without saerun's " \
+                "(not representable) step"
         elif "tokens" in data and "delta_lm_loss" in data:
             with torch.no_grad():
                 delta = spliced_delta(model, sae, data["tokens"].long())

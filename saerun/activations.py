@@ -59,6 +59,9 @@ class LanguageModel:
         info = model_info(name)
         bridge = TransformerBridge.boot_transformers(info.source, device=device, dtype=dtype)
         bridge.eval()
+        # blocks.N.hook_mlp_in (a transcoder's usual input) is off by default in the bridge;
+        # switching it on adds a hook and changes no activation or logit.
+        bridge.set_use_hook_mlp_in(True)
         return cls(name, bridge, device, dtype)
 
     def special_mask(self, tokens: Tensor) -> Tensor:
@@ -187,7 +190,8 @@ class ActivationStream:
 
     Yields {hook: [batch_tokens, d]} (float32), special-token positions dropped, mixed through a
     buffer of data.shuffle_buffer_tokens vectors (one permutation shared by every hook so rows
-    stay aligned); stops after data.train_tokens vectors.
+    stay aligned: a transcoder's IN and OUT rows are the same tokens); 0: no shuffling, in the
+    model's order. Stops after data.train_tokens vectors.
     """
 
     def __init__(self, lm: LanguageModel, data: DataConfig, hook_names: list[str],
@@ -206,6 +210,9 @@ class ActivationStream:
             yield {h: a.float() for h, a in acts.items()}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.data.shuffle_buffer_tokens == 0:
+            yield from self._in_order()
+            return
         g = torch.Generator().manual_seed(self.data.shuffle_seed)
         capacity = max(self.data.shuffle_buffer_tokens, 2 * self.batch_tokens)
         buffer: dict[str, Tensor] | None = None
@@ -231,6 +238,23 @@ class ActivationStream:
                            for h in self.hooks}
                 produced += 1
             buffer = {h: v[n_out:] for h, v in merged.items()}
+
+    def _in_order(self) -> Iterator[dict[str, Tensor]]:
+        """data.shuffle_buffer_tokens 0: the batches in the order the model produced them."""
+        parts: list[dict[str, Tensor]] = []
+        filled = produced = 0
+        source = self._vectors()
+        while produced < self.n_batches:
+            while filled < self.batch_tokens:
+                chunk = next(source)
+                parts.append(chunk)
+                filled += chunk[self.hooks[0]].shape[0]
+            merged = {h: torch.cat([p[h] for p in parts]) for h in self.hooks}
+            if produced >= self._skip:
+                yield {h: merged[h][:self.batch_tokens].to(self.device) for h in self.hooks}
+            produced += 1
+            parts = [{h: v[self.batch_tokens:] for h, v in merged.items()}]
+            filled -= self.batch_tokens
 
 
 @torch.no_grad()

@@ -4,6 +4,11 @@ One clean forward per eval batch gives the logits and the activations at every s
 group; the zero- and mean-ablation forwards are shared by all SAEs at a site; each SAE then
 costs one patched forward. Special-token positions (BOS) are excluded consistently: they are
 neither reconstructed, nor patched, nor counted in any metric.
+
+A transcoder (an entry with a target hook OUT) reads IN and is scored against OUT: every
+reconstruction metric compares its output with OUT's activations, and the language-model
+metrics splice its output in at OUT, against zero- and mean-ablation of OUT as the baselines.
+An SAE is the case OUT = IN.
 """
 
 from __future__ import annotations
@@ -32,7 +37,18 @@ class Encoder(Protocol):
 
     def encode(self, x: Tensor) -> Tensor: ...  # [n, d_in] -> [n, d_sae]
 
-    def decode(self, f: Tensor) -> Tensor: ...  # [n, d_sae] -> [n, d_in]
+    def decode(self, f: Tensor) -> Tensor: ...  # [n, d_sae] -> [n, d_out]
+
+
+Entry = tuple[Encoder, str] | tuple[Encoder, str, str | None]  # (SAE, IN[, OUT])
+
+
+def output(sae: Encoder, x: Tensor, f: Tensor) -> Tensor:
+    """The reconstruction of the target from input x and latents f: decode(f), plus the skip
+    x W_skip of a skip transcoder."""
+    out = sae.decode(f)
+    w_skip = getattr(sae, "W_skip", None)
+    return out if w_skip is None else out + x @ w_skip.t()
 
 
 @dataclass
@@ -61,13 +77,17 @@ def _replaced_by(patch: Tensor) -> Patch:
 
 @torch.no_grad()
 def evaluate_group(
-    lm: LanguageModel, eval_batches: list[Tensor], saes: Mapping[str, tuple[Encoder, str]],
+    lm: LanguageModel, eval_batches: list[Tensor], saes: Mapping[str, Entry],
     metric_names: AbstractSet[str], exclude_special_tokens: bool = True,
 ) -> dict[str, EvalResult]:
-    """`saes`: run_id -> (SAE taking raw activations, hook name). Returns run_id -> result."""
-    hooks = sorted({hook for _, hook in saes.values()})
+    """`saes`: run_id -> (SAE taking raw activations, hook name[, target hook or None]).
+    Returns run_id -> result."""
+    runs = {run_id: (e[0], e[1], e[2] if len(e) > 2 and e[2] is not None else e[1])
+            for run_id, e in saes.items()}
+    targets = sorted({out for _, _, out in runs.values()})  # where outputs are spliced in
+    hooks = sorted({h for _, hook, out in runs.values() for h in (hook, out)})
     with_lm = bool(metric_names & LM_METRICS)
-    device = next(iter(saes.values()))[0].W_dec.device
+    device = next(iter(runs.values()))[0].W_dec.device
 
     def positions(tokens: Tensor) -> Tensor:  # [b, T] True where a token counts
         if not exclude_special_tokens:
@@ -77,15 +97,15 @@ def evaluate_group(
     means: dict[str, Tensor] = {}
     if with_lm:
         # Mean ablation needs the eval-set mean first: one cheap pass that stops at the site.
-        sums = {h: torch.zeros((), dtype=torch.float64) for h in hooks}
+        sums = {h: torch.zeros((), dtype=torch.float64) for h in targets}
         count = 0
         for tokens in eval_batches:
-            acts = lm.capture(tokens, hooks)
+            acts = lm.capture(tokens, targets)
             keep = positions(tokens)
             count += int(keep.sum())
-            for h in hooks:
+            for h in targets:
                 sums[h] = sums[h] + acts[h][keep].double().sum(0)
-        means = {h: (sums[h] / max(count, 1)).float() for h in hooks}
+        means = {h: (sums[h] / max(count, 1)).float() for h in targets}
 
     accs = {run_id: MetricAccumulator() for run_id in saes}
     for tokens in eval_batches:
@@ -99,25 +119,26 @@ def evaluate_group(
             scorer = NextTokenScorer(logits, tokens, keep[:, :-1])
             del logits
             ablated = {}
-            for h in hooks:
+            for h in targets:
                 mask = keep[..., None]
                 ce_zero, kl_zero = scorer.ce_kl(lm.logits_patched(tokens, h, _zero_at(mask)))
                 ce_mean = scorer.ce(lm.logits_patched(tokens, h, _mean_at(mask, means[h])))
                 ablated[h] = (ce_zero, ce_mean, kl_zero)
         else:
             acts = lm.capture(tokens, hooks)
-        for run_id, (sae, hook) in saes.items():
+        for run_id, (sae, hook, out) in runs.items():
             x = acts[hook][keep].to(device=device, dtype=torch.float32)  # counted positions
+            y = x if out == hook else acts[out][keep].to(device=device, dtype=torch.float32)
             f = sae.encode(x)
-            x_hat = sae.decode(f)
-            accs[run_id].update_reconstruction(x, x_hat, f)
+            x_hat = output(sae, x, f)
+            accs[run_id].update_reconstruction(y, x_hat, f)
             del f
             if with_lm:
-                patch = acts[hook].clone()
+                patch = acts[out].clone()
                 patch[keep] = x_hat.to(patch.dtype)
                 ce_sae, kl_sae = scorer.ce_kl(
-                    lm.logits_patched(tokens, hook, _replaced_by(patch)))
-                ce_zero, ce_mean, kl_zero = ablated[hook]
+                    lm.logits_patched(tokens, out, _replaced_by(patch)))
+                ce_zero, ce_mean, kl_zero = ablated[out]
                 accs[run_id].update_lm(ce_orig=scorer.ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
                                        ce_mean=ce_mean, kl_sae=kl_sae, kl_zero=kl_zero)
     return {

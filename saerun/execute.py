@@ -218,7 +218,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     env["precision"] = first.train.precision
     env["tf32"] = set_tf32(sae_device, first.train.tf32)
     fingerprint = data.fingerprint(first.data)
-    hooks = sorted({j.config.site.hook_name for j in jobs})
+    hooks = sorted({h for j in jobs for h in (j.config.site.hook_name, j.config.site.hook_name_out)
+                    if h is not None})  # a transcoder's target rides the same forward
     if imported.is_imported(first):  # SAEs trained elsewhere: evaluated only (imported.py)
         return imported.evaluate_imported(reg, jobs, lm, env, fingerprint)
 
@@ -245,6 +246,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     def checkpoint(tr: Trainer) -> None:
         tensors, meta = tr.state()
         meta["norm_scale"] = scales[tr.hook_name]
+        if tr.hook_name_out is not None:
+            meta["norm_scale_out"] = scales[tr.hook_name_out]
         artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta)
         reg.add_curve(tr.run_id, tr.curve)
         tr.curve = []
@@ -298,8 +301,9 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     folded = {}
     for tr in trainers:
         sae = copy.deepcopy(tr.sae).eval().to(device)  # evaluated beside the LM
-        sae.fold_scale(scales[tr.hook_name])
-        folded[tr.run_id] = (sae, tr.hook_name)
+        out = tr.hook_name_out
+        sae.fold_scale(scales[tr.hook_name], None if out is None else scales[out])
+        folded[tr.run_id] = (sae, tr.hook_name, out)
     eval_batches = eval_token_batches(lm, first.data)
     metric_names: set[str] = set(first.eval.metrics)
     results = evaluate_group(lm, eval_batches, folded, metric_names,
@@ -311,8 +315,10 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         metrics = dict(res.metrics)
         metrics["dead_fraction_train"] = tr.dead_mask().float().mean().item()
         metrics["norm_scale"] = scales[tr.hook_name]
+        out = tr.hook_name_out
         cfg = saelens.export_cfg(tr.sae, tr.config, tr.run_id, lm.numerics_mode,
-                                 scales[tr.hook_name], metrics)
+                                 scales[tr.hook_name], metrics,
+                                 None if out is None else scales[out])
         artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], cfg, res.density)
         reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
     return failures

@@ -68,6 +68,8 @@ class SAEShape:
     batch_tokens: int
     ghost_grads: bool = False
     precision: str = "fp32"  # the step's compute precision (`train.precision`)
+    d_out: int | None = None  # a transcoder's target width (None: d_in, an SAE)
+    skip: bool = False  # a skip connection's W_skip [d_out, d_in]
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ class StreamShape:
 
 
 def sae_params(s: SAEShape) -> int:
-    return 2 * s.d_in * s.d_sae + s.d_sae + s.d_in + EXTRA_PARAMS.get(s.architecture, 0) * s.d_sae
+    d_out = s.d_in if s.d_out is None else s.d_out
+    return ((s.d_in + d_out) * s.d_sae + s.d_sae + d_out
+            + EXTRA_PARAMS.get(s.architecture, 0) * s.d_sae + (s.d_in * d_out if s.skip else 0))
 
 
 def sae_state_bytes(s: SAEShape) -> float:

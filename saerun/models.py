@@ -193,7 +193,7 @@ def model_info(name: str) -> ModelInfo:
 # transformer-lens hook names (our vocabulary); each is checked against TransformerBridge in
 # tests/test_activations.py.
 _PER_LAYER = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
-              "hook_mlp_out", "attn.hook_z", "mlp.hook_post")
+              "hook_mlp_in", "hook_mlp_out", "attn.hook_z", "mlp.hook_post")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 

@@ -308,8 +308,8 @@ def _derive(
     cache: dict[str, ModelDims],
     model_dims: Callable[[str], ModelDims],
 ) -> derive.Derived:
-    """Values computed from the model: d_in from its width at the hook, d_sae from the
-    expansion factor or a compute match."""
+    """Values computed from the model: d_in from its width at the hook (d_out at a
+    transcoder's target hook), d_sae from the expansion factor or a compute match."""
     name = partial.model.name
     if name not in cache:
         try:
@@ -341,6 +341,11 @@ def _derive(
     sae = partial.sae
     width = dims.hook_widths[hook]
     if isinstance(sae, ImportedSAEConfig):
+        if tree.get("site", {}).get("hook_name_out", partial.site.hook_name_out) is not None:
+            raise SpecError("an imported SAE cannot be evaluated as a transcoder yet (SAELens's "
+                            "transcoder kinds are not read)", path=("site", "hook_name_out"),
+                            field="site.hook_name_out",
+                            hint="omit site.hook_name_out for sae.from_pretrained")
         return saelens.planned_values(sae, hook, width)
     out: derive.Derived = {}
     d_in = sae.d_in
@@ -352,6 +357,7 @@ def _derive(
     if d_in is None:
         d_in = width
         out[("sae", "d_in")] = (d_in, f"width of {hook} ({dims.source})")
+    out.update(_transcoder(partial, tree, dims, name, d_in))
     if sae.compute_matched_to is not None:
         out[("sae", "d_sae")] = _compute_matched(sae, sae.compute_matched_to, d_in)
         out[("sae", "compute_matched_to")] = (None, "resolved into d_sae")
@@ -361,6 +367,52 @@ def _derive(
         d_sae = _width(factor, d_in, ("sae", "expansion_factor"))
         out[("sae", "d_sae")] = (d_sae, f"{how} {factor:g} x d_in {d_in}")
         out[("sae", "expansion_factor")] = (None, "resolved into d_sae")
+    return out
+
+
+def _transcoder(partial: Spec, tree: dict, dims: ModelDims, name: str,
+                d_in: int) -> derive.Derived:
+    """d_out from the width at site.hook_name_out (a transcoder), and the options that need
+    one: a skip connection, W_enc = W_dec^T (only at d_in = d_out), no resampling."""
+    sae = partial.sae
+    if isinstance(sae, ImportedSAEConfig):  # planned by saelens.planned_values instead
+        return {}
+    hook_out = tree.get("site", {}).get("hook_name_out", partial.site.hook_name_out)
+    if hook_out is None:
+        if sae.d_out is not None:
+            raise SpecError("sae.d_out is a transcoder's output width, but site.hook_name_out "
+                            "is not set", path=("sae", "d_out"), field="sae.d_out",
+                            hint="set site.hook_name_out (the target hook), or omit d_out")
+        if sae.skip_connection:
+            raise SpecError("sae.skip_connection needs a transcoder (site.hook_name_out)",
+                            path=("sae", "skip_connection"), field="sae.skip_connection",
+                            hint="set site.hook_name_out, or skip_connection: false")
+        return {}
+    path = ("site", "hook_name_out")
+    if not isinstance(hook_out, str) or hook_out not in dims.hook_widths:
+        raise SpecError(f"unknown hook name {shown(hook_out)} for model {name!r} "
+                        f"({dims.n_layers} layers)", path=path, field="site.hook_name_out",
+                        hint="e.g. blocks.1.hook_mlp_out")
+    width = dims.hook_widths[hook_out]
+    out: derive.Derived = {}
+    d_out = sae.d_out
+    if d_out is not None and d_out != width:
+        raise SpecError(f"d_out {d_out} does not match the model's width {width} at "
+                        f"{hook_out!r}", path=("sae", "d_out"), field="sae.d_out",
+                        hint="omit d_out to take it from the model")
+    if d_out is None:
+        d_out = width
+        out[("sae", "d_out")] = (d_out, f"width of {hook_out} ({dims.source})")
+    if sae.init_encoder_as_decoder_transpose and d_out != d_in:
+        raise SpecError(
+            f"init_encoder_as_decoder_transpose needs d_in = d_out; this transcoder maps "
+            f"{d_in} -> {d_out}", path=("sae", "init_encoder_as_decoder_transpose"),
+            field="sae.init_encoder_as_decoder_transpose",
+            hint="set sae.init_encoder_as_decoder_transpose: false")
+    if partial.train.resample is not None:
+        raise SpecError("neuron resampling is not defined for transcoders (it re-initialises "
+                        "decoder rows from input directions)", path=("train", "resample"),
+                        field="train.resample", hint="remove train.resample")
     return out
 
 
@@ -447,7 +499,8 @@ def _sae_shape(config: RunConfig) -> memory.SAEShape:
     return memory.SAEShape(
         architecture, config.sae.d_in, config.sae.d_sae, config.train.batch_tokens,
         bool(getattr(config.sae, "ghost_grads", False)),
-        str(getattr(config.train, "precision", "fp32")),
+        str(getattr(config.train, "precision", "fp32")), getattr(config.sae, "d_out", None),
+        bool(getattr(config.sae, "skip_connection", False)),
     )
 
 
@@ -460,7 +513,8 @@ def job_memory(runs: list[Job], dims: ModelDims) -> tuple[dict[str, float], str]
     stream = memory.StreamShape(first.model.dtype, first.data.context_size,
                                 first.data.lm_batch_sequences, first.data.shuffle_buffer_tokens,
                                 first.train.batch_tokens)
-    sites = {j.config.site.hook_name: dims.hook_widths[j.config.site.hook_name] for j in runs}
+    sites = {h: dims.hook_widths[h] for j in runs
+             for h in (j.config.site.hook_name, j.config.site.hook_name_out) if h is not None}
     layers = [layer_of(h) for h in sites]
     deepest = max((x for x in layers if x is not None), default=None)
     parts = memory.job_memory(dims.lm, stream, [_sae_shape(j.config) for j in runs], sites,
@@ -471,7 +525,9 @@ def job_memory(runs: list[Job], dims: ModelDims) -> tuple[dict[str, float], str]
 
 
 def _site_order(job: Job) -> tuple[int, str]:
-    layer = layer_of(job.config.site.hook_name)
+    site = job.config.site
+    layers = [layer_of(h) for h in (site.hook_name, site.hook_name_out) if h is not None]
+    layer = max((x for x in layers if x is not None), default=None)
     return (-1 if layer is None else layer, job.config.site.hook_name)
 
 

@@ -73,7 +73,8 @@ class ExportedSAE(Protocol):
 
 
 def export_cfg(sae: ExportedSAE, config: RunConfig, run_id: str, numerics_mode: str,
-               norm_scale: float, metrics: dict[str, float]) -> dict[str, Any]:
+               norm_scale: float, metrics: dict[str, float],
+               norm_scale_out: float | None = None) -> dict[str, Any]:
     """The run's part of a finished run's cfg.json (`artifacts.write_sae` adds the
     architecture's keys, `SAE.saelens_cfg`). The normalisation scale is folded into the
     weights, so the SAE takes raw activations (`normalize_activations: none`)."""
@@ -102,7 +103,14 @@ def export_cfg(sae: ExportedSAE, config: RunConfig, run_id: str, numerics_mode: 
         "numerics_mode": numerics_mode,
         "normalization_scale_folded": norm_scale,
     }
+    top: dict[str, Any] = {}
+    hook_out = config.site.hook_name_out
+    if hook_out is not None:  # a transcoder: SAELens's field for its target, in metadata and at
+        # the top level (where SAELens's pre-6.0 reader looks)
+        metadata["hook_name_out"] = top["hook_name_out"] = hook_out
+        metadata["normalization_scale_out_folded"] = norm_scale_out
     return {
+        **top,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": "float32",

@@ -56,7 +56,7 @@ def sparsity_at(step: int, total_steps: int, t: TrainConfig) -> float:
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
 
 
-def compiled(sae: SAE) -> Callable[[Tensor, StepInfo], LossOutput]:
+def compiled(sae: SAE) -> Callable[[Tensor, StepInfo, Tensor | None], LossOutput]:
     """`sae.loss` compiled by torch.compile (inductor): the forward and, through AOTAutograd,
     its backward. A compiled SAE takes the dense products (the path a GPU takes anyway): the
     sparse kernels' data-dependent choice and index bookkeeping would break the graph into
@@ -64,11 +64,11 @@ def compiled(sae: SAE) -> Callable[[Tensor, StepInfo], LossOutput]:
     sae.sparse_kernels = False
     loss = torch.compile(sae.loss, dynamic=False)
 
-    def step(x: Tensor, info: StepInfo) -> LossOutput:
+    def step(x: Tensor, info: StepInfo, y: Tensor | None = None) -> LossOutput:
         # The warm-up factor as a tensor: a Python float is a constant to the compiler, and a
         # new one every warm-up step would recompile the graph each step (then fall back).
         scale = torch.tensor(info.sparsity_scale, device=x.device)
-        return loss(x, info._replace(sparsity_scale=scale))
+        return loss(x, info._replace(sparsity_scale=scale), y)
 
     return step
 
@@ -94,7 +94,8 @@ class Trainer:
     # watching for it costs no sync; read by `check_health` on logging and checkpoint steps.
     first_bad_step: Tensor = field(default_factory=lambda: torch.tensor(-1))
     # The SAE's loss as this run calls it: `sae.loss`, or its torch.compile'd form.
-    loss_fn: Callable[[Tensor, StepInfo], LossOutput] = field(init=False, repr=False)
+    loss_fn: Callable[[Tensor, StepInfo, Tensor | None], LossOutput] = field(init=False,
+                                                                            repr=False)
 
     def __post_init__(self) -> None:
         self.loss_fn = compiled(self.sae) if self.config.train.compile else self.sae.loss
@@ -113,17 +114,29 @@ class Trainer:
         return self.config.site.hook_name
 
     @property
+    def hook_name_out(self) -> str | None:
+        """A transcoder's target hook; None for an SAE (its target is its input)."""
+        return self.config.site.hook_name_out
+
+    @property
+    def hooks(self) -> list[str]:
+        """The hooks this run reads: its input, and a transcoder's target."""
+        out = self.hook_name_out
+        return [self.hook_name] if out is None else [self.hook_name, out]
+
+    @property
     def done(self) -> bool:
         return self.step >= self.total_steps
 
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.config.train.dead_window_tokens
 
-    def train_step(self, x: Tensor) -> None:
-        """One optimiser step on a batch of normalised activations [batch_tokens, d_in]."""
+    def train_step(self, x: Tensor, y: Tensor | None = None) -> None:
+        """One optimiser step on a batch of normalised activations [batch_tokens, d_in] against
+        the normalised target y [batch_tokens, d_out] (None: x, an SAE)."""
         t = self.config.train
         if self.step == 0:
-            self.sae.init_b_dec(x)
+            self.sae.init_b_dec(x if y is None else y)  # b_dec lives in the target's space
         lr = lr_at(self.step, self.total_steps, t, self.resampled_at)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -132,7 +145,7 @@ class Trainer:
         # weights, the Adam state, the thresholds and the loss's reductions stay fp32). bf16
         # has fp32's exponent range, so no gradient scaler is needed.
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-            out = self.loss_fn(x, info)
+            out = self.loss_fn(x, info, y)
         bad = ~torch.isfinite(out.loss.detach())
         self.first_bad_step = torch.where(
             (self.first_bad_step < 0) & bad, torch.full_like(self.first_bad_step, self.step),
@@ -251,21 +264,23 @@ def train_group(
 ) -> None:
     """Step every trainer on every batch of the shared stream, in lockstep.
 
-    `batches` yields {hook_name: [batch_tokens, d_in]} starting at global batch `start_step`; a
+    `batches` yields {hook_name: [batch_tokens, d]} (every run's input and target hooks, rows
+    aligned; each normalised by its own scale) starting at global batch `start_step`; a
     trainer resumed at a later step sits out the batches it has already seen. A trainer's
     health is checked on its logging steps and before every checkpoint (so a checkpoint is
     never written from a broken state); a broken one stops (`on_failure`), the others go on.
     """
     if not trainers:
         return
-    hooks = sorted({tr.hook_name for tr in trainers})
+    hooks = sorted({h for tr in trainers for h in tr.hooks})
     for index, batch in enumerate(batches, start=start_step):
         # Normalise once per site, not once per SAE.
         scaled = {h: batch[h] * scales[h] if scales[h] != 1.0 else batch[h] for h in hooks}
         for tr in trainers:
             if tr.step != index or tr.done or tr.failure:
                 continue
-            tr.train_step(scaled[tr.hook_name])
+            out = tr.hook_name_out
+            tr.train_step(scaled[tr.hook_name], None if out is None else scaled[out])
             every = tr.config.train.checkpoint_every_tokens
             crossed = tr.tokens // every != (tr.tokens - scaled[tr.hook_name].shape[0]) // every
             logged = tr.step % tr.config.train.log_every_steps == 0

@@ -13,6 +13,7 @@ from saerun.activations import (
     LanguageModel,
     estimate_norm_scale,
     token_batches,
+    train_activations,
 )
 from saerun.evaluate import evaluate_group
 from saerun.metrics import per_token_ce, per_token_kl
@@ -182,3 +183,26 @@ def test_activation_cache_is_bit_identical_reused_and_keyed(lm, tmp_path, monkey
     short = DataConfig(**{**DATA.model_dump(), "context_size": 16})
     next(iter(ActivationStream(lm, short, hooks, batch_tokens=256)))
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_no_shuffling_streams_the_model_order_and_resumes(lm):
+    """shuffle_buffer_tokens 0: the batches are train_activations' vectors in order, cut into
+    batch_tokens rows, IN and OUT of a transcoder aligned row by row; skip resumes exactly."""
+    hooks = ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"]
+    data = DataConfig(**{**DATA.model_dump(), "shuffle_buffer_tokens": 0})
+    batches = list(ActivationStream(lm, data, hooks, batch_tokens=256))
+    assert len(batches) == 4096 // 256
+    ordered: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    n = 0
+    for acts in train_activations(lm, data, hooks):
+        for h in hooks:
+            ordered[h].append(acts[h].float())
+        n += acts[hooks[0]].shape[0]
+        if n >= 4096:
+            break
+    for h in hooks:
+        flat = torch.cat(ordered[h])[:4096]
+        assert torch.equal(torch.cat([b[h] for b in batches]), flat)
+    resumed = ActivationStream(lm, data, hooks, batch_tokens=256)
+    resumed.skip(3)
+    assert torch.equal(next(iter(resumed))[hooks[1]], batches[3][hooks[1]])

@@ -31,6 +31,8 @@ PINNED = {
         "22ad43325dcb91a3", "54b8060ebf4a5a53", "07845efa6cdd7506", "6d2a5747d13d1911",
         "677bd1bf2483caa7", "52d55a12fcfd18cf", "4c7b7edf10eb740b", "3b6f5b5b95225cf9",
     ],
+    # a TopK transcoder and a ReLU skip transcoder, blocks.1.hook_mlp_in -> hook_mlp_out
+    "specs/transcoders.yaml": ["5b1bb9f8ff2ee8bd", "0df027c1b6a2ada2"],
 }
 
 # The other committed specs: (number of runs, sha256 of their comma-joined ids, first 16 hex).

@@ -193,3 +193,71 @@ def test_saelens_written_folders_are_evaluated_as_runs(tmp_path):
         # SAELens's own encode of the same activations has saerun's codes, hence its L0.
         assert result["encode_max_abs_diff"] == 0, (folder.name, result)
         assert abs(result["l0_saelens"] - run["metrics"]["l0"]) < 1e-5 * run["metrics"]["l0"]
+
+
+TRANSCODER_SPEC = f"""\
+name: transcoders
+model: {{name: saerun/tiny-stdlib}}
+site: {{hook_name: blocks.1.hook_mlp_in, hook_name_out: blocks.1.hook_mlp_out}}
+data: {DATA}
+sae: {{architecture: relu, d_sae: 256}}
+train: {{lr: 5e-3, batch_tokens: 512}}
+sweep:
+  zip:
+    sae:
+      - {{architecture: relu, d_sae: 256, skip_connection: true}}
+      - {{architecture: relu, d_sae: 256}}
+      - {{architecture: jumprelu, d_sae: 256, skip_connection: true}}
+      - {{architecture: batchtopk, d_sae: 256, k: 8}}
+      - {{architecture: topk, d_sae: 256, k: 8}}
+"""
+
+
+def test_transcoder_exports_load_in_saelens_as_transcoders(tmp_path):
+    """Each transcoder export loads as SAELens's transcoder kind with metadata.hook_name_out;
+    SAELens's decode of its encode (plus the skip) equals saerun's output, exactly where the
+    maths is SAELens's (TopK: with top-k applied to SAELens's encode, which has none)."""
+    from saerun import artifacts
+    from saerun.activations import LanguageModel, eval_token_batches
+    from saerun.sae import build_sae
+    from saerun.spec import RunConfig
+
+    (tmp_path / "tc.yaml").write_text(TRANSCODER_SPEC)
+    done = saerun("tc.yaml", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = runs_of(tmp_path)
+    assert len(runs) == 5
+    cfg = RunConfig.model_validate(runs[0]["config"])
+    lm = LanguageModel.load(cfg.model.name)
+    tokens = torch.cat(eval_token_batches(lm, cfg.data))
+    keep = ~lm.special_mask(tokens)
+    with torch.no_grad():
+        x = lm.capture(tokens, [cfg.site.hook_name])[cfg.site.hook_name][keep].float()
+    folders = []
+    for run in runs:
+        folder = Path(run["artifacts"])
+        sae = build_sae(RunConfig.model_validate(run["config"]).sae, seed=1).eval()
+        sae.load_state_dict(artifacts.read_weights(folder))
+        with torch.no_grad():
+            f = sae.encode(x)
+            write_check(folder, x, f, sae.decode(f), tokens, run["metrics"])
+            from safetensors.torch import load_file, save_file
+
+            data = load_file(str(folder / "check.safetensors"))
+            save_file({**data, "y_hat": sae(x).contiguous()}, str(folder / "check.safetensors"))
+        folders.append(folder)
+    results = run_checker(folders)
+    kinds = {}
+    for run, folder in zip(runs, folders, strict=True):
+        result = results[str(folder)]
+        sae_cfg = run["config"]["sae"]
+        kinds[(sae_cfg["architecture"], sae_cfg["skip_connection"])] = result["architecture"]
+        assert result["ok"], (sae_cfg["architecture"], result["problems"], result)
+        assert result["metadata"]["hook_name"] == "blocks.1.hook_mlp_in"
+        assert result["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
+        assert result["forward_max_abs_diff"] <= 1e-5
+        assert result["add_sae"] == "attached"
+    assert kinds == {("relu", True): "skip_transcoder", ("relu", False): "transcoder",
+                     ("jumprelu", True): "jumprelu_skip_transcoder",
+                     ("batchtopk", False): "jumprelu_transcoder",
+                     ("topk", False): "jumprelu_transcoder"}

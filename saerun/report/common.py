@@ -42,11 +42,14 @@ def slug(text: str) -> str:
 
 def series_of(row: dict[str, Any]) -> str:
     """A recipe's name in tables and legends: `architecture/penalty` (ReLU always; Gated and
-    JumpReLU only away from their usual l1 / tanh), or the architecture alone."""
+    JumpReLU only away from their usual l1 / tanh), or the architecture alone; a transcoder's
+    adds "transcoder" (or "skip transcoder")."""
     penalty, arch = row.get("penalty"), str(row["architecture"])
-    if not penalty or DEFAULT_PENALTY.get(arch) == penalty:
-        return arch
-    return f"{arch}/{penalty}"
+    name = arch if not penalty or DEFAULT_PENALTY.get(arch) == penalty else f"{arch}/{penalty}"
+    if row.get("hook_name_out") is not None:  # transcoders are series of their own
+        skip = row.get("sae.skip_connection")
+        return f"{name} {'skip transcoder' if skip else 'transcoder'}"
+    return name
 
 
 def remedy_of(row: dict[str, Any]) -> str:

@@ -1,10 +1,11 @@
 """The result rows every report reads: one flat dict per finished run, from plain registry reads.
 
 `results(registry, filters)`: the config as dotted keys (`sae.d_sae`), the convenience keys
-the reports group by (model, hook_name, architecture, penalty, sparsity_coefficient, d_sae, lr,
-seed, train_tokens), timings, `step_flops_per_token` and every metric by name. This projection
-knows the schema's vocabulary (relu and gated name a `penalty`, jumprelu a `sparsity_mode`);
-the registry itself stores configs and metrics and knows nothing of architectures.
+the reports group by (model, hook_name ("IN -> OUT" for a transcoder), architecture, penalty,
+sparsity_coefficient, d_sae, lr, seed, train_tokens), timings, `step_flops_per_token` and
+every metric by name. This projection knows the schema's vocabulary (relu and gated name a
+`penalty`, jumprelu a `sparsity_mode`); the registry itself stores configs and metrics and
+knows nothing of architectures.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def result_row(run: dict[str, Any]) -> dict[str, Any]:
                            "spec_name": run["spec_name"], "status": "done", **flatten(config)}
     row.update(
         model=config["model"]["name"],
-        hook_name=config["site"]["hook_name"],
+        # A transcoder's site reads "IN -> OUT": the reports' panels group by (model, hook_name),
+        # so transcoders get a panel of their own beside the SAEs at IN.
+        hook_name=site_label(config["site"]),
+        hook_name_out=config["site"].get("hook_name_out"),
         architecture=sae["architecture"],
         # relu/gated name a penalty, jumprelu a sparsity mode: one column for both.
         penalty=sparsity.get("penalty") or sae.get("sparsity_mode"),
@@ -53,6 +57,12 @@ def result_row(run: dict[str, Any]) -> dict[str, Any]:
     )
     row.update(run["metrics"])
     return row
+
+
+def site_label(site: dict[str, Any]) -> str:
+    """The site as the reports name it: the hook, or "IN -> OUT" for a transcoder."""
+    out = site.get("hook_name_out")
+    return site["hook_name"] if out is None else f"{site['hook_name']} -> {out}"
 
 
 def results(reg: Registry, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -50,7 +50,7 @@ def auxk_loss(
 
 def sparse_auxk_loss(sae: SAE, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec: Tensor,
                      dead_mask: Tensor, aux_k: int) -> Tensor:
-    """`auxk_loss` on sparse codes. x_c = x - b_dec, pre its dense pre-activations (no grad)."""
+    """`auxk_loss` on sparse codes. x_c = sae.centre(x), pre its dense pre-activations (no grad)."""
     dead = dead_mask.to(pre.device).nonzero().squeeze(1)
     n_dead = dead.numel()
     if n_dead == 0:
@@ -58,7 +58,7 @@ def sparse_auxk_loss(sae: SAE, x_c: Tensor, pre: Tensor, residual: Tensor, w_dec
     rows, local, offsets = row_topk(pre[:, dead], min(aux_k, n_dead))
     cols = dead[local]
     vals = torch.relu(gather_linear(x_c, sae.W_enc, sae.b_enc, pre, rows, cols, offsets,
-                                    sae.b_dec))
+                                    sae.centre_bias))
     e_hat = decode(Codes(cols, vals, rows, offsets, pre.shape[1]), w_dec)
     scale = min(n_dead / aux_k, 1.0)
     return scale * mse_per_token(residual.detach(), e_hat).mean()

@@ -3,6 +3,14 @@
 Notation (DESIGN.md §4): x in R^d_in, pre = (x - b_dec) W_enc + b_enc, f = latents in R^d_sae,
 x_hat = f W_dec + b_dec. Weights are stored SAELens-style: W_enc [d_in, d_sae],
 W_dec [d_sae, d_in], so one row of W_dec is one latent's decoder direction.
+
+A transcoder is the same module with a target y in R^d_out (another hook) instead of x:
+W_dec [d_sae, d_out], b_dec [d_out], y_hat = f W_dec + b_dec (+ x W_skip with a skip
+connection, zero at init; stored SAELens's way, [d_out, d_in], so x W_skip is x @ W_skip.T).
+Its encoder reads x itself, pre = x W_enc + b_enc: b_dec lives in the target's space, so it is
+not subtracted from the input (SAELens's transcoders: apply_b_dec_to_input false).
+An SAE is a transcoder whose target is its input: `loss(x, step)` is `loss(x, step, x)`, and
+an SAE (d_out null) keeps its b_dec centring.
 """
 
 from __future__ import annotations
@@ -55,10 +63,13 @@ class SAE(nn.Module):
     cfg: SAEConfig
     d_in: int  # cfg.d_in and cfg.d_sae, resolved (never None once the SAE exists)
     d_sae: int
+    d_out: int  # cfg.d_out, or d_in for an SAE
+    transcoder: bool  # cfg.d_out is set: the target is another hook, the input is not centred
     W_enc: nn.Parameter  # [d_in, d_sae]
     b_enc: nn.Parameter  # [d_sae]
-    W_dec: nn.Parameter  # [d_sae, d_in]
-    b_dec: nn.Parameter  # [d_in]
+    W_dec: nn.Parameter  # [d_sae, d_out]
+    b_dec: nn.Parameter  # [d_out]
+    W_skip: nn.Parameter | None  # [d_out, d_in] (SAELens's layout) with skip_connection, else None
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator) -> None:
         super().__init__()
@@ -70,12 +81,18 @@ class SAE(nn.Module):
         self.cfg = cfg
         self.d_in = d_in = resolved(cfg.d_in, "d_in")
         self.d_sae = d_sae = resolved(cfg.d_sae, "d_sae")
+        self.transcoder = cfg.d_out is not None
+        self.d_out = d_out = d_in if cfg.d_out is None else cfg.d_out
+        if cfg.skip_connection and not self.transcoder:
+            raise ValueError("skip_connection needs a transcoder (d_out set)")
         # Decoder rows: random directions with a fixed norm; W_enc = W_dec^T (Anthropic, April
         # 2024 update) gives every latent a sensible starting direction and fewer dead latents.
-        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        w_dec = torch.randn(d_sae, d_out, generator=generator)
         init_norm = resolved(cfg.decoder_init_norm, "decoder_init_norm")
         w_dec = w_dec / w_dec.norm(dim=1, keepdim=True) * init_norm
         if cfg.init_encoder_as_decoder_transpose:
+            if d_out != d_in:  # the planner refuses it (a SpecError naming the field)
+                raise ValueError("init_encoder_as_decoder_transpose needs d_in = d_out")
             w_enc = w_dec.t().clone()
         else:
             bound = 1.0 / d_in**0.5
@@ -83,22 +100,54 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(w_enc.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.W_dec = nn.Parameter(w_dec.contiguous())
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        # Registered only with a skip, so an SAE's parameters (and its Adam state, its
+        # checkpoints, its export) are exactly what they were.
+        self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip_connection else None
 
     # -- the protocol ------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:  # [batch, d_in] -> [batch, d_sae]
         raise NotImplementedError
 
-    def decode(self, f: Tensor) -> Tensor:  # [batch, d_sae] -> [batch, d_in]
+    def decode(self, f: Tensor) -> Tensor:  # [batch, d_sae] -> [batch, d_out]
+        """The dictionary's part of the reconstruction (no skip: it needs the input)."""
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        """The reconstruction of the target from the input: decode(encode(x)) + x W_skip."""
+        out = self.decode(self.encode(x))
+        if self.W_skip is not None:
+            out = out + x @ self.W_skip.t()
+        return out
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        """Training loss on a batch of (normalised) activations [batch, d_in]. Auxiliary terms
-        that need training state (AuxK on dead latents, say) read it from `step`."""
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
+        """Training loss on a batch of (normalised) inputs x [batch, d_in] against the target
+        y [batch, d_out] (None: x itself, an SAE). Auxiliary terms that need training state
+        (AuxK on dead latents, say) read it from `step`."""
         raise NotImplementedError
+
+    # -- the transcoder's two differences, stated once ------------------------------------------
+    def centre(self, x: Tensor) -> Tensor:
+        """What the encoder multiplies: x - b_dec for an SAE, x for a transcoder."""
+        return x if self.transcoder else x - self.b_dec
+
+    @property
+    def centre_bias(self) -> Tensor | None:
+        """The `centre` argument of the sparse kernels (`sae.sparse`): b_dec, or None for a
+        transcoder (no b_dec in its input)."""
+        return None if self.transcoder else self.b_dec
+
+    def out_bias(self, x: Tensor) -> Tensor:
+        """What the reconstruction adds to f W_dec: b_dec, plus x W_skip with a skip."""
+        if self.W_skip is None:
+            return self.b_dec
+        return self.b_dec + x @ self.W_skip.t()
+
+    def frozen_out_bias(self, x: Tensor) -> Tensor:
+        """`out_bias` with no gradient into the parameters (the gated SAE's auxiliary term)."""
+        if self.W_skip is None:
+            return self.b_dec.detach()
+        return self.b_dec.detach() + x @ self.W_skip.detach().t()
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -125,7 +174,8 @@ class SAE(nn.Module):
     # -- shared ------------------------------------------------------------------------------
     @torch.no_grad()
     def init_b_dec(self, x: Tensor) -> None:
-        """Initialise b_dec from a sample of (normalised) training activations [n, d_in]."""
+        """Initialise b_dec from a sample of (normalised) training targets [n, d_out] (the
+        input's own activations for an SAE)."""
         mode = self.cfg.b_dec_init
         if mode == "mean":
             self.b_dec.copy_(x.mean(0))
@@ -133,12 +183,19 @@ class SAE(nn.Module):
             self.b_dec.copy_(geometric_median(x))
 
     @torch.no_grad()
-    def fold_scale(self, scale: float) -> None:
+    def fold_scale(self, scale: float, scale_out: float | None = None) -> None:
         """Make an SAE trained on `scale * x` take and return raw x, leaving latents unchanged:
-        pre = (s x - b) W_enc + b_enc = (x - b/s)(s W_enc) + b_enc, x_hat = f (W_dec/s) + b/s."""
+        pre = (s x - b) W_enc + b_enc = (x - b/s)(s W_enc) + b_enc, x_hat = f (W_dec/s) + b/s.
+        A transcoder trained on s x against t y (t = scale_out): pre = x (s W_enc) + b_enc,
+        y_hat = (f W_dec + b_dec + s x W_skip) / t = f (W_dec/t) + b_dec/t + x (W_skip s/t)."""
+        t = scale if scale_out is None else scale_out
+        if not self.transcoder and t != scale:
+            raise ValueError("an SAE's input and target share one scale")
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(t)
+        self.b_dec.div_(t)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale / t)
 
     # -- decoder mode (stated once for every architecture) --------------------------------------
     def train_decoder(self) -> Tensor:
@@ -161,13 +218,21 @@ class SAE(nn.Module):
 
     def saelens_cfg(self) -> dict[str, Any]:
         """Fields of cfg.json that SAELens reads for this architecture."""
+        if self.transcoder:
+            return {"architecture": self.saelens_transcoder(), "apply_b_dec_to_input": False,
+                    "d_out": self.d_out}
         return {"architecture": self.saelens_architecture, "apply_b_dec_to_input": True}
+
+    def saelens_transcoder(self) -> str:
+        """SAELens's transcoder architecture for this one: `transcoder`/`skip_transcoder`
+        (ReLU). Architectures with another encoder override it or refuse."""
+        return "skip_transcoder" if self.W_skip is not None else "transcoder"
 
     def export_tensors(self) -> dict[str, Tensor]:
         """The tensors of sae_weights.safetensors, named as SAELens names them for this
         architecture. Default: the parameters as they are. An architecture that renames or
-        derives tensors here must accept the exported names back in `load_state_dict` (with a
-        load_state_dict pre-hook), so an exported file still loads into a fresh SAE."""
+        derives tensors here must accept the exported names back in `load_state_dict`
+        (with a load_state_dict pre-hook), so an exported file still loads into a fresh SAE."""
         return {name: p.detach() for name, p in self.named_parameters()}
 
 

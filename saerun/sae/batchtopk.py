@@ -81,8 +81,8 @@ class BatchTopKSAE(TopKSAE):
         new = torch.where(self.threshold < 0, smallest, blended)
         self.threshold.copy_(torch.where(torch.isfinite(smallest), new, self.threshold))
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
-        out = super().loss(x, step)
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
+        out = super().loss(x, step, y)
         if self.training:  # a loss computed in eval mode (a probe) must not move theta
             self.update_threshold(out.f.vals if isinstance(out.f, Codes) else out.f)
         return out
@@ -91,3 +91,7 @@ class BatchTopKSAE(TopKSAE):
         """SAELens's jumprelu tensors: W_enc, b_enc, W_dec, b_dec and threshold [d_sae]. The
         buffer already has that name and shape, so an exported file loads back as it is."""
         return {**super().export_tensors(), "threshold": self.threshold.detach().clone()}
+
+    def saelens_transcoder(self) -> str:
+        """Inference is SAELens's JumpReLU formula with the global threshold: exact."""
+        return "jumprelu_skip_transcoder" if self.W_skip is not None else "jumprelu_transcoder"

@@ -23,6 +23,8 @@ and hence f unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -55,7 +57,7 @@ class GatedSAE(SAE):
 
     def pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag), each [batch, d_sae]."""
-        centred = x - self.b_dec
+        centred = self.centre(x)
         pi_gate = centred @ self.W_enc + self.b_enc
         pi_mag = centred @ (self.W_enc * self.r_mag.exp()) + self.b_mag
         return pi_gate, pi_mag
@@ -65,54 +67,62 @@ class GatedSAE(SAE):
         # A comparison has no gradient: the gate is a true Heaviside step in the backward pass.
         return torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
         """On the sparse kernels when few gates are open (`sae.sparse`): every term is zero, with
         zero gradient, where the gate is shut. Either way pi_mag is computed from pi_gate,
         pi_mag = exp(r_mag) (pi_gate - b_gate) + b_mag, which spares its product."""
+        y = x if y is None else y
         if not self.use_sparse(x):
-            return self.dense_loss(x, step, *self.pre_acts(x))
-        x_c = x - self.b_dec
+            return self.dense_loss(x, y, step, *self.pre_acts(x))
+        x_c = self.centre(x)
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
         active = None if sparse.probably_dense(pre, 0.0) else pre > 0
         if active is not None and sparse.pays(sparse.count(active), active):
             rows, cols, offsets = sparse.where(active)
             pi_gate = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols,
-                                           offsets, self.b_dec)
+                                           offsets, self.centre_bias)
             take = sparse.take
             pi_mag = (take(self.r_mag.exp(), cols) * (pi_gate - take(self.b_enc, cols))
                       + take(self.b_mag, cols))
             f = Codes(cols, torch.relu(pi_mag), rows, offsets, self.d_sae)
             gate = f.with_vals(torch.relu(pi_gate))
             w_dec = self.train_decoder()
-            x_hat = sparse.decode(f, w_dec) + self.b_dec
+            x_hat = sparse.decode(f, w_dec) + self.out_bias(x)
             weights = take(self.penalty_weights(w_dec), cols)
             sparsity = (gate.vals * weights).sum() / x.shape[0]
-            x_hat_frozen = sparse.decode(gate, w_dec.detach()) + self.b_dec.detach()
-            return self._combine(x, step, x_hat, sparsity, x_hat_frozen,
+            x_hat_frozen = sparse.decode(gate, w_dec.detach()) + self.frozen_out_bias(x)
+            return self._combine(y, step, x_hat, sparsity, x_hat_frozen,
                                  f.with_vals(f.vals.detach()))
-        pi_gate = sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec)
+        pi_gate = sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.centre_bias)
         pi_mag = self.r_mag.exp() * (pi_gate - self.b_enc) + self.b_mag
-        return self.dense_loss(x, step, pi_gate, pi_mag)
+        return self.dense_loss(x, y, step, pi_gate, pi_mag)
 
-    def _combine(self, x: Tensor, step: StepInfo, x_hat: Tensor, sparsity: Tensor,
+    def _combine(self, y: Tensor, step: StepInfo, x_hat: Tensor, sparsity: Tensor,
                  x_hat_frozen: Tensor, f: Tensor | Codes) -> LossOutput:
-        mse = mse_per_token(x, x_hat).mean()
-        aux = mse_per_token(x, x_hat_frozen).mean()
+        mse = mse_per_token(y, x_hat).mean()
+        aux = mse_per_token(y, x_hat_frozen).mean()
         coefficient = resolved(self.cfg.sparsity.coefficient, "sparsity.coefficient")
         loss = mse + step.sparsity_scale * coefficient * sparsity + aux
         l0 = f.l0() if isinstance(f, Codes) else l0_of(f)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0.detach(), f)
 
-    def dense_loss(self, x: Tensor, step: StepInfo, pi_gate: Tensor,
+    def dense_loss(self, x: Tensor, y: Tensor, step: StepInfo, pi_gate: Tensor,
                    pi_mag: Tensor) -> LossOutput:
         f = torch.where(pi_gate > 0, torch.relu(pi_mag), 0.0)
         w_dec = self.train_decoder()
-        x_hat = f @ w_dec + self.b_dec
+        x_hat = f @ w_dec + self.out_bias(x)
         gate = torch.relu(pi_gate)
         sparsity = (gate @ self.penalty_weights(w_dec)).mean()  # L1 of gate >= 0: one GEMV
-        x_hat_frozen = gate @ w_dec.detach() + self.b_dec.detach()
-        return self._combine(x, step, x_hat, sparsity, x_hat_frozen, f.detach())
+        x_hat_frozen = gate @ w_dec.detach() + self.frozen_out_bias(x)
+        return self._combine(y, step, x_hat, sparsity, x_hat_frozen, f.detach())
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        if self.transcoder:  # SAELens 6.54 has no gated transcoder: said, not hidden
+            return {"architecture": "gated", "apply_b_dec_to_input": False, "d_out": self.d_out,
+                    "saerun_not_representable": "a gated transcoder (SAELens has no class for "
+                    "it): its encoder reads x without b_dec, its decoder writes d_out"}
+        return super().saelens_cfg()
 
     def export_tensors(self) -> dict[str, Tensor]:
         """SAELens's GatedSAE names: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_enc)."""

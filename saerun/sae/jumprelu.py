@@ -106,7 +106,7 @@ class JumpReLUSAE(SAE):
         return self.log_threshold.exp()
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centre(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
         return JumpReLUFn.apply(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
@@ -121,13 +121,14 @@ class JumpReLUSAE(SAE):
             return l0
         return (l0 / cfg.target_l0 - 1.0) ** 2  # target_l0: only the batch mean is steered
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
         """On the sparse kernels (`sae.sparse`) when few entries matter: those with pre within
         eps/2 below theta or above (the only ones with a value or a straight-through gradient),
         plus, for the pre-activation loss, the dead latents' entries below theta."""
+        y = x if y is None else y
         if not self.use_sparse(x):
-            return self.dense_loss(x, step, self.pre_acts(x))
-        x_c = x - self.b_dec
+            return self.dense_loss(x, y, step, self.pre_acts(x))
+        x_c = self.centre(x)
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
             theta = self.threshold
@@ -141,22 +142,23 @@ class JumpReLUSAE(SAE):
                 if sparse.pays(sparse.count(near) + sparse.count(below), near):
                     masks = near, below
         if masks is not None:
-            return self.sparse_loss(x, x_c, pre, step, *masks)
-        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec))
+            return self.sparse_loss(x, y, x_c, pre, step, *masks)
+        return self.dense_loss(x, y, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre,
+                                                         self.centre_bias))
 
-    def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo, near: Tensor,
-                    below: Tensor) -> LossOutput:
+    def sparse_loss(self, x: Tensor, y: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
+                    near: Tensor, below: Tensor) -> LossOutput:
         cfg = self.cfg
         rows, cols, offsets = sparse.where(near)
         pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
-                                     self.b_dec)
+                                     self.centre_bias)
         theta = self.threshold
         theta_e = sparse.take(theta, cols)
         f = Codes(cols, JumpReLUFn.apply(pre_e, theta_e, cfg.bandwidth), rows, offsets,
                   self.d_sae)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
-        mse = mse_per_token(x, sparse.decode(f, w_dec) + self.b_dec).mean()
+        mse = mse_per_token(y, sparse.decode(f, w_dec) + self.out_bias(x)).mean()
         batch = x.shape[0]
         if cfg.sparsity_mode == "tanh":
             weights_e = sparse.take(weights, cols)
@@ -168,21 +170,21 @@ class JumpReLUSAE(SAE):
         if cfg.pre_act_coefficient > 0:
             b_rows, b_cols, b_offsets = sparse.where(below)
             pre_b = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, b_rows, b_cols,
-                                         b_offsets, self.b_dec)
+                                         b_offsets, self.centre_bias)
             pre_act = (torch.relu(sparse.take(theta, b_cols) - pre_b)
                        * sparse.take(weights, b_cols)).sum() / batch
             loss = loss + cfg.pre_act_coefficient * pre_act
         detached = f.with_vals(f.vals.detach())
         return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)
 
-    def dense_loss(self, x: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
+    def dense_loss(self, x: Tensor, y: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
         """The loss on dense products, from pre-activations with their gradient."""
         cfg = self.cfg
         theta = self.threshold
         f = JumpReLUFn.apply(pre, theta, cfg.bandwidth)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
-        mse = mse_per_token(x, f @ w_dec + self.b_dec).mean()
+        mse = mse_per_token(y, f @ w_dec + self.out_bias(x)).mean()
         sparsity = self.penalty(pre, f, theta, weights)
         loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
         if cfg.pre_act_coefficient > 0:
@@ -199,6 +201,10 @@ class JumpReLUSAE(SAE):
         tensors = super().export_tensors()
         tensors["threshold"] = tensors.pop("log_threshold").exp()
         return tensors
+
+    def saelens_transcoder(self) -> str:
+        """SAELens's JumpReLU transcoders: relu(pre) * (pre > theta), saerun's with theta > 0."""
+        return "jumprelu_skip_transcoder" if self.W_skip is not None else "jumprelu_transcoder"
 
 
 def _threshold_to_log(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,

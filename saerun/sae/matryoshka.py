@@ -3,7 +3,7 @@
 Encoder, selection, threshold, AuxK and decoder constraint: exactly `batchtopk`. The loss makes
 every prefix of the dictionary a dictionary of its own: with nested widths m_1 < ... < m_n =
 d_sae and weights w_j,
-    recon = sum_j w_j * mean_batch ||x - (f[:, :m_j] W_dec[:m_j] + b_dec)||^2,
+    recon = sum_j w_j * mean_batch ||y - (f[:, :m_j] W_dec[:m_j] + b_dec)||^2 (y = x for an SAE),
 so the first latents must reconstruct x on their own and learn general features, while later
 ones add detail; this counters feature absorption and splitting. AuxK reconstructs the residual
 of the full dictionary (j = n). Prefix reconstructions are built incrementally, one group of
@@ -37,25 +37,26 @@ class MatryoshkaSAE(BatchTopKSAE):
         self.prefix_widths = list(resolved(cfg.prefix_widths, "prefix_widths"))
         self.prefix_weights = list(resolved(cfg.prefix_weights, "prefix_weights"))
 
-    def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
-        x_hat = self.b_dec.expand_as(x)
+    def reconstruction(self, x: Tensor, y: Tensor, f: Tensor,
+                       w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        x_hat = self.out_bias(x).expand_as(y)
         recon = x.new_zeros(())
         start = 0
         for width, weight in zip(self.prefix_widths, self.prefix_weights, strict=True):
             x_hat = x_hat + f[:, start:width] @ w_dec[start:width]
-            recon = recon + weight * mse_per_token(x, x_hat).mean()
+            recon = recon + weight * mse_per_token(y, x_hat).mean()
             start = width
         return recon, x_hat  # x_hat: the full dictionary's reconstruction
 
-    def sparse_reconstruction(self, x: Tensor, codes: Codes,
+    def sparse_reconstruction(self, x: Tensor, y: Tensor, codes: Codes,
                               w_dec: Tensor) -> tuple[Tensor, Tensor]:
         """`reconstruction` from sparse codes: each prefix group decodes its own entries."""
-        x_hat = self.b_dec.expand_as(x)
+        x_hat = self.out_bias(x).expand_as(y)
         recon = x.new_zeros(())
         start = 0
         for width, weight in zip(self.prefix_widths, self.prefix_weights, strict=True):
             part = codes.select((codes.cols >= start) & (codes.cols < width))
             x_hat = x_hat + decode(part, w_dec)
-            recon = recon + weight * mse_per_token(x, x_hat).mean()
+            recon = recon + weight * mse_per_token(y, x_hat).mean()
             start = width
         return recon, x_hat

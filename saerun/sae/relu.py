@@ -38,7 +38,7 @@ class ReluSAE(SAE):
         return resolved(self.cfg.sparsity.coefficient, "sparsity.coefficient")
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centre(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_acts(x))
@@ -60,41 +60,43 @@ class ReluSAE(SAE):
         eps = sparsity.epsilon
         return torch.sqrt(weighted + eps) - eps**0.5
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
+        y = x if y is None else y
         if not self.use_sparse(x):
-            return self.dense_loss(x, step, self.pre_acts(x))
-        x_c = x - self.b_dec
+            return self.dense_loss(x, y, step, self.pre_acts(x))
+        x_c = self.centre(x)
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
         if not self.cfg.ghost_grads and not sparse.probably_dense(pre, 0.0):
             active = pre > 0
             if sparse.pays(sparse.count(active), active):
-                return self.sparse_loss(x, x_c, pre, step, sparse.where(active))
-        return self.dense_loss(x, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre, self.b_dec))
+                return self.sparse_loss(x, y, x_c, pre, step, sparse.where(active))
+        return self.dense_loss(x, y, step, sparse.linear(x_c, self.W_enc, self.b_enc, pre,
+                                                         self.centre_bias))
 
-    def sparse_loss(self, x: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
+    def sparse_loss(self, x: Tensor, y: Tensor, x_c: Tensor, pre: Tensor, step: StepInfo,
                     entries: tuple[Tensor, Tensor, Tensor]) -> LossOutput:
         rows, cols, offsets = entries
         vals = torch.relu(sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, *entries,
-                                                 self.b_dec))
+                                                 self.centre_bias))
         codes = Codes(cols, vals, rows, offsets, self.d_sae)
         w_dec = self.train_decoder()
-        x_hat = sparse.decode(codes, w_dec) + self.b_dec
-        mse = mse_per_token(x, x_hat).mean()
+        x_hat = sparse.decode(codes, w_dec) + self.out_bias(x)
+        mse = mse_per_token(y, x_hat).mean()
         weights = sparse.take(self.penalty_weights(w_dec), cols)
         sparsity = self.penalty_terms(vals * weights).sum() / x.shape[0]
         loss = mse + step.sparsity_scale * self.coefficient * sparsity
         detached = codes.with_vals(vals.detach())
         return LossOutput(loss, mse.detach(), sparsity.detach(), detached.l0(), detached)
 
-    def dense_loss(self, x: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
+    def dense_loss(self, x: Tensor, y: Tensor, step: StepInfo, pre: Tensor) -> LossOutput:
         """The loss on dense products, from pre-activations with their gradient."""
         f = torch.relu(pre)
         w_dec = self.train_decoder()
-        x_hat = f @ w_dec + self.b_dec
-        mse = mse_per_token(x, x_hat).mean()
+        x_hat = f @ w_dec + self.out_bias(x)
+        mse = mse_per_token(y, x_hat).mean()
         sparsity = self.penalty(f, w_dec).mean()
         loss = mse + step.sparsity_scale * self.coefficient * sparsity
         if self.cfg.ghost_grads:
-            loss = loss + ghost_grads_loss(pre, x, x_hat, w_dec, step.dead_mask)
+            loss = loss + ghost_grads_loss(pre, y, x_hat, w_dec, step.dead_mask)
         return LossOutput(loss, mse.detach(), sparsity.detach(), l0_of(f), f.detach())

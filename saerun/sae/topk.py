@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from saerun.sae.auxk import auxk_loss, sparse_auxk_loss
 from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
@@ -38,8 +38,14 @@ class TopKSAE(SAE):
     saelens_architecture = "topk"
     cfg: TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig  # the TopK family's
 
+    def __init__(self, cfg: TopKSAEConfig | BatchTopKSAEConfig | MatryoshkaSAEConfig,
+                 generator: torch.Generator) -> None:
+        super().__init__(cfg, generator)
+        # A TopK transcoder's export holds SAELens's threshold (zeros): ignored on load.
+        self.register_load_state_dict_pre_hook(_drop_export_threshold)
+
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return self.centre(x) @ self.W_enc + self.b_enc
 
     def select(self, pre: Tensor) -> Tensor:
         """Latents from pre-activations: per token, ReLU of the k largest, zeros elsewhere."""
@@ -53,54 +59,79 @@ class TopKSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.select(self.pre_acts(x))
 
-    def reconstruction(self, x: Tensor, f: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
-        """(the reconstruction term of the loss, x_hat) for latents f decoded with w_dec."""
-        x_hat = f @ w_dec + self.b_dec
-        return mse_per_token(x, x_hat).mean(), x_hat
+    def reconstruction(self, x: Tensor, y: Tensor, f: Tensor,
+                       w_dec: Tensor) -> tuple[Tensor, Tensor]:
+        """(the reconstruction term of the loss against target y, y_hat) for latents f of
+        input x decoded with w_dec."""
+        x_hat = f @ w_dec + self.out_bias(x)
+        return mse_per_token(y, x_hat).mean(), x_hat
 
     def train_indices(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`train_select`'s choice as (rows, cols, offsets) in bag layout (`sae.sparse`)."""
         return row_topk(pre, self.cfg.k)
 
-    def sparse_reconstruction(self, x: Tensor, codes: Codes,
+    def sparse_reconstruction(self, x: Tensor, y: Tensor, codes: Codes,
                               w_dec: Tensor) -> tuple[Tensor, Tensor]:
         """`reconstruction` from sparse codes."""
-        x_hat = decode(codes, w_dec) + self.b_dec
-        return mse_per_token(x, x_hat).mean(), x_hat
+        x_hat = decode(codes, w_dec) + self.out_bias(x)
+        return mse_per_token(y, x_hat).mean(), x_hat
 
-    def loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+    def loss(self, x: Tensor, step: StepInfo, y: Tensor | None = None) -> LossOutput:
+        y = x if y is None else y
         if not self.use_sparse(x):
-            return self.dense_loss(x, step)
-        x_c = x - self.b_dec
+            return self.dense_loss(x, y, step)
+        x_c = self.centre(x)
         with torch.no_grad():
             pre = x_c @ self.W_enc + self.b_enc
         rows, cols, offsets = self.train_indices(pre)
         vals = torch.relu(gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
-                                         self.b_dec))
+                                         self.centre_bias))
         codes = Codes(cols, vals, rows, offsets, self.d_sae)
         w_dec = self.train_decoder()
-        recon, x_hat = self.sparse_reconstruction(x, codes, w_dec)
-        aux = sparse_auxk_loss(self, x_c, pre, x - x_hat, w_dec, step.dead_mask,
+        recon, x_hat = self.sparse_reconstruction(x, y, codes, w_dec)
+        aux = sparse_auxk_loss(self, x_c, pre, y - x_hat, w_dec, step.dead_mask,
                                resolved(self.cfg.aux_k, "aux_k"))
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():
-            mse = mse_per_token(x, x_hat).mean()
+            mse = mse_per_token(y, x_hat).mean()
         detached = codes.with_vals(vals.detach())
         return LossOutput(loss, mse, aux.detach(), detached.l0(), detached)
 
-    def dense_loss(self, x: Tensor, step: StepInfo) -> LossOutput:
+    def dense_loss(self, x: Tensor, y: Tensor, step: StepInfo) -> LossOutput:
         """The plain dense reference of `loss`."""
         pre = self.pre_acts(x)
         f = self.train_select(pre)
         w_dec = self.train_decoder()
-        recon, x_hat = self.reconstruction(x, f, w_dec)
-        aux = auxk_loss(pre, x - x_hat, w_dec, step.dead_mask, resolved(self.cfg.aux_k, "aux_k"))
+        recon, x_hat = self.reconstruction(x, y, f, w_dec)
+        aux = auxk_loss(pre, y - x_hat, w_dec, step.dead_mask, resolved(self.cfg.aux_k, "aux_k"))
         # No sparsity penalty, so no warm-up applies: `sparsity` reports the unweighted AuxK.
         loss = recon + self.cfg.aux_coefficient * aux
         with torch.no_grad():  # the full reconstruction (matryoshka's term is a weighted sum)
-            mse = mse_per_token(x, x_hat).mean()
+            mse = mse_per_token(y, x_hat).mean()
         l0 = l0_of(f)
         return LossOutput(loss, mse, aux.detach(), l0.detach(), f.detach())
 
     def saelens_cfg(self) -> dict[str, Any]:
+        if self.transcoder:  # SAELens has no top-k transcoder (see `saelens_transcoder`)
+            return {**super().saelens_cfg(), "k": self.cfg.k,
+                    "saerun_not_representable": "per-token top-k selection (k above): SAELens's "
+                    "jumprelu_transcoder with threshold 0 is a ReLU transcoder, so it keeps every "
+                    "positive pre-activation; apply top-k to its encode to match saerun"}
         return {**super().saelens_cfg(), "k": self.cfg.k}
+
+    def saelens_transcoder(self) -> str:
+        """SAELens 6.54 has no top-k transcoder: the closest is its JumpReLU transcoder at
+        threshold 0 (same weights and pre-activations; top-k not applied), said in cfg.json."""
+        return "jumprelu_skip_transcoder" if self.W_skip is not None else "jumprelu_transcoder"
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        tensors = super().export_tensors()
+        if self.transcoder and "threshold" not in tensors:
+            tensors["threshold"] = torch.zeros(self.d_sae)
+        return tensors
+
+
+def _drop_export_threshold(module: nn.Module, state_dict: dict[str, Tensor], prefix: str,
+                           *args: object) -> None:
+    if "threshold" not in module._buffers:
+        state_dict.pop(prefix + "threshold", None)

@@ -86,6 +86,15 @@ class _SAECommon(_Strict):
     d_in: int | None = Field(
         None, gt=0, description="input width; taken from the model when omitted (derived)."
     )
+    d_out: int | None = Field(
+        None, gt=0, description="output width of a transcoder (site.hook_name_out set): taken "
+        "from the model's width at hook_name_out when omitted (derived); null for an SAE, whose "
+        "target is its input (width d_in).",
+    )
+    skip_connection: bool = Field(
+        False, description="add a learned linear skip x W_skip to the reconstruction (a skip "
+        "transcoder; W_skip [d_in, d_out], initialised to zero). Transcoders only.",
+    )
     d_sae: int | None = Field(
         None, gt=0, le=MAX_LATENTS,
         description="number of latents; or give expansion_factor instead.",
@@ -109,11 +118,14 @@ class _SAECommon(_Strict):
         "0.1 with norm_weighted, 1 with unit_norm (which admits only 1).",
     )
     init_encoder_as_decoder_transpose: bool = Field(
-        True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update)."
+        True, description="initialise W_enc to W_dec^T (Anthropic, April 2024 update). A "
+        "transcoder admits it only when d_in = d_out (W_dec^T is then [d_in, d_sae]); set it "
+        "false for one whose widths differ.",
     )
     b_dec_init: Literal["zeros", "mean", "geometric_median"] = Field(
         "geometric_median",
-        description="initial decoder bias: zeros, the activation mean or their geometric median.",
+        description="initial decoder bias: zeros, the mean or the geometric median of the "
+        "target's activations (a transcoder's OUT, an SAE's input).",
     )
 
     @property

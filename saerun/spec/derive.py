@@ -122,6 +122,9 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("train", "compile"): False,
     ("train", "tf32"): True,
     ("train", "device"): None,
+    ("site", "hook_name_out"): None,
+    ("sae", "d_out"): None,
+    ("sae", "skip_connection"): False,
 }
 # Fields that never change a result (how fast, not what): never in the view.
 NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "curve_flush_seconds"))

@@ -68,6 +68,12 @@ class SiteConfig(_Strict):
         description="transformer-lens hook point(s) to train on, e.g. 'blocks.6.hook_resid_post'. "
         "A list trains one SAE per site, all fed by the same model forward pass.",
     )
+    hook_name_out: str | None = Field(
+        None, description="a transcoder's target: the dictionary reads hook_name (IN) and "
+        "reconstructs this hook (OUT), e.g. blocks.1.hook_mlp_in -> blocks.1.hook_mlp_out "
+        "(one MLP). null: an SAE, whose target is its input. Sweep it (null among the values) "
+        "to mix SAEs and transcoders on one forward pass.",
+    )
 
 
 class DataConfig(_Strict):
@@ -89,7 +95,8 @@ class DataConfig(_Strict):
         0.05, gt=0, lt=1, description="fraction of documents held out for evaluation."
     )
     shuffle_buffer_tokens: int = Field(
-        65_536, gt=0, description="activations held in the shuffle buffer (bounds memory)."
+        65_536, ge=0, description="activations held in the shuffle buffer (bounds memory); 0: "
+        "no shuffling, the activations in the order the model produced them.",
     )
     shuffle_seed: int = Field(0, ge=0, le=MAX_SEED,
                               description="seed of the activation shuffle (data order).")
@@ -292,6 +299,9 @@ class Spec(_Strict):
 
 class ResolvedSite(_Strict):
     hook_name: str = Field(description="the one hook point this SAE trains on.")
+    hook_name_out: str | None = Field(
+        None, description="a transcoder's target hook (OUT); null for an SAE.",
+    )
 
 
 class RunConfig(_Strict):
