@@ -190,6 +190,9 @@ def check(folder: Path) -> dict[str, Any]:
         out["add_sae"] = "attached" if attached else "NOT attached"
         if not attached:
             problems.append(f"add_sae did not attach at {got.hook_name!r}")
+        elif "skip" in out["architecture"]:  # measured: its delta is ~2x saerun's
+            out["spliced"] = ("skipped: SAELens 6.54.12's add_sae drops a skip transcoder's "
+                              "W_skip (its _SAEWrapper runs decode(encode(x)), not forward)")
         elif unrepresentable:
             out["spliced"] = "skipped: SAELens runs this SAE without saerun's " \
                 "(not representable) step"

@@ -23,6 +23,7 @@ from saerun.registry import Registry
 from saerun.report.build import read_densities, write_reports
 from saerun.report.common import Comparison, compare, frontier_points, interpolate, ok, prepare
 from saerun.report.death import INIT_KEY, init_label, matched_effect
+from saerun.report.findings_mlp import MLP_SPECS, mlp_sections
 from saerun.report.frontier import training_flops
 from saerun.report.lr import build_lr
 from saerun.report.rows import results
@@ -66,7 +67,13 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
     write_reports(registry_path, ("frontier", "curves", "posthoc"), {}, report_dir,
                   inputs=front_inputs)
     page = Path(out) / "FINDINGS.md"
-    text = findings_page(prepare(rows), prepare(front_rows), plans, curves, failed)
+    # The MLP questions train at another site: their runs stay out of the other sections.
+    mlp_ids = {i for spec in MLP_SPECS for i in plans.get(spec, [])}
+    main_rows = [r for r in rows if r["run_id"] not in mlp_ids] or rows
+    mlp_rows = [r for r in rows if r["run_id"] in mlp_ids]
+    text = findings_page(prepare(main_rows), prepare(front_rows), plans, curves, failed)
+    text += "\n" + "\n".join(mlp_sections(prepare(mlp_rows) if mlp_rows else [], plans, curves,
+                                           _cmp_words))
     page.write_text(text, encoding="utf-8")
     return page
 

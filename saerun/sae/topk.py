@@ -112,7 +112,9 @@ class TopKSAE(SAE):
         return LossOutput(loss, mse, aux.detach(), l0.detach(), f.detach())
 
     def saelens_cfg(self) -> dict[str, Any]:
-        if self.transcoder:  # SAELens has no top-k transcoder (see `saelens_transcoder`)
+        # SAELens has no top-k transcoder (see `saelens_transcoder`); BatchTopK's inference
+        # is a threshold, which SAELens's JumpReLU transcoder is exactly.
+        if self.transcoder and self.saelens_architecture == "topk":
             return {**super().saelens_cfg(), "k": self.cfg.k,
                     "saerun_not_representable": "per-token top-k selection (k above): SAELens's "
                     "jumprelu_transcoder with threshold 0 is a ReLU transcoder, so it keeps every "
