@@ -124,7 +124,7 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("train", "device"): None,
 }
 # Fields that never change a result (how fast, not what): never in the view.
-NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"),)
+NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "keep_checkpoints"))
 
 
 def v1_metrics(metrics: list[str]) -> list[str]:
