@@ -106,6 +106,27 @@ def test_keep_checkpoints_never_changes_a_run_id():
     assert run_id_of(unit_config()) == run_id_of(unit_config(keep_checkpoints=5))
 
 
+def test_plan_counts_each_jobs_checkpoint_disk_and_warns_about_the_time_limit():
+    from conftest import unit_config
+
+    from saerun.plan import Job, checkpoint_disk_gb, time_limit_warning
+
+    job = Job("ab12cd34", "r", unit_config(), "g", {}, step_flops_per_token=1e12)
+    # relu 8 -> 32: 2*8*32 + 32 + 8 = 552 parameters. A checkpoint: 3 float32 copies (weights,
+    # Adam's moments) + 32 int64 clocks = 6,880 B; 2 kept + 1 being written; the export 2,336 B.
+    assert checkpoint_disk_gb([job]) == pytest.approx((3 * 6880 + 4 * 552 + 4 * 32) / 1e9)
+    kept5 = Job("ab12cd34", "r", unit_config(keep_checkpoints=5), "g", {})
+    assert checkpoint_disk_gb([kept5]) == pytest.approx((6 * 6880 + 2336) / 1e9)
+    # 1e12 FLOPs/token x 1,280 tokens at 1e12 FLOP/s: 1,280 s of steps; 1 + 3 attempts of 5 min
+    # is 1,200 s (too short), of 6 min 1,440 s (enough); max_requeues 0: one attempt only.
+    assert time_limit_warning([job], 6, 3, flops=1e12) is None
+    assert time_limit_warning([job], 5, 3, flops=1e12) == (
+        "its SAE steps alone need ~0.4 h at 1e+12 FLOP/s, more than 4 x the 5 min time limit: "
+        "raise launcher.time or launcher.max_requeues, or split the job (--device-memory)")
+    assert "more than 1 x the 6 min" in time_limit_warning([job], 6, 0, flops=1e12)
+    assert time_limit_warning([Job("ab12cd34", "r", unit_config(), "g", {})], 1, 0) is None
+
+
 # -- the stop path: every SAE of a job checkpointed at one batch boundary ----------------------
 
 SPEC = """\

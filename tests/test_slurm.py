@@ -532,3 +532,46 @@ def test_quickstart_with_a_one_minute_limit_finishes_by_requeueing(tmp_path, slu
     a, b = outs["slurm"], outs["local"]
     assert a.keys() == b.keys() and len(a) == 6
     assert all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
+
+
+SPLIT = SPEC.replace("d_sae: 128", "d_sae: 4096").replace(
+    "train_tokens: 4096", "train_tokens: 16384").replace(
+    "  grid: {data.shuffle_seed: [0, 1]}\n", "  seeds: [0, 1, 2]\n")
+
+
+def test_killing_one_of_three_jobs_retrains_only_its_saes_from_their_checkpoints(
+        tmp_path, slurm_env, cli, monkeypatch):
+    """A budget-split group (--device-memory 0.1: three device jobs, one SAE each): one job
+    SIGKILLed mid-training (node loss) loses only its work since its last checkpoint, never
+    touches the other jobs' runs, and the rerun resumes it to the uninterrupted weights."""
+    folder = fresh(tmp_path, "split", SPLIT)
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:0.3")  # every job mid-training a while
+    code, out, _ = cli(folder, "spec.yaml", "--launcher", "slurm", "--device-memory", "0.1",
+                       "--no-wait")
+    monkeypatch.delenv("SAERUN_FAULT_DELAY")
+    assert code == 0 and "submitted 3 run(s) in 3 Slurm job(s)" in out
+    runs = runs_of(folder)
+    victim = next(r for r in runs.values() if r["job_id"].endswith("_1"))
+    checkpoint = folder / "registry" / "runs" / victim["run_id"] / "checkpoint.json"
+    wait_until(checkpoint.exists)
+    subprocess.run(["scancel", "--signal=KILL", "--full", victim["job_id"]], check=True)
+    local = fresh(tmp_path, "uninterrupted", SPLIT)  # the reference, meanwhile
+    assert cli(local, "spec.yaml", "--quiet", "--device-memory", "0.1")[0] == 0
+    assert cli(folder, "collect", "spec.yaml", "--wait")[0] == 1
+    after = runs_of(folder)
+    assert {r: a["status"] for r, a in after.items()} == {
+        r: "failed" if r == victim["run_id"] else "done" for r in runs}
+    step = json.loads(checkpoint.read_text())["step"]
+    assert 0 < step < 32  # lost at most the steps since that checkpoint
+
+    code, out, _ = cli(folder, "spec.yaml", "--launcher", "slurm", "--device-memory", "0.1",
+                       "--retry-failed", "--quiet")
+    assert code == 0 and f"trained here: {victim['run_id'][:10]}" in out
+    final = runs_of(folder)
+    assert {r["status"] for r in final.values()} == {"done"}
+    for run_id, run in final.items():  # the other jobs' runs untouched
+        if run_id != victim["run_id"]:
+            assert (run["job_id"], run["finished_at"]) == (after[run_id]["job_id"],
+                                                           after[run_id]["finished_at"])
+    a, b = weights(folder), weights(local)
+    assert a.keys() == b.keys() and all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
