@@ -5,13 +5,15 @@
         cfg.json                   SAELens-loadable config (normalisation folded in)
         sae_weights.safetensors    W_enc, b_enc, W_dec, b_dec
         sparsity.safetensors       log10 feature density on the eval tokens ("sparsity")
-        checkpoint.safetensors     resumable training state (+ checkpoint.json)
+        checkpoint-<step>.*        the last train.keep_checkpoints training states, each with
+                                   its tensors' sha256 (+ checkpoint.json, the newest)
 
 Nothing here is ever loaded with pickle: tensors go through safetensors, the rest is JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -96,29 +98,82 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
+#
+#     checkpoint-<step>.safetensors   the training state at that step
+#     checkpoint-<step>.json          its metadata, with the sha256 of every tensor's bytes
+#     checkpoint.json                 the newest one's metadata (written last: the commit point)
+#
+# The last `keep` checkpoints are kept (train.keep_checkpoints); loading takes the newest whose
+# tensors match their checksums and says why it passed over any newer one.
 
 
-def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Tensors first, then the JSON that points at them: a checkpoint counts only once its JSON
-    (which names the step) exists, so a kill between the two leaves the previous one valid."""
-    step = meta["step"]
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes as stored (contiguous, on the CPU), with its dtype and shape."""
+    t = tensor.detach().contiguous().cpu()
+    digest = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                    keep: int = 2) -> None:
+    """Tensors first, then the JSON that describes them (with their checksums), then
+    checkpoint.json: a checkpoint counts only once its JSON exists, so a kill between the writes
+    leaves the previous one valid. Then all but the newest `keep` checkpoints are removed."""
+    step = int(meta["step"])
+    meta = {**meta, "checksums": {k: tensor_sha256(v) for k, v in sorted(tensors.items())}}
     write_tensors(folder / f"checkpoint-{step}.safetensors", tensors)
+    write_json(folder / f"checkpoint-{step}.json", meta)
     write_json(folder / "checkpoint.json", meta)
-    for old in folder.glob("checkpoint-*.safetensors"):
-        if old.name != f"checkpoint-{step}.safetensors":
-            old.unlink(missing_ok=True)
+    for old in _checkpoint_steps(folder)[max(1, keep):]:
+        (folder / f"checkpoint-{old}.json").unlink(missing_ok=True)
+        (folder / f"checkpoint-{old}.safetensors").unlink(missing_ok=True)
+    for stray in folder.glob("checkpoint-*.safetensors"):  # a kill mid-save left no JSON for it
+        if not (folder / f"{stray.name[: -len('.safetensors')]}.json").exists():
+            stray.unlink(missing_ok=True)
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    meta_path = folder / "checkpoint.json"
-    if not meta_path.exists():
-        return None
-    meta = json.loads(meta_path.read_text())
-    tensors = load_file(str(folder / f"checkpoint-{meta['step']}.safetensors"))
-    return tensors, meta
+def _checkpoint_steps(folder: Path) -> list[int]:
+    """Steps that have a checkpoint JSON, newest first."""
+    found = (re.fullmatch(r"checkpoint-(\d+)\.json", p.name) for p in folder.glob("checkpoint-*"))
+    return sorted((int(m[1]) for m in found if m), reverse=True)
+
+
+def load_checkpoint(folder: Path, notes: list[str] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest checkpoint whose tensors match their checksums; None if there is none.
+
+    A checkpoint that cannot be read or does not match (a truncated write, a bad disk) is passed
+    over for the previous one, never trained from; why is appended to `notes`. A checkpoint of
+    an older saerun (checkpoint.json alone, no checksums) is taken as it is."""
+    candidates: list[tuple[int, Path]] = [(s, folder / f"checkpoint-{s}.json")
+                                          for s in _checkpoint_steps(folder)]
+    if not candidates and (folder / "checkpoint.json").exists():
+        candidates = [(-1, folder / "checkpoint.json")]
+    for step, meta_path in candidates:
+        problem = None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            tensors = load_file(str(folder / f"checkpoint-{meta['step']}.safetensors"))
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        else:
+            expected = meta.get("checksums")
+            if expected is not None:
+                actual = {k: tensor_sha256(v) for k, v in tensors.items()}
+                bad = sorted(k for k in expected.keys() | actual.keys()
+                             if expected.get(k) != actual.get(k))
+                if bad:
+                    problem = f"checksum mismatch in {', '.join(bad[:3])}" + (
+                        f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        if problem is None:
+            return tensors, meta
+        if notes is not None:
+            notes.append(f"checkpoint at step {step} in {folder.name} is {problem}: passed over")
+    return None
 
 
 def remove_checkpoint(folder: Path) -> None:
     (folder / "checkpoint.json").unlink(missing_ok=True)
-    for old in folder.glob("checkpoint-*.safetensors"):
+    for old in folder.glob("checkpoint-*"):
         old.unlink(missing_ok=True)

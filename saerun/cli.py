@@ -346,18 +346,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     table = Table()
-    for col in ("run", "name", "status", "Slurm job", "log / error"):
+    for col in ("run", "name", "status", "requeues", "Slurm job", "log / error"):
         table.add_column(col)
     for row in rows:
         job = row["job_id"] or ""
         if row["slurm_state"] and row["status"] == "running" and row["error"]:
             job += f" ({row['slurm_state']})"
-        table.add_row(row["run_id"][:10], escape(row["name"]), row["status"], job,
+        table.add_row(row["run_id"][:10], escape(row["name"]), row["status"],
+                      str(row["requeues"] or ""), job,
                       escape(row["error"] or row["log_path"] or ""))
     console = _console()
     console.print(table)
     counts = {s: sum(r["status"] == s for r in rows)
-              for s in ("planned", "queued", "running", "done", "failed")}
+              for s in ("planned", "queued", "requeued", "running", "done", "failed")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
     if note:
         console.print(escape(note))

@@ -17,8 +17,9 @@ import copy
 import errno
 import platform
 import subprocess
+import sys
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +33,16 @@ if TYPE_CHECKING:
     from saerun.registry import Registry
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class Interrupted(Exception):
+    """Training stopped on request (a cluster's time-limit warning or a pre-emption signal):
+    every unfinished SAE of the group was checkpointed at the same batch boundary first, so a
+    restart resumes all of them bit-identically. `run_ids`: the runs left unfinished."""
+
+    def __init__(self, reason: str, run_ids: list[str]) -> None:
+        super().__init__(reason)
+        self.reason, self.run_ids = reason, run_ids
 
 
 class RunSink(Protocol):
@@ -190,9 +201,14 @@ def failure_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[str, str]:
+def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
+              stop: Callable[[], str | None] | None = None) -> dict[str, str]:
     """Train, evaluate and register one group of claimed jobs; returns {run_id: reason} of the
-    runs that failed numerically (marked failed; the others were finished)."""
+    runs that failed numerically (marked failed; the others were finished).
+
+    stop: asked after every batch; a reason (not None) checkpoints every unfinished SAE at that
+    batch and raises `Interrupted` (launch/worker.py: Slurm's warning before the time limit, or
+    pre-emption)."""
     import torch
 
     from saerun import artifacts, data, imported, saelens
@@ -227,11 +243,17 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
     for job in jobs:
         folder = reg.artifacts_dir(job.run_id)
         tr = Trainer.create(job.run_id, job.config, sae_device)
-        saved = artifacts.load_checkpoint(folder)
+        notes: list[str] = []  # checkpoints passed over (checksum mismatch, unreadable)
+        saved = artifacts.load_checkpoint(folder, notes)
         if saved is not None:
             tr.load_state(*saved)
         trainers.append(tr)
-        reg.mark_running(job.run_id, env, fingerprint, OWNER)
+        run_env = env
+        if notes:  # said in the job's log and kept with the run
+            notes.append(f"resumed from step {tr.step}" if saved else "restarted from step 0")
+            run_env = {**env, "checkpoint_notes": notes}
+            sys.stderr.write(f"saerun: run {job.run_id[:10]}: {'; '.join(notes)}\n")
+        reg.mark_running(job.run_id, run_env, fingerprint, OWNER)
         run = reg.get_run(job.run_id)
         if run is None:  # the sink lost a run this process holds: nothing sensible to write
             raise SaerunError(f"run {job.run_id[:10]} vanished from the registry while running")
@@ -248,7 +270,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
         meta["norm_scale"] = scales[tr.hook_name]
         if tr.hook_name_out is not None:
             meta["norm_scale_out"] = scales[tr.hook_name_out]
-        artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta)
+        artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta,
+                                  tr.config.train.keep_checkpoints)
         reg.add_curve(tr.run_id, tr.curve)
         tr.curve = []
 
@@ -284,11 +307,20 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None) -> dict[
                     if tr.curve:
                         reg.add_curve(tr.run_id, tr.curve)
                         tr.curve = []
+            reason = stop() if stop is not None else None
+            if reason is not None:  # between batches: every trainer is at a step boundary
+                raise Interrupted(reason, [tr.run_id for tr in trainers
+                                           if not tr.done and tr.failure is None])
 
         try:
             train_group(trainers, batches, start, scales, checkpoint, on_batch, failed)
             if progress is not None and task is not None:
                 progress.finish(task)
+        except Interrupted:
+            for tr in trainers:  # never from a broken state (as every checkpoint)
+                if not tr.done and tr.failure is None and tr.check_health() is None:
+                    checkpoint(tr)
+            raise
         finally:
             if ahead is not None:
                 ahead.close()  # stops and joins the producer, also when training stopped early

@@ -94,6 +94,14 @@ def sae_state_bytes(s: SAEShape) -> float:
     return MASTER_COPIES * 4 * sae_params(s) + 8 * s.d_sae
 
 
+def checkpoint_disk_bytes(s: SAEShape, keep: int) -> float:
+    """Disk one run's checkpoints take at most: `keep` checkpoints plus the one being written
+    (the oldest goes once the new one is in place), each the weights and Adam's two moments
+    (float32) and the clocks (int64), plus the final export (weights, density)."""
+    one = 3 * 4 * sae_params(s) + 8 * s.d_sae
+    return (keep + 1) * one + 4 * sae_params(s) + 4 * s.d_sae
+
+
 def step_bytes(s: SAEShape) -> float:
     """The transient peak of one training step: [batch, d_sae] temporaries at the compute
     precision, plus the batch, its normalised copy, x_hat and their gradients ([batch, d_in])."""

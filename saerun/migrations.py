@@ -70,4 +70,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, variant)
     );
     """,
+    # v6: how many times a run's cluster job requeued itself (time limit, pre-emption) so far;
+    # `saerun status` shows a queued run with requeues as `requeued`.
+    """
+    ALTER TABLE runs ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
+    """,
 )

@@ -263,7 +263,7 @@ class Registry:
                 ):
                     self.db.execute(
                         "UPDATE runs SET status='running', owner=?, lease_until=?, started_at=?, "
-                        "finished_at=NULL, error=NULL WHERE run_id=?",
+                        "finished_at=NULL, error=NULL, requeues=0 WHERE run_id=?",
                         [owner, until, _now(), run_id],
                     )
                     claimed.append(run_id)
@@ -389,11 +389,16 @@ class Registry:
                     recorded.append(run_id)
         return recorded
 
+    def set_requeues(self, run_id: str, count: int) -> None:
+        """How many times the run's cluster job has requeued itself (as the job reported it)."""
+        with self._write():
+            self.db.execute("UPDATE runs SET requeues=? WHERE run_id=?", [int(count), run_id])
+
     def in_flight(self, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """Running runs handed to a cluster job (owner `slurm:...`), optionally among `run_ids`:
-        run_id, job_id, log_path, owner, started_at."""
+        run_id, job_id, log_path, owner, started_at, requeues."""
         rows = self.db.query(
-            "SELECT run_id, job_id, log_path, owner, started_at FROM runs "
+            "SELECT run_id, job_id, log_path, owner, started_at, requeues FROM runs "
             "WHERE status='running' AND job_id IS NOT NULL AND owner LIKE 'slurm:%' "
             "ORDER BY run_id"
         )
@@ -510,7 +515,7 @@ class Registry:
         sql = (
             "SELECT r.run_id, r.name, s.name AS spec_name, r.group_key, r.status, r.created_at, "
             "r.started_at, r.finished_at, r.train_seconds, r.eval_seconds, r.tokens_trained, "
-            "r.error, r.launcher, r.job_id, r.log_path, r.step_flops_per_token"
+            "r.error, r.launcher, r.job_id, r.log_path, r.step_flops_per_token, r.requeues"
             + (", r.config " if details else " ")
             + "FROM runs r LEFT JOIN specs s ON s.spec_hash = r.spec_hash "
             + ("WHERE " + " AND ".join(where) if where else "")

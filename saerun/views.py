@@ -128,7 +128,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from saerun.plan import resolved_items
+    from saerun.plan import checkpoint_disk_gb, resolved_items, time_limit_warning
+    from saerun.spec import slurm_minutes
 
     plan = prepared.plan
     groups = plan.groups
@@ -148,6 +149,14 @@ def print_plan(console: Console, prepared: Prepared) -> None:
             parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in dj.memory.items()
                               if k != "total")
             console.print(f"  GB: {parts}; {escape(dj.memory_detail)}")
+        console.print(f"  checkpoints: ~{checkpoint_disk_gb(dj.runs):.3g} GB on disk "
+                      f"(train.keep_checkpoints = {first.train.keep_checkpoints}, one being "
+                      "written, the final export)")
+        if plan.spec.launcher.kind == "slurm":
+            warning = time_limit_warning(dj.runs, slurm_minutes(plan.spec.launcher.time),
+                                         plan.spec.launcher.max_requeues)
+            if warning:
+                console.print(f"  [yellow]warning[/yellow]: {escape(warning)}")
         for run_id in dj.run_ids:
             console.print(f"  {run_id}  {escape(names[run_id])}")
     console.print()

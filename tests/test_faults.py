@@ -181,3 +181,30 @@ def test_a_diverging_run_fails_alone_and_retry_failed_runs_it_again(tmp_path):
     assert plain.returncode == 0 and "trained here" not in plain.stdout
     retry = saerun(folder, "--retry-failed")
     assert retry.returncode == 1 and retry.stdout.count("non-finite loss at step 1") == 2
+
+
+def test_a_checkpoint_corrupted_between_kill_and_resume_is_passed_over_with_a_note(tmp_path,
+                                                                                 reference):
+    import json
+
+    folder = fresh(tmp_path, "corrupted")
+    # 64 step points a run (two SAEs a batch): killed at about batch 15, after the checkpoints
+    # of steps 4, 8 and 12 (the last two kept).
+    assert saerun(folder, fault="train_step:30").returncode == -signal.SIGKILL
+    victim = sorted((folder / "registry" / "runs").iterdir())[0]
+    newest = json.loads((victim / "checkpoint.json").read_text())["step"]
+    assert sorted(p.name for p in victim.glob("checkpoint-*.safetensors")) == [
+        f"checkpoint-{newest}.safetensors", f"checkpoint-{newest - 4}.safetensors"]
+    tensors = victim / f"checkpoint-{newest}.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-8:] = bytes(8)  # a bad disk: the header parses, the last tensor's bytes are wrong
+    tensors.write_bytes(bytes(data))
+    done = saerun(folder)
+    assert done.returncode == 0, done.stderr
+    assert f"checkpoint at step {newest} in {victim.name} is checksum mismatch" in done.stderr
+    assert f"resumed from step {newest - 4}" in done.stderr
+    with Registry(folder / "registry" / "saerun.db") as reg:
+        notes = reg.get_run(victim.name)["environment"]["checkpoint_notes"]
+    assert notes[0].startswith(f"checkpoint at step {newest} in {victim.name} is checksum "
+                               "mismatch in ") and notes[-1] == f"resumed from step {newest - 4}"
+    assert same(final_weights(folder), reference)

@@ -92,6 +92,24 @@ def test_v1_registry_is_migrated_and_backfilled(tmp_path: Path) -> None:
         assert run is not None and run["spec_hash"] == "h1" and run["spec_name"] == "old"
 
 
+def test_v5_registry_gains_a_requeue_count_and_a_claim_resets_it(tmp_path: Path) -> None:
+    path = tmp_path / "saerun.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join(MIGRATIONS[:5]) + """;
+        INSERT INTO runs (run_id, name, group_key, status, config, created_at)
+            VALUES ('ab12cd34', 'r', 'g', 'planned', '{}', '2026-01-01T00:00:00Z');
+        PRAGMA user_version = 5;
+    """)
+    conn.close()
+    with Registry(path) as reg:
+        assert SCHEMA_VERSION == 6
+        assert [r["requeues"] for r in reg.list_runs()] == [0]  # the column's default
+        reg.set_requeues("ab12cd34", 2)
+        assert reg.get_run("ab12cd34")["requeues"] == 2
+        assert reg.claim(["ab12cd34"])[0] == ["ab12cd34"]  # a new job: its own count
+        assert reg.get_run("ab12cd34")["requeues"] == 0
+
+
 def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = tmp_path / "saerun.db"
     conn = sqlite3.connect(path)

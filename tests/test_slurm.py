@@ -461,3 +461,117 @@ def test_quickstart_on_slurm_equals_the_local_launcher(tmp_path, slurm_env):
     a, b = outs["slurm"], outs["local"]
     assert a.keys() == b.keys() and len(a) == 6
     assert all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
+
+
+def test_a_job_past_max_requeues_fails_its_runs_with_that_reason(tmp_path, slurm_env, cli,
+                                                                  monkeypatch):
+    folder = fresh(tmp_path, "limit", ONE_GROUP + "launcher: {kind: slurm, max_requeues: 0}\n")
+    monkeypatch.setenv("SAERUN_FAULT", "signal_at_start")  # the warning, at once, in the job
+    code, out, _ = cli(folder, "spec.yaml", "--quiet")
+    monkeypatch.delenv("SAERUN_FAULT")
+    assert code == 1, out
+    (run,) = runs_of(folder).values()
+    assert run["status"] == "failed" and run["requeues"] == 0
+    assert run["error"].startswith("cut off by the time limit 1 times: requeued 0 time(s), "
+                                   "launcher.max_requeues = 0; raise launcher.time")
+    saved = json.loads((folder / "registry" / "runs" / run["run_id"] / "checkpoint.json")
+                       .read_text())
+    assert saved["step"] == 1  # checkpointed at the first batch boundary after the signal
+    assert "the time limit is near (SIGUSR2): checkpointed 1 run(s)" in Path(
+        run["log_path"]).read_text()
+
+
+@pytest.mark.slow
+def test_a_one_minute_time_limit_requeues_and_ends_bit_identical(tmp_path, slurm_env, cli,
+                                                                 monkeypatch):
+    """Cut off by its time limit (a 1 s step, 32 steps, the warning 40 s before a 1-minute
+    limit), the job checkpoints, requeues itself (Slurm holds a requeued job about 2 minutes)
+    and resumes: the same weights as an uninterrupted local run."""
+    longer = ONE_GROUP.replace("train_tokens: 4096", "train_tokens: 16384")
+    folder = fresh(tmp_path, "requeued", longer + "launcher: {kind: slurm, time: 1m, "
+                   "signal_seconds: 40, max_requeues: 10}\n")
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:1.0")
+    code, out, _ = cli(folder, "spec.yaml", "--no-wait")
+    monkeypatch.delenv("SAERUN_FAULT_DELAY")
+    assert code == 0 and "submitted 1 run(s)" in out
+    local = fresh(tmp_path, "local", longer)
+    assert cli(local, "spec.yaml", "--quiet")[0] == 0
+    seen: set[str] = set()
+
+    def requeued() -> bool:
+        _, status, _ = cli(folder, "status", "spec.yaml", "--json")
+        seen.update(r["status"] for r in json.loads(status))
+        return "requeued" in seen
+
+    wait_until(requeued, 300)
+    assert cli(folder, "collect", "spec.yaml", "--wait")[0] == 0
+    (run,) = runs_of(folder).values()
+    assert run["status"] == "done" and run["requeues"] >= 1
+    a, b = weights(folder), weights(local)
+    assert a.keys() == b.keys() and all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
+
+
+@pytest.mark.slow
+def test_quickstart_with_a_one_minute_limit_finishes_by_requeueing(tmp_path, slurm_env):
+    """The issue's acceptance check: each job cut off at least once, the same run ids and
+    bit-identical weights as the local launcher, the requeue counts in `saerun status`."""
+    outs = {}
+    for name in ("slurm", "local"):
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = folder / "spec.yaml"
+        spec.write_text(f"extends: {REPO / 'specs' / 'quickstart.yaml'}\n" + (
+            "launcher: {kind: slurm, time: 1m, max_requeues: 30}\n" if name == "slurm" else ""))
+        run = saerun(folder, "spec.yaml", "--quiet", timeout=7200)
+        assert run.returncode == 0, run.stdout + run.stderr
+        outs[name] = weights(folder)
+    runs = runs_of(tmp_path / "slurm")
+    assert all(r["requeues"] >= 1 for r in runs.values())
+    status = saerun(tmp_path / "slurm", "status", "spec.yaml")
+    assert "requeues" in status.stdout
+    a, b = outs["slurm"], outs["local"]
+    assert a.keys() == b.keys() and len(a) == 6
+    assert all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
+
+
+SPLIT = SPEC.replace("d_sae: 128", "d_sae: 4096").replace(
+    "train_tokens: 4096", "train_tokens: 16384").replace(
+    "  grid: {data.shuffle_seed: [0, 1]}\n", "  seeds: [0, 1, 2]\n")
+
+
+def test_killing_one_of_three_jobs_retrains_only_its_saes_from_their_checkpoints(
+        tmp_path, slurm_env, cli, monkeypatch):
+    """A budget-split group (--device-memory 0.1: three device jobs, one SAE each): one job
+    SIGKILLed mid-training (node loss) loses only its work since its last checkpoint, never
+    touches the other jobs' runs, and the rerun resumes it to the uninterrupted weights."""
+    folder = fresh(tmp_path, "split", SPLIT)
+    monkeypatch.setenv("SAERUN_FAULT_DELAY", "train_step:0.3")  # every job mid-training a while
+    code, out, _ = cli(folder, "spec.yaml", "--launcher", "slurm", "--device-memory", "0.1",
+                       "--no-wait")
+    monkeypatch.delenv("SAERUN_FAULT_DELAY")
+    assert code == 0 and "submitted 3 run(s) in 3 Slurm job(s)" in out
+    runs = runs_of(folder)
+    victim = next(r for r in runs.values() if r["job_id"].endswith("_1"))
+    checkpoint = folder / "registry" / "runs" / victim["run_id"] / "checkpoint.json"
+    wait_until(checkpoint.exists)
+    subprocess.run(["scancel", "--signal=KILL", "--full", victim["job_id"]], check=True)
+    local = fresh(tmp_path, "uninterrupted", SPLIT)  # the reference, meanwhile
+    assert cli(local, "spec.yaml", "--quiet", "--device-memory", "0.1")[0] == 0
+    assert cli(folder, "collect", "spec.yaml", "--wait")[0] == 1
+    after = runs_of(folder)
+    assert {r: a["status"] for r, a in after.items()} == {
+        r: "failed" if r == victim["run_id"] else "done" for r in runs}
+    step = json.loads(checkpoint.read_text())["step"]
+    assert 0 < step < 32  # lost at most the steps since that checkpoint
+
+    code, out, _ = cli(folder, "spec.yaml", "--launcher", "slurm", "--device-memory", "0.1",
+                       "--retry-failed", "--quiet")
+    assert code == 0 and f"trained here: {victim['run_id'][:10]}" in out
+    final = runs_of(folder)
+    assert {r["status"] for r in final.values()} == {"done"}
+    for run_id, run in final.items():  # the other jobs' runs untouched
+        if run_id != victim["run_id"]:
+            assert (run["job_id"], run["finished_at"]) == (after[run_id]["job_id"],
+                                                           after[run_id]["finished_at"])
+    a, b = weights(folder), weights(local)
+    assert a.keys() == b.keys() and all(a[r][k].equal(b[r][k]) for r in a for k in a[r])

@@ -4,6 +4,7 @@ Only the driver writes the SQLite registry (SQLite over NFS from many nodes corr
 writes into `<registry dir>/runs/<run_id>/`, on storage the nodes share, every file atomically:
 
     curve.json    the training curve so far, rewritten at each checkpoint
+    requeue.json  how many times the job has requeued itself so far, and why (launch/worker.py)
     result.json   written last, once: done (metrics, timings) or failed (error), with the
                   environment, the data fingerprint and the Slurm job id that wrote it
 
@@ -24,7 +25,7 @@ from typing import Any
 from saerun import artifacts
 from saerun.errors import SaerunError
 
-RESULT, CURVE = "result.json", "curve.json"
+RESULT, CURVE, REQUEUE = "result.json", "curve.json", "requeue.json"
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
@@ -55,9 +56,21 @@ def read_curve(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
+def read_requeues(folder: Path, job_id: str) -> int:
+    """How many times `job_id` has requeued itself for this run (0: never, or another job's)."""
+    try:
+        note = json.loads((folder / REQUEUE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(note, dict) or note.get("job_id") != job_id:
+        return 0
+    return int(note.get("count", 0))
+
+
 def clear_result(folder: Path) -> None:
     """Before a run is submitted again: its old result must not be read as the new one."""
     (folder / RESULT).unlink(missing_ok=True)
+    (folder / REQUEUE).unlink(missing_ok=True)
 
 
 class RunFolders:
@@ -104,6 +117,12 @@ class RunFolders:
     def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> bool:
         self._write(run_id, status="failed", error=error)
         return True
+
+    def note_requeue(self, run_id: str, count: int, reason: str) -> None:
+        """The job is about to requeue itself for the `count`-th time."""
+        artifacts.write_json(self.artifacts_dir(run_id) / REQUEUE, {
+            "job_id": self.job_id, "count": int(count), "reason": reason,
+            "written_at": time.time()})
 
     def has_result(self, run_id: str) -> bool:
         return read_result(self.artifacts_dir(run_id), self.job_id) is not None

@@ -34,6 +34,7 @@ from saerun.execute import Heartbeat, Summary, claim_groups, job_payload
 from saerun.launch import results, worker
 from saerun.plan import Job, Plan
 from saerun.spec import SlurmLauncher, slurm_minutes
+from saerun.spec.launcher import signal_seconds
 
 if TYPE_CHECKING:
     from saerun.progress import Progress
@@ -123,7 +124,11 @@ def reconcile(reg: Registry, run_ids: list[str] | None = None) -> list[tuple[str
     for flight in flights:
         run_id, job_id, log = flight["run_id"], flight["job_id"], flight["log_path"]
         state, detail = states.get(job_id, (None, ""))
-        result = results.read_result(results.run_folder(registry_dir, run_id), job_id)
+        folder = results.run_folder(registry_dir, run_id)
+        requeues = results.read_requeues(folder, job_id)
+        if requeues != flight["requeues"]:
+            reg.set_requeues(run_id, requeues)
+        result = results.read_result(folder, job_id)
         where = f"Slurm job {job_id}, log {log}"
         if result is not None:
             if result["status"] == "failed":
@@ -199,8 +204,8 @@ def submit(reg: Registry, groups: list[list[Job]], launcher: SlurmLauncher, spec
     params: dict[str, Any] = {
         "job_name": f"saerun-{spec_name}-{registry_tag(reg)}",
         "time": minutes,
-        # submitit's warning signal before the time limit: 90 s, less for very short limits.
-        "signal_delay_s": min(90, max(10, minutes * 6)),
+        # The warning before the time limit (SIGUSR2): checkpoint, requeue (launch/worker.py).
+        "signal_delay_s": signal_seconds(launcher),
         "cpus_per_task": launcher.cpus_per_job,
         "array_parallelism": launcher.max_parallel,
         "stderr_to_stdout": True,  # one log per job: the one a failed run points at
@@ -220,7 +225,8 @@ def submit(reg: Registry, groups: list[list[Job]], launcher: SlurmLauncher, spec
     payloads = [[job_payload(j, spec_name) for j in group] for group in groups]
     try:
         with executor.batch():
-            handles = [executor.submit(worker.run_group, str(registry_dir), p) for p in payloads]
+            handles = [executor.submit(worker.run_group, str(registry_dir), p,
+                                       launcher.max_requeues) for p in payloads]
     except Exception as err:  # sbatch refused (partition, account, resources...): nothing ran
         raise SaerunError(f"Slurm refused the jobs: {err}".strip(),
                           hint="check --partition, --time and the sbatch options") from None
@@ -302,7 +308,8 @@ def collect(reg: Registry, run_ids: list[str] | None = None,
 def run_states(reg: Registry,
                run_ids: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """`saerun status`: every run (of `run_ids`, else all) with its status as a user thinks of
-    it: planned, queued, running, done or failed, asking Slurm about runs out in jobs. Returns
+    it: planned, queued, requeued, running, done or failed (with `requeues`: how many times its
+    job requeued itself), asking Slurm about runs out in jobs. Returns
     (rows, a note when Slurm could not be asked)."""
     runs = reg.list_runs()
     if run_ids is not None:
@@ -316,14 +323,16 @@ def run_states(reg: Registry,
         states, note = {}, f"Slurm not asked: {err.message}"
     rows = []
     for run in runs:
-        row = {k: run[k] for k in ("run_id", "name", "status", "job_id", "log_path", "error")}
+        row = {k: run[k] for k in ("run_id", "name", "status", "job_id", "log_path", "error",
+                                   "requeues")}
         row["slurm_state"] = None
         if run["run_id"] in flights:
             state = states.get(run["job_id"], ("", ""))[0] or None
             row["slurm_state"] = state
             kind = phase(state)
             if kind in ("queued", "running"):
-                row["status"] = kind
+                # A job waiting in the queue again after requeueing itself is `requeued`.
+                row["status"] = "requeued" if kind == "queued" and run["requeues"] else kind
             elif kind == "ended":
                 row["error"] = "the job has ended; `saerun collect` registers it"
         rows.append(row)

@@ -127,7 +127,8 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("sae", "skip_connection"): False,
 }
 # Fields that never change a result (how fast, not what): never in the view.
-NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "curve_flush_seconds"))
+NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "curve_flush_seconds"),
+                                   ("train", "keep_checkpoints"))
 
 
 def v1_metrics(metrics: list[str]) -> list[str]:

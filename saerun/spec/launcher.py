@@ -18,6 +18,13 @@ from saerun.spec.base import Strict as _Strict
 _TIME_UNITS = {"s": 1 / 60, "m": 1, "h": 60, "d": 24 * 60}
 
 
+def signal_seconds(launcher: SlurmLauncher) -> int:
+    """The lead time of Slurm's warning before the time limit (see SlurmLauncher)."""
+    if launcher.signal_seconds is not None:
+        return launcher.signal_seconds
+    return min(90, max(10, slurm_minutes(launcher.time) * 6))
+
+
 def slurm_minutes(text: str) -> int:
     """A time limit in whole minutes (at least 1) from `90m`, `6h`, `1d12h`, `45` (minutes) or
     Slurm's own forms (`MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`)."""
@@ -78,6 +85,15 @@ class SlurmLauncher(_Strict):
         "1h", description="time limit per job: 90m, 6h, 2d, or Slurm's D-HH:MM:SS.",
     )
     max_parallel: int = Field(8, ge=1, description="jobs of one array running at once (%N).")
+    max_requeues: int = Field(
+        3, ge=0, description="times a job cut off by its time limit requeues itself (each time "
+        "after checkpointing every SAE it holds) before its runs fail with that reason.",
+    )
+    signal_seconds: int | None = Field(
+        None, ge=1, description="seconds before the time limit Slurm warns the job (SIGUSR2; "
+        "Slurm may send it up to 60 s earlier) to checkpoint and requeue; null: 90, or 6 per "
+        "minute of a shorter limit (at least 10).",
+    )
     device_memory_gb: float | None = Field(
         None, gt=0, description="memory of one device in GB (10^9 bytes): each activation group "
         "is split into jobs whose estimated peak fits (`saerun plan` shows the estimates); "

@@ -162,6 +162,11 @@ class TrainConfig(_Strict):
     checkpoint_every_tokens: int = Field(
         1_000_000, gt=0, description="write a resumable checkpoint every N training tokens."
     )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept per run (the newest N, each with its tensors' "
+        "checksums; a resume passes over one that does not match for the one before); the "
+        "final export is kept besides. Never changes a result.",
+    )
     log_every_steps: int = Field(
         25, gt=0, description="record a training-curve point every N steps."
     )

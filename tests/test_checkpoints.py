@@ -1,0 +1,187 @@
+"""Checkpoints you can trust: per-tensor checksums, retention, fallback to the previous good
+checkpoint, and the stop path (a cluster's warning signal) that checkpoints every SAE of a job
+at one batch boundary and resumes bit-identically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saerun import artifacts
+
+
+def state(step: int) -> tuple[dict[str, torch.Tensor], dict]:
+    return ({"w": torch.full((4, 3), float(step)), "clock": torch.arange(5) * step},
+            {"step": step, "tokens": 64 * step})
+
+
+def save_steps(folder: Path, steps: list[int], keep: int = 2) -> None:
+    for step in steps:
+        artifacts.save_checkpoint(folder, *state(step), keep=keep)
+
+
+def test_a_checksum_is_the_sha256_of_dtype_shape_and_bytes():
+    t = torch.tensor([1.0, 2.0], dtype=torch.float32)
+    expected = hashlib.sha256(b"torch.float32:(2,):" + t.numpy().tobytes()).hexdigest()
+    assert artifacts.tensor_sha256(t) == expected
+    assert artifacts.tensor_sha256(t.double()) != expected  # same values, other bytes
+
+
+def test_retention_keeps_the_newest_n_and_records_every_tensors_checksum(tmp_path):
+    save_steps(tmp_path, [4, 8, 12])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-12.json", "checkpoint-12.safetensors", "checkpoint-8.json",
+                     "checkpoint-8.safetensors", "checkpoint.json"]
+    meta = json.loads((tmp_path / "checkpoint-12.json").read_text())
+    tensors, _ = state(12)
+    assert meta["checksums"] == {k: artifacts.tensor_sha256(v) for k, v in tensors.items()}
+    assert json.loads((tmp_path / "checkpoint.json").read_text()) == meta
+    save_steps(tmp_path / "one", [4, 8], keep=1)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "checkpoint-8.json", "checkpoint-8.safetensors", "checkpoint.json"]
+
+
+def test_the_newest_good_checkpoint_is_loaded(tmp_path):
+    save_steps(tmp_path, [4, 8])
+    notes: list[str] = []
+    tensors, meta = artifacts.load_checkpoint(tmp_path, notes)
+    assert meta["step"] == 8 and tensors["w"].equal(torch.full((4, 3), 8.0)) and notes == []
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # inside the last tensor's data: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one_and_says_so(tmp_path):
+    save_steps(tmp_path, [4, 8])
+    flip_last_byte(tmp_path / "checkpoint-8.safetensors")
+    notes: list[str] = []
+    tensors, meta = artifacts.load_checkpoint(tmp_path, notes)
+    assert meta["step"] == 4 and tensors["w"].equal(torch.full((4, 3), 4.0))
+    bad = sorted(load_file(str(tmp_path / "checkpoint-8.safetensors")))[-1]
+    assert notes == [f"checkpoint at step 8 in {tmp_path.name} is checksum mismatch in "
+                     f"{bad}: passed over"]
+
+
+def test_a_truncated_checkpoint_is_unreadable_and_with_none_left_nothing_loads(tmp_path):
+    save_steps(tmp_path, [4, 8])
+    path = tmp_path / "checkpoint-8.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    flip_last_byte(tmp_path / "checkpoint-4.safetensors")
+    notes: list[str] = []
+    assert artifacts.load_checkpoint(tmp_path, notes) is None
+    assert len(notes) == 2 and "step 8" in notes[0] and "unreadable (" in notes[0]
+    assert "step 4" in notes[1] and "checksum mismatch" in notes[1]
+
+
+def test_an_older_saeruns_checkpoint_without_checksums_still_loads(tmp_path):
+    tensors, meta = state(4)
+    artifacts.write_tensors(tmp_path / "checkpoint-4.safetensors", tensors)
+    artifacts.write_json(tmp_path / "checkpoint.json", meta)
+    loaded = artifacts.load_checkpoint(tmp_path)
+    assert loaded is not None and loaded[1] == meta and loaded[0]["w"].equal(tensors["w"])
+
+
+def test_a_save_killed_before_its_json_leaves_the_previous_checkpoint_in_charge(tmp_path):
+    save_steps(tmp_path, [4])
+    tensors, _ = state(8)
+    artifacts.write_tensors(tmp_path / "checkpoint-8.safetensors", tensors)  # no JSON yet
+    assert artifacts.load_checkpoint(tmp_path)[1]["step"] == 4
+    save_steps(tmp_path, [12], keep=5)  # the stray tensors file is swept away
+    assert not (tmp_path / "checkpoint-8.safetensors").exists()
+
+
+def test_keep_checkpoints_never_changes_a_run_id():
+    from conftest import unit_config
+
+    from saerun.plan import run_id_of
+
+    assert run_id_of(unit_config()) == run_id_of(unit_config(keep_checkpoints=5))
+
+
+def test_plan_counts_each_jobs_checkpoint_disk_and_warns_about_the_time_limit():
+    from conftest import unit_config
+
+    from saerun.plan import Job, checkpoint_disk_gb, time_limit_warning
+
+    job = Job("ab12cd34", "r", unit_config(), "g", {}, step_flops_per_token=1e12)
+    # relu 8 -> 32: 2*8*32 + 32 + 8 = 552 parameters. A checkpoint: 3 float32 copies (weights,
+    # Adam's moments) + 32 int64 clocks = 6,880 B; 2 kept + 1 being written; the export 2,336 B.
+    assert checkpoint_disk_gb([job]) == pytest.approx((3 * 6880 + 4 * 552 + 4 * 32) / 1e9)
+    kept5 = Job("ab12cd34", "r", unit_config(keep_checkpoints=5), "g", {})
+    assert checkpoint_disk_gb([kept5]) == pytest.approx((6 * 6880 + 2336) / 1e9)
+    # 1e12 FLOPs/token x 1,280 tokens at 1e12 FLOP/s: 1,280 s of steps; 1 + 3 attempts of 5 min
+    # is 1,200 s (too short), of 6 min 1,440 s (enough); max_requeues 0: one attempt only.
+    assert time_limit_warning([job], 6, 3, flops=1e12) is None
+    assert time_limit_warning([job], 5, 3, flops=1e12) == (
+        "its SAE steps alone need ~0.4 h at 1e+12 FLOP/s, more than 4 x the 5 min time limit: "
+        "raise launcher.time or launcher.max_requeues, or split the job (--device-memory)")
+    assert "more than 1 x the 6 min" in time_limit_warning([job], 6, 0, flops=1e12)
+    assert time_limit_warning([Job("ab12cd34", "r", unit_config(), "g", {})], 1, 0) is None
+
+
+# -- the stop path: every SAE of a job checkpointed at one batch boundary ----------------------
+
+SPEC = """\
+name: stop
+model: {name: saerun/tiny-stdlib}
+site: {hook_name: blocks.1.hook_resid_post}
+data: {context_size: 64, train_tokens: 8192, eval_tokens: 1024, shuffle_buffer_tokens: 2048,
+       lm_batch_sequences: 16, normalize: none}
+sae: {architecture: relu, d_sae: 128}
+train: {lr: 5e-3, batch_tokens: 512, checkpoint_every_tokens: 2048, log_every_steps: 4}
+eval: {metrics: [l0, mse, fvu, dead]}
+sweep:
+  zip: {sae: [{architecture: relu, d_sae: 128}, {architecture: topk, d_sae: 128, k: 8}]}
+"""
+
+
+def planned(folder: Path):
+    from saerun.registry import Registry
+    from saerun.runner import prepare
+
+    folder.mkdir()
+    (folder / "spec.yaml").write_text(SPEC)
+    plan = prepare(folder / "spec.yaml").plan
+    reg = Registry(folder / "saerun.db")
+    spec_hash = reg.add_spec(plan.spec.name, "spec.yaml", SPEC)
+    reg.ensure_runs(spec_hash, [{"run_id": j.run_id, "name": j.name, "group_key": j.group_key,
+                                 "config": j.config.model_dump(mode="json")} for j in plan.jobs])
+    reg.claim([j.run_id for j in plan.jobs])
+    return reg, plan.jobs
+
+
+def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identical(tmp_path):
+    from saerun.execute import Interrupted, run_group
+
+    reg, jobs = planned(tmp_path / "stopped")
+    asked: list[int] = []
+
+    def stop() -> str | None:  # asked after every batch: stop after the 7th (not a checkpoint)
+        asked.append(1)
+        return "the time limit is near" if len(asked) == 7 else None
+
+    with pytest.raises(Interrupted) as caught:
+        run_group(reg, jobs, None, stop=stop)
+    assert caught.value.reason == "the time limit is near"
+    assert sorted(caught.value.run_ids) == sorted(j.run_id for j in jobs)
+    for job in jobs:
+        meta = json.loads((reg.artifacts_dir(job.run_id) / "checkpoint.json").read_text())
+        assert meta["step"] == 7
+    assert run_group(reg, jobs, None) == {}
+    reg.close()
+
+    ref, _ = planned(tmp_path / "uninterrupted")
+    assert run_group(ref, jobs, None) == {}
+    for job in jobs:
+        a = artifacts.read_weights(reg.artifacts_dir(job.run_id))
+        b = artifacts.read_weights(ref.artifacts_dir(job.run_id))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    ref.close()
