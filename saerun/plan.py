@@ -511,29 +511,6 @@ def checkpoint_disk_gb(runs: list[Job]) -> float:
                for j in runs) / 1e9
 
 
-# Achieved FLOP/s assumed for a job's time when nothing was measured (README: about 30 % of an
-# H100's bf16 dense peak), and how many requeues count as "a few".
-ASSUMED_FLOPS = 3e14
-FEW_REQUEUES = 3
-
-
-def time_limit_warning(runs: list[Job], limit_minutes: int, max_requeues: int,
-                       flops: float = ASSUMED_FLOPS) -> str | None:
-    """A warning when one device job's SAE steps (step FLOPs per token x training tokens, at
-    `flops` FLOP/s) cannot finish within a few requeues of its time limit; None when they can
-    or the FLOPs are unknown. The LM forward is not counted: a lower bound on the job's time."""
-    if any(j.step_flops_per_token is None for j in runs):
-        return None
-    seconds = sum(float(j.step_flops_per_token or 0) * j.config.data.train_tokens
-                  for j in runs) / flops
-    attempts = 1 + min(max_requeues, FEW_REQUEUES)
-    if seconds <= attempts * limit_minutes * 60:
-        return None
-    return (f"its SAE steps alone need ~{seconds / 3600:.1f} h at {flops:.0e} FLOP/s, more "
-            f"than {attempts} x the {limit_minutes} min time limit: raise launcher.time or "
-            "launcher.max_requeues, or split the job (--device-memory)")
-
-
 def job_memory(runs: list[Job], dims: ModelDims) -> tuple[dict[str, float], str] | None:
     """(estimated peak of these runs as one device job, in GB by part; how) or None when the
     model's size is unknown."""

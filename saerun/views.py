@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from saerun.execute import Summary
-    from saerun.plan import Plan
+    from saerun.plan import Job, Plan
     from saerun.runner import Prepared
     from saerun.spec import LineMap
 
@@ -128,7 +128,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from saerun.plan import checkpoint_disk_gb, resolved_items, time_limit_warning
+    from saerun.plan import checkpoint_disk_gb, resolved_items
     from saerun.spec import slurm_minutes
 
     plan = prepared.plan
@@ -232,3 +232,24 @@ def _comment(line: str) -> str:
     return ""
 
 
+# Achieved FLOP/s assumed for a job's time when nothing was measured (README: about 30 % of an
+# H100's bf16 dense peak), and how many requeues count as "a few".
+ASSUMED_FLOPS = 3e14
+FEW_REQUEUES = 3
+
+
+def time_limit_warning(runs: list[Job], limit_minutes: int, max_requeues: int,
+                       flops: float = ASSUMED_FLOPS) -> str | None:
+    """A warning when one device job's SAE steps (step FLOPs per token x training tokens, at
+    `flops` FLOP/s) cannot finish within a few requeues of its time limit; None when they can
+    or the FLOPs are unknown. The LM forward is not counted: a lower bound on the job's time."""
+    if any(j.step_flops_per_token is None for j in runs):
+        return None
+    seconds = sum(float(j.step_flops_per_token or 0) * j.config.data.train_tokens
+                  for j in runs) / flops
+    attempts = 1 + min(max_requeues, FEW_REQUEUES)
+    if seconds <= attempts * limit_minutes * 60:
+        return None
+    return (f"its SAE steps alone need ~{seconds / 3600:.1f} h at {flops:.0e} FLOP/s, more "
+            f"than {attempts} x the {limit_minutes} min time limit: raise launcher.time or "
+            "launcher.max_requeues, or split the job (--device-memory)")

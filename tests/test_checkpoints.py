@@ -109,7 +109,8 @@ def test_keep_checkpoints_never_changes_a_run_id():
 def test_plan_counts_each_jobs_checkpoint_disk_and_warns_about_the_time_limit():
     from conftest import unit_config
 
-    from saerun.plan import Job, checkpoint_disk_gb, time_limit_warning
+    from saerun.plan import Job, checkpoint_disk_gb
+    from saerun.views import time_limit_warning
 
     job = Job("ab12cd34", "r", unit_config(), "g", {}, step_flops_per_token=1e12)
     # relu 8 -> 32: 2*8*32 + 32 + 8 = 552 parameters. A checkpoint: 3 float32 copies (weights,
