@@ -122,6 +122,8 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("train", "compile"): False,
     ("train", "tf32"): True,
     ("train", "device"): None,
+    ("data", "boundaries"): "row_bos+bos_eos",
+    ("data", "exclude_outlier_norm"): 10.0,
 }
 # Fields that never change a result (how fast, not what): never in the view.
 NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"),)
