@@ -310,13 +310,15 @@ def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
     if key not in heads:
         batches: list[Kept] = []
         count = 0
-        source = cast("Generator[Kept, None, None]", _kept_batches(lm, data, hook_names))
+        source = _kept_batches(lm, data, hook_names)
         for kept in source:
             batches.append(kept)
             count += int((~kept[1]).sum())
             if count >= n_tokens:
                 break
-        source.close()
+        close = getattr(source, "close", None)
+        if close is not None:  # a generator left mid-way releases its cache and files now
+            close()
         limits, scales = _measure(batches, hook_names, data.exclude_outlier_norm)
         heads[key] = StreamHead(batches, limits, scales)
     return heads[key]

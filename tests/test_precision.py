@@ -126,8 +126,9 @@ def test_the_norm_estimate_from_bf16_activations_equals_a_float64_reference(monk
     acts = [{"h": (torch.randn(1000, 64, generator=g) * 3 + 5).bfloat16()} for _ in range(8)]
     kept = [(a, torch.zeros(1000, dtype=torch.bool)) for a in acts]
     monkeypatch.setattr(activations, "_kept_batches", lambda lm, data, hooks: iter(kept))
+    no_model = type("NoModel", (), {})()  # the stream head is kept per model object
     scale = activations.estimate_norm_scale(
-        None, DataConfig(exclude_outlier_norm=None), ["h"], n_tokens=8000)  # type: ignore[arg-type]
+        no_model, DataConfig(exclude_outlier_norm=None), ["h"], n_tokens=8000)
     norms = torch.cat([a["h"] for a in acts]).double().norm(dim=-1)
     assert scale["h"] == pytest.approx(64**0.5 / norms.mean().item(), rel=1e-6)
 
