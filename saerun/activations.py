@@ -10,9 +10,13 @@ HF model's to float precision, so an SAE trained here splices into the HF model 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
@@ -20,6 +24,7 @@ from torch import Tensor
 
 from saerun import data as data_mod
 from saerun import faults
+from saerun.errors import SaerunError
 from saerun.models import layer_of, model_info
 from saerun.spec import DataConfig
 
@@ -109,22 +114,76 @@ class LanguageModel:
         return self.bridge.run_with_hooks(tokens.to(self.device), fwd_hooks=[(hook_name, hook)])
 
 
+# data.boundaries -> (each row starts with BOS, BOS before each document, EOS after each).
+BOUNDARIES: dict[str, tuple[bool, bool, bool]] = {
+    "row_bos+bos_eos": (True, True, True), "row_bos+eos": (True, False, True),
+    "row_bos+bos": (True, True, False), "row_bos": (True, False, False),
+    "bos_eos": (False, True, True), "eos": (False, False, True), "bos": (False, True, False),
+    "none": (False, False, False),
+}
+ENCODE_BATCH = 64  # documents per call of the tokenizer's batch encode
+
+
+def _special_id(lm: LanguageModel, which: str, data: DataConfig) -> int:
+    token = lm.bos_id if which == "BOS" else lm.eos_id
+    if token is None:
+        raise SaerunError(f"model {lm.name!r} has no {which} token, which data.boundaries "
+                          f"{data.boundaries!r} asks for",
+                          hint="choose data.boundaries without it, e.g. 'none'")
+    return int(token)
+
+
+def encoded_documents(lm: LanguageModel, data: DataConfig,
+                      split: Literal["train", "eval"]) -> Iterator[list[int]]:
+    """The token ids of each document of a split, no special token added: text through the
+    tokenizer's batch call (ENCODE_BATCH documents at once, not one Python call each), a
+    pretokenized row as it is, once its ids are checked against the vocabulary."""
+    vocab = int(lm.bridge.cfg.d_vocab)
+    pending: list[str] = []
+
+    def flush() -> Iterator[list[int]]:
+        if pending:
+            yield from lm.tokenizer(pending, add_special_tokens=False)["input_ids"]
+            pending.clear()
+
+    for doc in data_mod.iter_documents(data, split):
+        if isinstance(doc, str):
+            pending.append(doc)
+            if len(pending) == ENCODE_BATCH:
+                yield from flush()
+            continue
+        yield from flush()
+        if doc and max(doc) >= vocab:
+            raise SaerunError(f"dataset {data.dataset!r} holds token id {max(doc)}, outside the "
+                              f"vocabulary of model {lm.name!r} ({vocab} tokens)",
+                              hint="pretokenize it with this model's tokenizer")
+        yield doc
+    yield from flush()
+
+
 def token_batches(lm: LanguageModel, data: DataConfig,
                   split: Literal["train", "eval"]) -> Iterator[Tensor]:
-    """Packed rows [n, context_size]: documents joined by EOS, each row starting with BOS.
+    """Packed rows [n, context_size], documents joined as data.boundaries says (default: BOS
+    and EOS around each document, each row starting with BOS, which is what every run before
+    the field had on the embedded model, whose tokenizer prepended BOS in `encode`).
     The train split cycles (epochs) until the consumer stops; eval stops at data.eval_tokens."""
-    n = data.context_size - 1
+    row_bos, doc_bos, doc_eos = BOUNDARIES[data.boundaries]
+    before = [_special_id(lm, "BOS", data)] if doc_bos else []
+    after = [_special_id(lm, "EOS", data)] if doc_eos else []
+    head = [_special_id(lm, "BOS", data)] if row_bos else []
+    n = data.context_size - len(head)
     rows: list[list[int]] = []
     stream: list[int] = []
     counted = 0
     while True:
         empty = True
-        for text in data_mod.iter_documents(data, split):
+        for ids in encoded_documents(lm, data, split):
             empty = False
-            stream.extend(lm.tokenizer.encode(text))
-            stream.append(lm.eos_id)
+            stream.extend(before)
+            stream.extend(ids)
+            stream.extend(after)
             while len(stream) >= n:
-                rows.append([lm.bos_id] + stream[:n])
+                rows.append(head + stream[:n])
                 stream = stream[n:]
                 counted += n
                 if len(rows) == data.lm_batch_sequences:
@@ -160,24 +219,137 @@ def activation_cache(lm: LanguageModel, data: DataConfig,
         "lm_batch_sequences": data.lm_batch_sequences,
         "exclude_special_tokens": data.exclude_special_tokens,
     }
+    # Another packing is another token stream; the default is left out so caches filled before
+    # the field existed stay valid. Outlier exclusion happens after the cache: not a key.
+    if data.boundaries != "row_bos+bos_eos":
+        ingredients["boundaries"] = data.boundaries
     return actcache.ActivationCache(root, ingredients, hook_names)
+
+
+Kept = tuple[dict[str, Tensor], Tensor]  # ({hook: [n, d]}, special [n]) of one LM batch
+
+
+def _kept_batches(lm: LanguageModel, data: DataConfig, hook_names: list[str],
+                  start: int = 0) -> Iterator[Kept]:
+    """Per language-model batch of the train stream from batch `start` on: the activations at
+    the positions data.exclude_special_tokens keeps, in the model's dtype, and which of those
+    are special tokens (none when they are excluded). From the activation cache where it has
+    the batch, else one forward pass (written to the cache when one is on)."""
+    cache = activation_cache(lm, data, hook_names)
+    for index, tokens in enumerate(token_batches(lm, data, "train")):
+        if index < start:
+            continue
+        acts = cache.get(index) if cache is not None else None
+        special = lm.special_mask(tokens)
+        keep = ~special if data.exclude_special_tokens else torch.ones_like(special)
+        if acts is None:
+            captured = lm.capture(tokens, hook_names)
+            acts = {h: captured[h][keep.to(lm.device)] for h in hook_names}
+            if cache is not None:
+                cache.put(index, acts)
+        yield acts, special[keep]
+
+
+NORM_SAMPLE_TOKENS = 32_768  # counted training tokens the norm and the outlier limit come from
+
+
+@dataclass
+class StreamHead:
+    """The first language-model batches of a train stream (until NORM_SAMPLE_TOKENS non-special
+    positions), computed once: the outlier limit and the norm estimate are measured on them,
+    and training replays them instead of running the model over them a second time."""
+
+    batches: list[Kept]
+    limits: dict[str, float] | None  # hook -> norm above which a position is an outlier
+    scales: dict[str, float]  # hook -> s with E||s x|| = sqrt(d_in), outliers left out
+
+
+# One head per loaded model and stream; a cache of a deterministic computation (it changes no
+# result, only how often the model runs), dropped with the model.
+_HEADS: weakref.WeakKeyDictionary[LanguageModel, dict[str, StreamHead]] = \
+    weakref.WeakKeyDictionary()
+
+
+def outlier_mask(acts: dict[str, Tensor], limits: dict[str, float]) -> Tensor:
+    """[n] True where the position's norm exceeds its hook's limit at any hook."""
+    out = torch.zeros(next(iter(acts.values())).shape[0], dtype=torch.bool,
+                      device=next(iter(acts.values())).device)
+    for h, limit in limits.items():
+        out |= acts[h].float().norm(dim=-1) > limit
+    return out
+
+
+def _measure(batches: list[Kept], hook_names: list[str], factor: float | None
+             ) -> tuple[dict[str, float] | None, dict[str, float]]:
+    """(outlier limits, norm scales) from the sample: the limit is factor x the (lower) median
+    norm of the non-special positions; the scale averages the norms of the positions that are
+    neither special nor outliers (summed batch by batch in float64, as before the limit)."""
+    limits = None
+    if factor is not None:
+        limits = {}
+        for h in hook_names:
+            norms = torch.cat([a[h][~sp.to(a[h].device)].float().norm(dim=-1)
+                               for a, sp in batches])
+            limits[h] = factor * norms.median().item()
+    sums = dict.fromkeys(hook_names, 0.0)
+    widths: dict[str, int] = {}
+    count = 0
+    for acts, special in batches:
+        keep = ~special.to(acts[hook_names[0]].device)
+        if limits is not None:
+            keep &= ~outlier_mask(acts, limits)
+        for h in hook_names:
+            x = acts[h][keep].float()
+            sums[h] += x.norm(dim=-1).double().sum().item()
+            widths[h] = x.shape[-1]
+        count += int(keep.sum())
+    return limits, {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}
+
+
+def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
+                n_tokens: int = NORM_SAMPLE_TOKENS) -> StreamHead:
+    key = json.dumps([data.model_dump(mode="json"), sorted(hook_names), n_tokens])
+    heads = _HEADS.setdefault(lm, {})
+    if key not in heads:
+        batches: list[Kept] = []
+        count = 0
+        source = _kept_batches(lm, data, hook_names)
+        for kept in source:
+            batches.append(kept)
+            count += int((~kept[1]).sum())
+            if count >= n_tokens:
+                break
+        close = getattr(source, "close", None)
+        if close is not None:  # a generator left mid-way releases its cache and files now
+            close()
+        limits, scales = _measure(batches, hook_names, data.exclude_outlier_norm)
+        heads[key] = StreamHead(batches, limits, scales)
+    return heads[key]
+
+
+def outlier_limits(lm: LanguageModel, data: DataConfig, hook_names: list[str]
+                   ) -> dict[str, float] | None:
+    """hook -> the norm above which a position is excluded (data.exclude_outlier_norm x the
+    median of the sample); None when the option is off."""
+    if data.exclude_outlier_norm is None:
+        return None
+    return stream_head(lm, data, hook_names).limits
 
 
 def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str]
                       ) -> Iterator[dict[str, Tensor]]:
     """{hook: [n, d]} at the counted positions of each language-model batch of the train
-    stream, in order, in the model's dtype; read from the activation cache where it has the
-    batch, else one forward pass (written to the cache when one is on)."""
-    cache = activation_cache(lm, data, hook_names)
-    for index, tokens in enumerate(token_batches(lm, data, "train")):
-        acts = cache.get(index) if cache is not None else None
-        if acts is None:
-            captured = lm.capture(tokens, hook_names)
-            keep = (~lm.special_mask(tokens) if data.exclude_special_tokens
-                    else torch.ones_like(tokens, dtype=torch.bool)).to(lm.device)
-            acts = {h: captured[h][keep] for h in hook_names}
-            if cache is not None:
-                cache.put(index, acts)
+    stream, in order, in the model's dtype: special tokens dropped where the spec says so,
+    outlier positions always (data.exclude_outlier_norm). The first batches are the stream
+    head's (no second forward over them); the rest come from the cache or the model."""
+    head = stream_head(lm, data, hook_names)
+    replay, head.batches = head.batches, []  # replayed once; a second stream recomputes
+    start = len(replay)
+    for acts, _ in itertools.chain(replay, _kept_batches(lm, data, hook_names, start)):
+        if head.limits is not None:
+            outliers = outlier_mask(acts, head.limits)
+            if bool(outliers.any()):
+                acts = {h: a[~outliers] for h, a in acts.items()}
         yield {h: a.to(lm.device) for h, a in acts.items()}
 
 
@@ -259,24 +431,13 @@ class ActivationStream:
 
 @torch.no_grad()
 def estimate_norm_scale(lm: LanguageModel, data: DataConfig, hook_names: list[str],
-                        n_tokens: int = 32_768) -> dict[str, float]:
-    """s with E||s x|| = sqrt(d_in) on training activations (special tokens excluded): puts
-    every site on one scale, so one sparsity coefficient means the same thing everywhere."""
-    sums = dict.fromkeys(hook_names, 0.0)
-    count = 0
-    widths: dict[str, int] = {}
-    # Special tokens are always left out of the estimate (a BOS residual can be far larger
-    # than any text token's), whether or not the SAEs train on them.
-    counted = data.model_copy(update={"exclude_special_tokens": True})
-    for acts in train_activations(lm, counted, hook_names):
-        for h in hook_names:
-            x = acts[h].float()
-            sums[h] += x.norm(dim=-1).double().sum().item()
-            widths[h] = x.shape[-1]
-        count += acts[hook_names[0]].shape[0]  # the same counted positions at every hook
-        if count >= n_tokens:
-            break
-    return {h: (widths[h] ** 0.5) / (sums[h] / count) for h in hook_names}
+                        n_tokens: int = NORM_SAMPLE_TOKENS) -> dict[str, float]:
+    """s with E||s x|| = sqrt(d_in) on training activations: puts every site on one scale, so
+    one sparsity coefficient means the same thing everywhere. Measured on the stream head (the
+    first n_tokens of the train stream, which training then replays: no extra LM pass).
+    Special tokens are always left out of the estimate (a BOS residual can be far larger than
+    any text token's), whether or not the SAEs train on them; so are outlier positions."""
+    return dict(stream_head(lm, data, hook_names, n_tokens).scales)
 
 
 _DONE = object()  # the producer's end-of-stream marker

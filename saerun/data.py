@@ -1,9 +1,11 @@
 """Text sources and the deterministic train/eval split (no model, no transformer-lens here).
 
 A dataset is the embedded corpus ``saerun/stdlib``, a local ``.txt``/``.jsonl``/``.parquet`` file,
-or a Hugging Face dataset name. Every source becomes a stream of documents (strings) in a stable
-order; a document belongs to the eval split iff a hash of its text falls below
-``eval_fraction``, so the split never depends on batch size, seeds or the machine.
+or a Hugging Face dataset name. Every source becomes a stream of documents in a stable order:
+strings, or lists of token ids when the rows have an ``input_ids`` column (a pretokenized
+dataset, as SAELens writes them: read as it is, never retokenized). A document belongs to the
+eval split iff a hash of its content falls below ``eval_fraction``, so the split never depends
+on batch size, seeds or the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_DATASETS: dict[str, Path] = {"saerun/stdlib": EMBEDDED_DIR / "corpus" / "stdlib.jsonl"}
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 OFFLINE_HINT = "use the embedded default 'saerun/stdlib' or a local .txt/.jsonl/.parquet file"
+IDS_COLUMN = "input_ids"  # a row with this column is pretokenized
+Document = str | list[int]
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,25 @@ def _missing_column(data: DataConfig, columns: list[str]) -> SaerunError:
     )
 
 
-def _read_jsonl(path: Path, data: DataConfig) -> Iterator[str]:
+def _token_ids(value: object, where: str) -> list[int]:
+    """A pretokenized row's ids, checked to be a list of non-negative integers (whether they
+    fit the model's vocabulary is checked where the model is known: activations.py)."""
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        return list(value)
+    raise SaerunError(f"{where}: {IDS_COLUMN} must be a list of non-negative integer token ids")
+
+
+def _document(record: dict, data: DataConfig, where: str) -> Document | None:
+    """The document of one row: its token ids when it has them, else its text; None: neither."""
+    if IDS_COLUMN in record:
+        return _token_ids(record[IDS_COLUMN], where)
+    if data.text_column in record:
+        return str(record[data.text_column])
+    return None
+
+
+def _read_jsonl(path: Path, data: DataConfig) -> Iterator[Document]:
     # JSON lines is one json.loads per line: read directly, streaming, with no arrow cache.
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -125,10 +147,12 @@ def _read_jsonl(path: Path, data: DataConfig) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SaerunError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or data.text_column not in record:
+            doc = _document(record, data, f"{path}:{lineno}") if isinstance(record, dict) \
+                else None
+            if doc is None:
                 columns = list(record) if isinstance(record, dict) else []
                 raise _missing_column(data, columns)
-            yield str(record[data.text_column])
+            yield doc
 
 
 def _read_txt(path: Path) -> Iterator[str]:
@@ -139,7 +163,7 @@ def _read_txt(path: Path) -> Iterator[str]:
     yield from text.split(sep)
 
 
-def _read_with_datasets(data: DataConfig, ref: DatasetRef) -> Iterator[str]:
+def _read_with_datasets(data: DataConfig, ref: DatasetRef) -> Iterator[Document]:
     import datasets
 
     if ref.kind == "file":
@@ -149,15 +173,16 @@ def _read_with_datasets(data: DataConfig, ref: DatasetRef) -> Iterator[str]:
     else:
         ds = datasets.load_dataset(ref.name, split=data.split, streaming=True)
     columns = list(ds.column_names or (ds.features or {}).keys())
-    if columns and data.text_column not in columns:
+    if columns and data.text_column not in columns and IDS_COLUMN not in columns:
         raise _missing_column(data, columns)
-    for record in ds:
-        if data.text_column not in record:
+    for index, record in enumerate(ds):
+        doc = _document(record, data, f"{data.dataset} row {index}")
+        if doc is None:
             raise _missing_column(data, list(record))
-        yield str(record[data.text_column])
+        yield doc
 
 
-def _all_documents(data: DataConfig) -> Iterator[str]:
+def _all_documents(data: DataConfig) -> Iterator[Document]:
     ref = resolve_dataset(data.dataset)
     path = ref.path  # set for the embedded and file kinds, None for the hub
     if path is not None and path.name.endswith(".jsonl"):
@@ -167,19 +192,22 @@ def _all_documents(data: DataConfig) -> Iterator[str]:
     return _read_with_datasets(data, ref)
 
 
-def in_eval_split(text: str, eval_fraction: float) -> bool:
-    """Stable across machines and runs: blake2b of the text, read as a number in [0, 1). By
-    content, not position, so duplicate documents never straddle the split (no leak)."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+def in_eval_split(doc: Document, eval_fraction: float) -> bool:
+    """Stable across machines and runs: blake2b of the text (of the ids, comma-separated, for a
+    pretokenized row), read as a number in [0, 1). By content, not position, so duplicate
+    documents never straddle the split (no leak)."""
+    content = doc if isinstance(doc, str) else "ids:" + ",".join(map(str, doc))
+    digest = hashlib.blake2b(content.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < eval_fraction
 
 
-def iter_documents(data: DataConfig, split: Literal["train", "eval"]) -> Iterator[str]:
+def iter_documents(data: DataConfig, split: Literal["train", "eval"]) -> Iterator[Document]:
     """The non-empty documents of one split, in source order."""
     want_eval = split == "eval"
-    for text in _all_documents(data):
-        if text.strip() and in_eval_split(text, data.eval_fraction) == want_eval:
-            yield text
+    for doc in _all_documents(data):
+        empty = not doc.strip() if isinstance(doc, str) else not doc
+        if not empty and in_eval_split(doc, data.eval_fraction) == want_eval:
+            yield doc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +240,8 @@ def _hub_revision(name: str) -> str:
 
 
 def fingerprint(data: DataConfig) -> str:
-    """sha256 of what a run read: the source bytes (or hub revision) plus column and split."""
+    """sha256 of what a run read: the source bytes (or hub revision) plus column and split.
+    The bytes hold a pretokenized dataset's ids, so one id changed is another fingerprint."""
     ref = resolve_dataset(data.dataset)
     if ref.path is not None:
         source = "file:" + file_sha256(ref.path)

@@ -2,8 +2,10 @@
 
 One clean forward per eval batch gives the logits and the activations at every site of the
 group; the zero- and mean-ablation forwards are shared by all SAEs at a site; each SAE then
-costs one patched forward. Special-token positions (BOS) are excluded consistently: they are
-neither reconstructed, nor patched, nor counted in any metric.
+costs one patched forward. Special-token positions (BOS) and outlier positions (a norm above
+the limit of activations.outlier_limits at any site of the group) are excluded consistently:
+they are neither reconstructed, nor patched (they keep their clean activation when an SAE or an
+ablation is spliced in), nor counted in any metric.
 
 A transcoder (an entry with a target hook OUT) reads IN and is scored against OUT: every
 reconstruction metric compares its output with OUT's activations, and the language-model
@@ -79,20 +81,32 @@ def _replaced_by(patch: Tensor) -> Patch:
 def evaluate_group(
     lm: LanguageModel, eval_batches: list[Tensor], saes: Mapping[str, Entry],
     metric_names: AbstractSet[str], exclude_special_tokens: bool = True,
+    outlier_limits: Mapping[str, float] | None = None,
 ) -> dict[str, EvalResult]:
     """`saes`: run_id -> (SAE taking raw activations, hook name[, target hook or None]).
-    Returns run_id -> result."""
+    Returns run_id -> result. `outlier_limits`: hook -> norm above which a position is
+    excluded (None: none is); the excluded count is reported as the metric
+    `excluded_outlier_positions`."""
     runs = {run_id: (e[0], e[1], e[2] if len(e) > 2 and e[2] is not None else e[1])
             for run_id, e in saes.items()}
     targets = sorted({out for _, _, out in runs.values()})  # where outputs are spliced in
     hooks = sorted({h for _, hook, out in runs.values() for h in (hook, out)})
     with_lm = bool(metric_names & LM_METRICS)
     device = next(iter(runs.values()))[0].W_dec.device
+    excluded = 0
 
-    def positions(tokens: Tensor) -> Tensor:  # [b, T] True where a token counts
+    def not_special(tokens: Tensor) -> Tensor:  # [b, T] True where no special token excluded
         if not exclude_special_tokens:
             return torch.ones_like(tokens, dtype=torch.bool)
         return ~lm.special_mask(tokens)
+
+    def positions(tokens: Tensor, acts: Mapping[str, Tensor]) -> Tensor:
+        """[b, T] True where a position counts: not special (when excluded), not an outlier."""
+        keep = not_special(tokens).to(acts[hooks[0]].device)
+        for h, limit in (outlier_limits or {}).items():
+            if h in acts:
+                keep &= acts[h].float().norm(dim=-1) <= limit
+        return keep
 
     means: dict[str, Tensor] = {}
     if with_lm:
@@ -100,8 +114,8 @@ def evaluate_group(
         sums = {h: torch.zeros((), dtype=torch.float64) for h in targets}
         count = 0
         for tokens in eval_batches:
-            acts = lm.capture(tokens, targets)
-            keep = positions(tokens)
+            acts = lm.capture(tokens, hooks)
+            keep = positions(tokens, acts)
             count += int(keep.sum())
             for h in targets:
                 sums[h] = sums[h] + acts[h][keep].double().sum(0)
@@ -110,11 +124,11 @@ def evaluate_group(
     accs = {run_id: MetricAccumulator() for run_id in saes}
     for tokens in eval_batches:
         faults.point("eval")
-        keep = positions(tokens)
         if with_lm:
             # The clean distribution once per batch; each patched forward is then scored with a
             # logsumexp, a gather and a dot per position (metrics.NextTokenScorer).
             logits, acts = lm.forward_with_capture(tokens, hooks)
+            keep = positions(tokens, acts)
             # CE/KL at the positions whose input token counts
             scorer = NextTokenScorer(logits, tokens, keep[:, :-1])
             del logits
@@ -126,6 +140,9 @@ def evaluate_group(
                 ablated[h] = (ce_zero, ce_mean, kl_zero)
         else:
             acts = lm.capture(tokens, hooks)
+            keep = positions(tokens, acts)
+        if outlier_limits is not None:
+            excluded += int(not_special(tokens).sum()) - int(keep.sum())
         for run_id, (sae, hook, out) in runs.items():
             x = acts[hook][keep].to(device=device, dtype=torch.float32)  # counted positions
             y = x if out == hook else acts[out][keep].to(device=device, dtype=torch.float32)
@@ -141,6 +158,6 @@ def evaluate_group(
                 ce_zero, ce_mean, kl_zero = ablated[out]
                 accs[run_id].update_lm(ce_orig=scorer.ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
                                        ce_mean=ce_mean, kl_sae=kl_sae, kl_zero=kl_zero)
-    return {
-        run_id: EvalResult(acc.result(), acc.feature_density()) for run_id, acc in accs.items()
-    }
+    extra = {} if outlier_limits is None else {"excluded_outlier_positions": float(excluded)}
+    return {run_id: EvalResult({**acc.result(), **extra}, acc.feature_density())
+            for run_id, acc in accs.items()}

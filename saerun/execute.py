@@ -211,12 +211,13 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     pre-emption)."""
     import torch
 
-    from saerun import artifacts, data, imported, saelens
+    from saerun import artifacts, data, imported, realmodel, saelens
     from saerun.activations import (
         ActivationStream,
         LanguageModel,
         estimate_norm_scale,
         eval_token_batches,
+        outlier_limits,
         prefetch,
     )
     from saerun.evaluate import evaluate_group
@@ -230,6 +231,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     dtype = getattr(torch, first.model.dtype)
     lm = LanguageModel.load(first.model.name, device=device, dtype=dtype)
     env = environment(device, lm.numerics_mode)
+    if first.model.name in realmodel.REAL_MODELS:  # where its weights came from (quantised)
+        env["model_build"] = realmodel.build_info(first.model.name)
     env["sae_device"] = sae_device
     env["precision"] = first.train.precision
     env["tf32"] = set_tf32(sae_device, first.train.tf32)
@@ -339,7 +342,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     eval_batches = eval_token_batches(lm, first.data)
     metric_names: set[str] = set(first.eval.metrics)
     results = evaluate_group(lm, eval_batches, folded, metric_names,
-                             first.data.exclude_special_tokens)
+                             first.data.exclude_special_tokens,
+                             outlier_limits(lm, first.data, hooks))
     eval_seconds = time.perf_counter() - t1
 
     for tr in trainers:

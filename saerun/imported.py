@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saerun import artifacts, saelens
-from saerun.activations import LanguageModel, eval_token_batches
+from saerun.activations import LanguageModel, eval_token_batches, outlier_limits
 from saerun.errors import SaerunError
 from saerun.evaluate import evaluate_group
 from saerun.plan import Job
@@ -87,8 +87,11 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
     if not saes:
         return failures
     t0 = time.perf_counter()
+    # The positions a trained run of this spec counts: outliers excluded by the same limit.
+    hooks = sorted({hook for _, hook in saes.values()})
     results = evaluate_group(lm, eval_token_batches(lm, first.data), saes,
-                             set(first.eval.metrics), first.data.exclude_special_tokens)
+                             set(first.eval.metrics), first.data.exclude_special_tokens,
+                             outlier_limits(lm, first.data, hooks))
     eval_seconds = time.perf_counter() - t0
     for run_id, (sae, _) in saes.items():
         res = results[run_id]

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from saerun import realmodel
 from saerun.errors import SaerunError
 
 EMBEDDED_MODELS = {
@@ -148,10 +149,14 @@ def _offline() -> bool:
 
 
 def model_info(name: str) -> ModelInfo:
-    """Find a model by name: embedded, a local directory, the HF cache, or the hub."""
+    """Find a model by name: embedded, a real model built from a wheel (realmodel.py), a local
+    directory, the HF cache, or the hub."""
     if name in EMBEDDED_MODELS:
         path = EMBEDDED_MODELS[name]
         return _from_config(name, str(path), json.loads((path / "config.json").read_text()), True)
+    if name in realmodel.REAL_MODELS:
+        path = realmodel.ready_folder(name)
+        return _from_config(name, str(path), json.loads((path / "config.json").read_text()), False)
     try:
         path = Path(name).expanduser()
         local = path.is_dir()
@@ -191,14 +196,19 @@ def model_info(name: str) -> ModelInfo:
 
 
 # transformer-lens hook names (our vocabulary); each is checked against TransformerBridge in
-# tests/test_activations.py.
+# tests/test_activations.py (and tests/test_realmodel.py for a Llama).
 _PER_LAYER = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
               "hook_mlp_in", "hook_mlp_out", "attn.hook_z", "mlp.hook_post")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
 def hook_names(info: ModelInfo) -> list[str]:
-    names = ["hook_embed", "hook_pos_embed"]
+    """The hooks that carry an activation on this model, from its config alone. The bridge
+    registers `hook_pos_embed` on every model, but only a model with learned position
+    embeddings (GPT-2) ever calls it: on a rotary model (Llama, NeoX, Gemma) it stays empty and
+    a run on it would fail at its first batch, so the planner refuses it instead."""
+    learned_pos = FAMILIES.get(info.family, FAMILIES["gpt2"])[1]
+    names = ["hook_embed", "hook_pos_embed"] if learned_pos else ["hook_embed"]
     for i in range(info.n_layers):
         names += [f"blocks.{i}.{h}" for h in _PER_LAYER]
     return names

@@ -326,7 +326,10 @@ def _derive(
             hint="list the sites in site.hook_name itself to train one SAE per site",
         )
     if hook not in dims.hook_widths:
+        rotary = hook == "hook_pos_embed"  # registered by the bridge, never called on the model
         raise SpecError(
+            f"model {name!r} has no learned position embedding, so hook_pos_embed never "
+            "carries an activation" if rotary else
             f"unknown hook name {hook!r} for model {name!r} ({dims.n_layers} layers)",
             path=("site", "hook_name"), field="site.hook_name",
             hint="e.g. blocks.0.hook_resid_post ... "

@@ -21,6 +21,7 @@ MAX_LINES = 600
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "faults", "migrations", "pareto", "progress"),
     ("artifacts", "metrics", "spec"),
+    ("realmodel",),
     ("models", "data", "flops", "memory", "saelens"),
     ("sae",),
     ("plan",),  # it counts each run's step FLOPs through sae/cost.py

@@ -124,8 +124,11 @@ def test_metrics_from_bf16_activations_equal_float64_references():
 def test_the_norm_estimate_from_bf16_activations_equals_a_float64_reference(monkeypatch):
     g = torch.Generator().manual_seed(2)
     acts = [{"h": (torch.randn(1000, 64, generator=g) * 3 + 5).bfloat16()} for _ in range(8)]
-    monkeypatch.setattr(activations, "train_activations", lambda lm, data, hooks: iter(acts))
-    scale = activations.estimate_norm_scale(None, DataConfig(), ["h"], n_tokens=8000)  # type: ignore[arg-type]
+    kept = [(a, torch.zeros(1000, dtype=torch.bool)) for a in acts]
+    monkeypatch.setattr(activations, "_kept_batches", lambda lm, data, hooks: iter(kept))
+    no_model = type("NoModel", (), {})()  # the stream head is kept per model object
+    scale = activations.estimate_norm_scale(
+        no_model, DataConfig(exclude_outlier_norm=None), ["h"], n_tokens=8000)
     norms = torch.cat([a["h"] for a in acts]).double().norm(dim=-1)
     assert scale["h"] == pytest.approx(64**0.5 / norms.mean().item(), rel=1e-6)
 

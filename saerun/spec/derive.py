@@ -125,6 +125,8 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("site", "hook_name_out"): None,
     ("sae", "d_out"): None,
     ("sae", "skip_connection"): False,
+    ("data", "boundaries"): "row_bos+bos_eos",
+    ("data", "exclude_outlier_norm"): 10.0,
 }
 # Fields that never change a result (how fast, not what): never in the view.
 NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "curve_flush_seconds"),

@@ -82,7 +82,9 @@ class DataConfig(_Strict):
         description="the embedded corpus 'saerun/stdlib', a local .txt/.jsonl/.parquet file, or a "
         "Hugging Face dataset name.",
     )
-    text_column: str = Field("text", description="column holding the text (JSONL/parquet/hub).")
+    text_column: str = Field("text", description="column holding the text (JSONL/parquet/hub); "
+                             "rows with an `input_ids` column are read as token ids instead "
+                             "(a pretokenized dataset: never retokenized).")
     split: str = Field("train", description="Hugging Face split to read.")
     context_size: int = Field(128, gt=1, description="tokens per sequence fed to the model.")
     train_tokens: int = Field(
@@ -110,6 +112,24 @@ class DataConfig(_Strict):
     )
     lm_batch_sequences: int = Field(
         32, gt=0, description="sequences per language-model forward pass."
+    )
+    boundaries: Literal["row_bos+bos_eos", "row_bos+eos", "row_bos+bos", "row_bos", "bos_eos",
+                        "eos", "bos", "none"] = Field(
+        "row_bos+bos_eos",
+        description="how documents are packed into rows, the same for every tokenizer (each "
+        "document is encoded without special tokens, then this is inserted): 'row_bos+' = every "
+        "row starts with BOS; then BOS before and EOS after each document ('bos_eos'), one of "
+        "them ('bos', 'eos') or nothing ('row_bos', 'none'). The default is what runs before "
+        "this field had on the embedded model. For a pretokenized dataset whose rows already "
+        "hold their BOS, use 'none'.",
+    )
+    exclude_outlier_norm: float | None = Field(
+        10.0, gt=1,
+        description="drop positions whose activation norm exceeds this multiple of the median "
+        "norm (measured on the norm-estimation sample: the first 32,768 counted training "
+        "tokens) from training, the norm estimate, every metric and every splice, like special "
+        "tokens ('massive activations', Sun et al. 2024); with several sites, a position over "
+        "the limit at any of them; null keeps every position.",
     )
 
 
