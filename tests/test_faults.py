@@ -144,7 +144,8 @@ def test_a_full_disk_fails_cleanly_and_the_retry_resumes_bit_identically(tmp_pat
     import resource
 
     folder = fresh(tmp_path, "full")
-    limit = 150_000  # bytes per file: the registry fits, a checkpoint (~400 kB) does not
+    # Bytes per file: the registry (~200 kB with its WAL) fits, a checkpoint (~400 kB) does not.
+    limit = 300_000
 
     def small_disk() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
