@@ -681,9 +681,9 @@ def test_cli_prints_one_line_not_a_traceback(tmp_path, capsys):
     assert cli_main(["plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {path}:2: sae.\\x1b[2J\\nx: unknown key '\\x1b[2J\\nx' " + (
-        "(valid keys: architecture, b_dec_init, compute_matched_to, d_in, d_sae, decoder_init_norm,"
-        " decoder_mode, expansion_factor, ghost_grads, init_encoder_as_decoder_transpose, "
-        "sparsity)\n"
+        "(valid keys: architecture, b_dec_init, compute_matched_to, d_in, d_out, d_sae, "
+        "decoder_init_norm, decoder_mode, expansion_factor, ghost_grads, "
+        "init_encoder_as_decoder_transpose, skip_connection, sparsity)\n"
     )
 
 
