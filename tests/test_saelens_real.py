@@ -102,13 +102,16 @@ def held_out(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_check(folder: Path, x: torch.Tensor, f: torch.Tensor, x_hat: torch.Tensor,
-                tokens: torch.Tensor, metrics: dict) -> None:
+                tokens: torch.Tensor, metrics: dict, y_hat: torch.Tensor | None = None) -> None:
+    """check.safetensors for bench/saelens_check.py; y_hat: a transcoder's whole output."""
     from safetensors.torch import save_file
 
-    save_file({"x": x.contiguous(), "f": f.contiguous(), "x_hat": x_hat.contiguous(),
+    tensors = {"x": x.contiguous(), "f": f.contiguous(), "x_hat": x_hat.contiguous(),
                "tokens": tokens.contiguous(),
-               "delta_lm_loss": torch.tensor([metrics["delta_lm_loss"]], dtype=torch.float64)},
-              str(folder / "check.safetensors"))
+               "delta_lm_loss": torch.tensor([metrics["delta_lm_loss"]], dtype=torch.float64)}
+    if y_hat is not None:
+        tensors["y_hat"] = y_hat.contiguous()
+    save_file(tensors, str(folder / "check.safetensors"))
 
 
 def run_checker(folders: list[Path]) -> dict[str, dict]:
@@ -218,7 +221,6 @@ def test_transcoder_exports_load_in_saelens_as_transcoders(tmp_path):
     SAELens's decode of its encode (plus the skip) equals saerun's output, exactly where the
     maths is SAELens's (TopK: with top-k applied to SAELens's encode, which has none)."""
     from saerun import artifacts
-    from saerun.activations import LanguageModel, eval_token_batches
     from saerun.sae import build_sae
     from saerun.spec import RunConfig
 
@@ -227,12 +229,7 @@ def test_transcoder_exports_load_in_saelens_as_transcoders(tmp_path):
     assert done.returncode == 0, done.stderr
     runs = runs_of(tmp_path)
     assert len(runs) == 5
-    cfg = RunConfig.model_validate(runs[0]["config"])
-    lm = LanguageModel.load(cfg.model.name)
-    tokens = torch.cat(eval_token_batches(lm, cfg.data))
-    keep = ~lm.special_mask(tokens)
-    with torch.no_grad():
-        x = lm.capture(tokens, [cfg.site.hook_name])[cfg.site.hook_name][keep].float()
+    tokens, x = held_out(runs[0]["config"])  # at IN, the transcoders' input
     folders = []
     for run in runs:
         folder = Path(run["artifacts"])
@@ -240,11 +237,7 @@ def test_transcoder_exports_load_in_saelens_as_transcoders(tmp_path):
         sae.load_state_dict(artifacts.read_weights(folder))
         with torch.no_grad():
             f = sae.encode(x)
-            write_check(folder, x, f, sae.decode(f), tokens, run["metrics"])
-            from safetensors.torch import load_file, save_file
-
-            data = load_file(str(folder / "check.safetensors"))
-            save_file({**data, "y_hat": sae(x).contiguous()}, str(folder / "check.safetensors"))
+            write_check(folder, x, f, sae.decode(f), tokens, run["metrics"], y_hat=sae(x))
         folders.append(folder)
     results = run_checker(folders)
     kinds = {}
