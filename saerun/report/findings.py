@@ -23,6 +23,7 @@ from saerun.registry import Registry
 from saerun.report.build import read_densities, write_reports
 from saerun.report.common import Comparison, compare, frontier_points, interpolate, ok, prepare
 from saerun.report.death import INIT_KEY, init_label, matched_effect
+from saerun.report.findings_ideas import IDEA_SPECS, ideas_sections
 from saerun.report.findings_mlp import MLP_SPECS, mlp_sections
 from saerun.report.frontier import training_flops
 from saerun.report.lr import build_lr
@@ -69,11 +70,14 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
     page = Path(out) / "FINDINGS.md"
     # The MLP questions train at another site: their runs stay out of the other sections.
     mlp_ids = {i for spec in MLP_SPECS for i in plans.get(spec, [])}
-    main_rows = [r for r in rows if r["run_id"] not in mlp_ids] or rows
+    idea_ids = {i for spec in IDEA_SPECS for i in plans.get(spec, [])}
+    main_rows = [r for r in rows if r["run_id"] not in mlp_ids | idea_ids] or rows
     mlp_rows = [r for r in rows if r["run_id"] in mlp_ids]
     text = findings_page(prepare(main_rows), prepare(front_rows), plans, curves, failed)
     text += "\n" + "\n".join(mlp_sections(prepare(mlp_rows) if mlp_rows else [], plans, curves,
                                            _cmp_words))
+    idea_rows = prepare([r for r in rows if r["run_id"] in idea_ids]) if idea_ids else []
+    text += "\n".join(ideas_sections(idea_rows, plans, curves, _cmp_words))
     page.write_text(text, encoding="utf-8")
     return page
 
