@@ -336,12 +336,13 @@ def outlier_limits(lm: LanguageModel, data: DataConfig, hook_names: list[str]
     return stream_head(lm, data, hook_names).limits
 
 
-def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str]
-                      ) -> Iterator[dict[str, Tensor]]:
+def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str],
+                      seen: dict[str, int] | None = None) -> Iterator[dict[str, Tensor]]:
     """{hook: [n, d]} at the counted positions of each language-model batch of the train
     stream, in order, in the model's dtype: special tokens dropped where the spec says so,
     outlier positions always (data.exclude_outlier_norm). The first batches are the stream
-    head's (no second forward over them); the rest come from the cache or the model."""
+    head's (no second forward over them); the rest come from the cache or the model.
+    `seen["outlier_positions"]` (when given) counts the outlier positions dropped so far."""
     head = stream_head(lm, data, hook_names)
     replay, head.batches = head.batches, []  # replayed once; a second stream recomputes
     start = len(replay)
@@ -350,6 +351,9 @@ def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str]
             outliers = outlier_mask(acts, head.limits)
             if bool(outliers.any()):
                 acts = {h: a[~outliers] for h, a in acts.items()}
+                if seen is not None:
+                    seen["outlier_positions"] = seen.get("outlier_positions", 0) + \
+                        int(outliers.sum())
         yield {h: a.to(lm.device) for h, a in acts.items()}
 
 
@@ -372,13 +376,16 @@ class ActivationStream:
         self.batch_tokens, self.device = batch_tokens, device
         self.n_batches = data.train_tokens // batch_tokens
         self._skip = 0
+        # Outlier positions the stream dropped (from its start, a resumed one included: it
+        # regenerates the stream), read ahead by the shuffle buffer.
+        self.seen: dict[str, int] = {"outlier_positions": 0}
 
     def skip(self, n_batches: int) -> None:
         """Resume: regenerate the stream deterministically and drop its first n batches."""
         self._skip = n_batches
 
     def _vectors(self) -> Iterator[dict[str, Tensor]]:
-        for acts in train_activations(self.lm, self.data, self.hooks):
+        for acts in train_activations(self.lm, self.data, self.hooks, self.seen):
             yield {h: a.float() for h, a in acts.items()}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:

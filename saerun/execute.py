@@ -289,6 +289,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     start = min(tr.step for tr in trainers)
     total = max(tr.total_steps for tr in trainers)
     t0 = time.perf_counter()
+    stream_outliers: int | None = None  # training positions dropped as outliers, when trained
     if any(not tr.done for tr in trainers):
         stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, sae_device)
         if start:
@@ -327,6 +328,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         finally:
             if ahead is not None:
                 ahead.close()  # stops and joins the producer, also when training stopped early
+        stream_outliers = stream.seen["outlier_positions"]
     train_seconds = time.perf_counter() - t0
 
     trainers = [tr for tr in trainers if tr.failure is None]
@@ -341,9 +343,9 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         folded[tr.run_id] = (sae, tr.hook_name, out)
     eval_batches = eval_token_batches(lm, first.data)
     metric_names: set[str] = set(first.eval.metrics)
+    limits = outlier_limits(lm, first.data, hooks)
     results = evaluate_group(lm, eval_batches, folded, metric_names,
-                             first.data.exclude_special_tokens,
-                             outlier_limits(lm, first.data, hooks))
+                             first.data.exclude_special_tokens, limits)
     eval_seconds = time.perf_counter() - t1
 
     for tr in trainers:
@@ -351,6 +353,10 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         metrics = dict(res.metrics)
         metrics["dead_fraction_train"] = tr.dead_mask().float().mean().item()
         metrics["norm_scale"] = scales[tr.hook_name]
+        if limits is not None:  # why positions were excluded: the norm they exceeded
+            metrics["outlier_norm_limit"] = limits[tr.hook_name]
+            if stream_outliers is not None:
+                metrics["excluded_outlier_positions_train"] = float(stream_outliers)
         out = tr.hook_name_out
         cfg = saelens.export_cfg(tr.sae, tr.config, tr.run_id, lm.numerics_mode,
                                  scales[tr.hook_name], metrics,

@@ -63,7 +63,7 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
     ones whose folder could not be read (marked failed)."""
     first = jobs[0].config
     failures: dict[str, str] = {}
-    saes: dict[str, tuple[SAELensSAE, str]] = {}
+    saes: dict[str, tuple[SAELensSAE, str, str | None]] = {}  # (sae, hook, target or None)
     for job in jobs:
         reg.mark_running(job.run_id, env, fingerprint, OWNER)
         run = reg.get_run(job.run_id)
@@ -80,7 +80,8 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
                                   f"{info.content_sha256[:12]}, planned "
                                   f"{str(getattr(planned, 'content_sha256', ''))[:12]})",
                                   hint="plan the spec again: a new content is a new run")
-            saes[job.run_id] = (load_sae(info, lm.device), job.config.site.hook_name)
+            site = job.config.site
+            saes[job.run_id] = (load_sae(info, lm.device), site.hook_name, site.hook_name_out)
         except SaerunError as err:
             failures[job.run_id] = err.message
             reg.mark_failed(job.run_id, err.message, OWNER)
@@ -88,18 +89,21 @@ def evaluate_imported(reg: ImportSink, jobs: list[Job], lm: LanguageModel, env: 
         return failures
     t0 = time.perf_counter()
     # The positions a trained run of this spec counts: outliers excluded by the same limit.
-    hooks = sorted({hook for _, hook in saes.values()})
+    hooks = sorted({h for _, hook, out in saes.values() for h in (hook, out) if h is not None})
+    limits = outlier_limits(lm, first.data, hooks)
     results = evaluate_group(lm, eval_token_batches(lm, first.data), saes,
-                             set(first.eval.metrics), first.data.exclude_special_tokens,
-                             outlier_limits(lm, first.data, hooks))
+                             set(first.eval.metrics), first.data.exclude_special_tokens, limits)
     eval_seconds = time.perf_counter() - t0
-    for run_id, (sae, _) in saes.items():
+    for run_id, (sae, hook, _) in saes.items():
         res = results[run_id]
+        metrics = dict(res.metrics)
+        if limits is not None:
+            metrics["outlier_norm_limit"] = limits[hook]
         folder = reg.artifacts_dir(run_id)
         _copy_folder(sae.info.folder, folder)
         density = res.density.clamp_min(1e-10).log10()
         artifacts.write_tensors(folder / "sparsity.safetensors", {"sparsity": density})
-        reg.mark_done(run_id, dict(res.metrics), 0.0, eval_seconds, 0, OWNER)
+        reg.mark_done(run_id, metrics, 0.0, eval_seconds, 0, OWNER)
     return failures
 
 
@@ -129,6 +133,9 @@ class SAELensSAE(nn.Module):
         self.info = info
         self.architecture = info.architecture
         self.d_in, self.d_sae = info.d_in, info.d_sae
+        self.transcoder = info.transcoder
+        # JumpReLU's mask on ReLU'd pre-activations, for the SAE and its two transcoder kinds.
+        self.jump = info.architecture.startswith("jumprelu")
         opts = info.options
         self.apply_b_dec = bool(opts["apply_b_dec_to_input"])
         self.k: int | None = opts.get("k")
@@ -137,7 +144,8 @@ class SAELensSAE(nn.Module):
         for name, value in tensors.items():
             self.register_buffer(name, value.to(torch.float32).contiguous())
 
-    W_dec: Tensor  # [d_sae, d_in], a buffer like every tensor of the folder
+    W_dec: Tensor  # [d_sae, d_in] ([d_sae, d_out]), a buffer like every tensor of the folder
+    # A skip transcoder's W_skip [d_out, d_in] is one too: `evaluate.output` adds x W_skip^T.
 
     def _t(self, name: str) -> Tensor:
         tensor = self._buffers[name]
@@ -148,6 +156,10 @@ class SAELensSAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         if self.scale is not None:
             x = x * self.scale
+        if self.transcoder:  # SAELens's transcoders: no b_dec on the input (it is d_out wide)
+            pre = x @ self._t("W_enc") + self._t("b_enc")
+            f = torch.relu(pre)
+            return f * (pre > self._t("threshold")).to(pre.dtype) if self.jump else f
         # SAELens: sae_in - b_dec * apply_b_dec_to_input, then the architecture's activation.
         sae_in = x - self._t("b_dec") * self.apply_b_dec
         W_enc = self._t("W_enc")
@@ -169,6 +181,8 @@ class SAELensSAE(nn.Module):
         if self.rescale:
             f = f * (1 / self.W_dec.norm(dim=-1))
         x_hat = f @ self.W_dec + self._t("b_dec")
+        if self.transcoder:  # SAELens's transcoder decode undoes no input normalisation
+            return x_hat
         return x_hat / self.scale if self.scale is not None else x_hat
 
     def tensors(self) -> dict[str, Tensor]:
@@ -190,7 +204,7 @@ def load_sae(info: saelens.FolderSAE, device: str = "cpu") -> SAELensSAE:
             "threshold" not in tensors:  # older SAELens checkpoints, as SAELens converts them
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     wanted = saelens.TENSORS[info.architecture]
-    sizes = {"d_in": info.d_in, "d_sae": info.d_sae}
+    sizes = {"d_in": info.d_in, "d_sae": info.d_sae, "d_out": info.d_out or info.d_in}
     for name in sorted(set(tensors) | set(wanted)):
         if name not in wanted:
             raise SaerunError(f"{path}: tensor {name!r} is not part of a {info.architecture} SAE",

@@ -344,12 +344,14 @@ def _derive(
     sae = partial.sae
     width = dims.hook_widths[hook]
     if isinstance(sae, ImportedSAEConfig):
-        if tree.get("site", {}).get("hook_name_out", partial.site.hook_name_out) is not None:
-            raise SpecError("an imported SAE cannot be evaluated as a transcoder yet (SAELens's "
-                            "transcoder kinds are not read)", path=("site", "hook_name_out"),
-                            field="site.hook_name_out",
-                            hint="omit site.hook_name_out for sae.from_pretrained")
-        return saelens.planned_values(sae, hook, width)
+        hook_out = tree.get("site", {}).get("hook_name_out", partial.site.hook_name_out)
+        if hook_out is not None and (not isinstance(hook_out, str) or
+                                     hook_out not in dims.hook_widths):
+            raise SpecError(f"unknown hook name {shown(hook_out)} for model {name!r} "
+                            f"({dims.n_layers} layers)", path=("site", "hook_name_out"),
+                            field="site.hook_name_out", hint="e.g. blocks.1.hook_mlp_out")
+        return saelens.planned_values(sae, hook, width, hook_out,
+                                      None if hook_out is None else dims.hook_widths[hook_out])
     out: derive.Derived = {}
     d_in = sae.d_in
     if d_in is not None and d_in != width:

@@ -12,9 +12,12 @@ weights file without loading it (the planner calls it, through `planned_values`)
 (`imported.py`) reads the weights (safetensors only) into `SAELensSAE`, which computes what
 SAELens's inference classes compute. This module imports no torch: planning stays light.
 
-Transcoders (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder: d_out,
-W_skip, `metadata.hook_name_out`) are refused for now; they slot in as entries of TENSORS and
-OPTION_KEYS plus a d_out and a skip term in `imported.SAELensSAE`.
+Transcoders (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder) read
+the same way: d_out, W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] for the skip
+kinds; the spec's site.hook_name_out must be the target (`metadata.hook_name_out` when the
+folder records one). As in SAELens 6.x, a transcoder never subtracts b_dec from its input
+(apply_b_dec_to_input must be false), scales only its input for expected_average_only_in (its
+decode undoes nothing) and adds the skip term x W_skip^T on the raw input.
 """
 
 from __future__ import annotations
@@ -50,13 +53,21 @@ TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
     "topk": {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"),
              "b_dec": ("d_in",)},
 }
+_TRANSCODER = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_out"),
+               "b_dec": ("d_out",)}
+_SKIP = {"W_skip": ("d_out", "d_in")}
+_THRESHOLD = {"threshold": ("d_sae",)}
+TENSORS.update({"transcoder": _TRANSCODER, "skip_transcoder": {**_TRANSCODER, **_SKIP},
+                "jumprelu_transcoder": {**_TRANSCODER, **_THRESHOLD},
+                "jumprelu_skip_transcoder": {**_TRANSCODER, **_THRESHOLD, **_SKIP}})
 TRANSCODER_KINDS = ("transcoder", "skip_transcoder", "jumprelu_transcoder",
                     "jumprelu_skip_transcoder")
 # cfg.json keys every architecture has, and each architecture's own.
 COMMON_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
                "normalize_activations", "reshape_activations", "metadata"}
 OPTION_KEYS: dict[str, set[str]] = {"standard": set(), "gated": set(), "jumprelu": set(),
-                                    "topk": {"k", "rescale_acts_by_decoder_norm"}}
+                                    "topk": {"k", "rescale_acts_by_decoder_norm"},
+                                    **{kind: {"d_out"} for kind in TRANSCODER_KINDS}}
 DTYPES = ("float32", "float64", "float16", "bfloat16")  # evaluated in float32 whatever they are
 NORMALIZATIONS = ("none", "expected_average_only_in")
 RESHAPES = ("none", "hook_z")
@@ -135,18 +146,28 @@ class FolderSAE:
     """What a SAELens folder says, checked: all the planner needs, without loading weights."""
 
     folder: Path
-    architecture: str  # SAELens's name: standard, gated, jumprelu, topk
+    architecture: str  # SAELens's name: standard, gated, jumprelu, topk, a transcoder kind
     d_in: int
     d_sae: int
     options: dict[str, Any]  # every cfg.json value that changes the SAE's output
     scaling_factor: float | None  # inputs are multiplied by it (expected_average_only_in)
     content_sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    d_out: int | None = None  # a transcoder's output width (None: an SAE, d_out = d_in)
 
     @property
     def hook_name(self) -> str | None:
         hook = self.metadata.get("hook_name")
         return hook if isinstance(hook, str) else None
+
+    @property
+    def hook_name_out(self) -> str | None:
+        hook = self.metadata.get("hook_name_out")
+        return hook if isinstance(hook, str) else None
+
+    @property
+    def transcoder(self) -> bool:
+        return self.architecture in TRANSCODER_KINDS
 
 
 def _fail(folder: Path, key: str, message: str, hint: str | None = None) -> SaerunError:
@@ -184,8 +205,6 @@ def read_folder(folder: str | Path, scaling_factor: float | None = None) -> Fold
         raise _fail(folder, "metadata.hook_head_index", f"{metadata['hook_head_index']!r}: an SAE "
                     "on one attention head is not evaluated (saerun's sites are whole hooks)")
     arch = cfg.get("architecture")
-    if arch in TRANSCODER_KINDS:
-        raise _fail(folder, "architecture", f"{arch!r}: transcoders are not evaluated yet")
     if arch not in TENSORS:
         raise _fail(folder, "architecture", f"unknown architecture {arch!r}",
                     hint=f"saerun evaluates {', '.join(TENSORS)}")
@@ -194,6 +213,7 @@ def read_folder(folder: str | Path, scaling_factor: float | None = None) -> Fold
         raise _fail(folder, unknown[0], f"an option saerun does not know for a {arch} SAE",
                     hint="saerun refuses what it cannot honour rather than mis-load it")
     d_in, d_sae = (_positive_int(folder, cfg, key) for key in ("d_in", "d_sae"))
+    d_out = _positive_int(folder, cfg, "d_out") if arch in TRANSCODER_KINDS else None
     options = _options(folder, cfg, arch, d_sae)
     factor = _scaling_factor(folder, options["normalize_activations"], scaling_factor)
     weights = folder / WEIGHTS_FILENAME
@@ -203,10 +223,13 @@ def read_folder(folder: str | Path, scaling_factor: float | None = None) -> Fold
     with open(weights, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 24), b""):
             digest.update(block)
-    identity = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "options": options,
-                "scaling_factor": factor, "weights": digest.hexdigest()}
+    identity: dict[str, Any] = {"architecture": arch, "d_in": d_in, "d_sae": d_sae,
+                                "options": options, "scaling_factor": factor,
+                                "weights": digest.hexdigest()}
+    if d_out is not None:  # only a transcoder's identity has it (an SAE's hash is unchanged)
+        identity["d_out"] = d_out
     content = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return FolderSAE(folder, arch, d_in, d_sae, options, factor, content, metadata)
+    return FolderSAE(folder, arch, d_in, d_sae, options, factor, content, metadata, d_out)
 
 
 def _check_version(folder: Path, version: object) -> None:
@@ -241,9 +264,13 @@ def _options(folder: Path, cfg: dict[str, Any], arch: str, d_sae: int) -> dict[s
     if reshape not in RESHAPES:
         raise _fail(folder, "reshape_activations", f"{reshape!r} is not honoured",
                     hint="'none' or 'hook_z'")
-    apply_b_dec = cfg.get("apply_b_dec_to_input", True)
+    transcoder = arch in TRANSCODER_KINDS
+    apply_b_dec = cfg.get("apply_b_dec_to_input", not transcoder)
     if not isinstance(apply_b_dec, bool):
         raise _fail(folder, "apply_b_dec_to_input", f"must be true or false, got {apply_b_dec!r}")
+    if transcoder and apply_b_dec:  # b_dec is d_out wide; SAELens refuses it too
+        raise _fail(folder, "apply_b_dec_to_input", f"true is not defined for a {arch} (b_dec "
+                    "is the output's bias)", hint="SAELens transcoders have it false")
     options: dict[str, Any] = {"dtype": dtype, "normalize_activations": norm,
                                "reshape_activations": reshape, "apply_b_dec_to_input": apply_b_dec}
     if arch == "topk":
@@ -285,10 +312,12 @@ def _scaling_factor(folder: Path, norm: str, given: float | None) -> float | Non
 # -- planning ------------------------------------------------------------------------------
 
 
-def planned_values(sae: ImportedSAEConfig, hook: str, width: int) -> Derived:
+def planned_values(sae: ImportedSAEConfig, hook: str, width: int,
+                   hook_out: str | None = None, width_out: int | None = None) -> Derived:
     """The planner's derived values of an imported SAE: what its folder says (`read_folder`,
     every cfg.json key checked), each with the folder's cfg.json as its provenance. A value the
-    spec gives must agree, and so must the site. Errors name their key path (SpecError)."""
+    spec gives must agree, and so must the site (a transcoder's target: `hook_out`, of width
+    `width_out`). Errors name their key path (SpecError)."""
     path = ("sae", "from_pretrained")
     try:
         info = read_folder(sae.from_pretrained, sae.norm_scaling_factor)
@@ -298,6 +327,7 @@ def planned_values(sae: ImportedSAEConfig, hook: str, width: int) -> Derived:
     source = f"{sae.from_pretrained}/{CFG_FILENAME}"
     values: dict[str, tuple[Any, str]] = {
         "d_in": (info.d_in, source), "d_sae": (info.d_sae, source),
+        "d_out": (info.d_out, source),
         "saelens_architecture": (info.architecture, source), "k": (info.options.get("k"), source),
         "content_sha256": (info.content_sha256, f"{source} and its weights"),
         "norm_scaling_factor": (info.scaling_factor,
@@ -326,4 +356,33 @@ def planned_values(sae: ImportedSAEConfig, hook: str, width: int) -> Derived:
         raise SpecError(
             f"the SAE in {sae.from_pretrained} takes d_in {info.d_in}, the model's width at "
             f"{hook!r} is {width}", path=path, field="sae.from_pretrained")
+    _check_target(sae.from_pretrained, info, hook_out, width_out)
     return out
+
+
+def _check_target(where: str, info: FolderSAE, hook_out: str | None,
+                  width_out: int | None) -> None:
+    """A transcoder needs site.hook_name_out, the one its folder names, as wide as its d_out;
+    an SAE must not have one."""
+    at = ("site", "hook_name_out")
+    if not info.transcoder:
+        if hook_out is not None:
+            raise SpecError(f"the SAE in {where} is a {info.architecture} SAE, not a transcoder, "
+                            "so it has no target hook", path=at, field="site.hook_name_out",
+                            hint="omit site.hook_name_out")
+        return
+    named = info.hook_name_out
+    if hook_out is None:
+        raise SpecError(f"the SAE in {where} is a {info.architecture}: it reads one hook and "
+                        "writes another, and site.hook_name_out is not set", path=at,
+                        field="site.hook_name_out",
+                        hint=f"site.hook_name_out: {named}" if named else
+                        "set site.hook_name_out to the hook it was trained to predict")
+    if named is not None and named != hook_out:
+        raise SpecError(f"the transcoder in {where} was trained to predict {named!r} (its "
+                        f"cfg.json's metadata.hook_name_out), not {hook_out!r}", path=at,
+                        field="site.hook_name_out", hint=f"site.hook_name_out: {named}")
+    if width_out is not None and info.d_out != width_out:
+        raise SpecError(f"the transcoder in {where} writes d_out {info.d_out}, the model's "
+                        f"width at {hook_out!r} is {width_out}", path=("sae", "from_pretrained"),
+                        field="sae.from_pretrained")

@@ -16,14 +16,15 @@ from safetensors.torch import save_file
 from saerun import imported, saelens
 from saerun.errors import SaerunError
 
-D_IN, D_SAE = 3, 4
+D_IN, D_SAE, D_OUT = 3, 4, 2
+SIZES = {"d_in": D_IN, "d_sae": D_SAE, "d_out": D_OUT}
 
 
 def tensors_for(arch: str) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    out = {name: torch.randn(*(D_IN if d == "d_in" else D_SAE for d in dims), generator=g)
+    out = {name: torch.randn(*(SIZES[d] for d in dims), generator=g)
            for name, dims in saelens.TENSORS[arch].items()}
-    if arch == "jumprelu":
+    if "threshold" in out:
         out["threshold"] = out["threshold"].abs()
     return out
 
@@ -38,9 +39,14 @@ def make_folder(root: Path, arch: str = "standard", tensors: dict | None = None,
             "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.0.hook_resid_post"}}
     if arch == "topk":
         base |= {"k": 2, "rescale_acts_by_decoder_norm": False}
+    kind = cfg.get("architecture", arch)
+    if kind in saelens.TRANSCODER_KINDS:  # as SAELens writes them
+        base |= {"d_out": D_OUT, "apply_b_dec_to_input": False}
+        base["metadata"] = {**base["metadata"], "hook_name_out": "blocks.0.hook_mlp_out"}
     base |= cfg
     (folder / "cfg.json").write_text(json.dumps({k: v for k, v in base.items() if v != "DROP"}))
-    save_file(tensors if tensors is not None else tensors_for(arch),
+    save_file(tensors if tensors is not None else tensors_for(kind if kind in saelens.TENSORS
+                                                              else arch),
               str(folder / "sae_weights.safetensors"))
     return folder
 
@@ -103,7 +109,11 @@ def test_read_folder_reads_widths_options_and_hash(tmp_path):
 
 @pytest.mark.parametrize(("cfg", "expected"), [
     ({"architecture": "sparsemax"}, "architecture: unknown architecture 'sparsemax'"),
-    ({"architecture": "skip_transcoder"}, "architecture: 'skip_transcoder': transcoders"),
+    ({"architecture": "skip_transcoder", "apply_b_dec_to_input": True},
+     "apply_b_dec_to_input: true is not defined for a skip_transcoder"),
+    ({"architecture": "transcoder", "d_out": "DROP"}, "d_out: must be a positive integer"),
+    ({"architecture": "jumprelu_transcoder", "k": 3},
+     "k: an option saerun does not know for a jumprelu_transcoder"),
     ({"normalize_activations": "layer_norm"}, "normalize_activations: 'layer_norm' is not"),
     ({"normalize_activations": "expected_average_only_in"},
      "normalize_activations: 'expected_average_only_in' needs the factor"),
@@ -234,6 +244,55 @@ def test_a_scaling_factor_scales_inputs_and_unscales_outputs(tmp_path):
     assert torch.equal(scaled.decode(scaled.encode(X)), plain.decode(plain.encode(4 * X)) / 4)
 
 
+def test_transcoders_read_d_out_and_the_target_hook(tmp_path):
+    info = saelens.read_folder(make_folder(tmp_path, "jumprelu_skip_transcoder"))
+    assert (info.d_in, info.d_sae, info.d_out) == (D_IN, D_SAE, D_OUT) and info.transcoder
+    assert info.hook_name_out == "blocks.0.hook_mlp_out"
+    assert not saelens.read_folder(make_folder(tmp_path, "jumprelu")).transcoder
+    shapes = {k: tuple(v.shape) for k, v in imported.load_sae(info).tensors().items()}
+    assert shapes == {"W_enc": (3, 4), "b_enc": (4,), "W_dec": (4, 2), "b_dec": (2,),
+                      "threshold": (4,), "W_skip": (2, 3)}
+
+
+TC_W_DEC = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.0, -1.0]])
+TC_B_DEC = torch.tensor([0.5, 0.0])
+W_SKIP = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+
+
+def transcoder_of(tmp_path: Path, arch: str, extra: dict, **cfg: object) -> imported.SAELensSAE:
+    tensors = {"W_enc": W_ENC, "b_enc": torch.tensor([0.0, 0.0, 0.0, -1.0]), "W_dec": TC_W_DEC,
+               "b_dec": TC_B_DEC} | extra
+    return imported.load_sae(saelens.read_folder(make_folder(tmp_path, arch, tensors, **cfg)))
+
+
+def test_transcoder_maths_no_input_centring_and_the_skip_on_the_raw_input(tmp_path):
+    from saerun.evaluate import output
+
+    # pre = x @ W_enc + b_enc (no b_dec: it is d_out wide) = [[1, 2, 0, 0.5], [1, 0, 1, -1.5]].
+    plain = transcoder_of(tmp_path / "a", "transcoder", {})
+    f = plain.encode(X)
+    assert torch.equal(f, torch.tensor([[1.0, 2.0, 0.0, 0.5], [1.0, 0.0, 1.0, 0.0]]))
+    # f @ W_dec + b_dec = [[1, 3.5], [2, 1]] + [0.5, 0].
+    assert torch.equal(output(plain, X, f), torch.tensor([[1.5, 3.5], [2.5, 1.0]]))
+    # JumpReLU: ReLU(pre) where pre > threshold; the skip adds x W_skip^T = [[1, 0], [0, 2]].
+    theta = torch.tensor([1.0, 0.5, 0.5, 0.0])
+    jump = transcoder_of(tmp_path / "b", "jumprelu_skip_transcoder",
+                         {"threshold": theta, "W_skip": W_SKIP})
+    g = jump.encode(X)
+    assert torch.equal(g, torch.tensor([[0.0, 2.0, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]]))
+    assert torch.equal(output(jump, X, g), torch.tensor([[1.5, 3.5], [1.5, 3.0]]))
+    # expected_average_only_in scales the encoder's input only, never the skip's or the output.
+    tensors = {"W_enc": W_ENC, "b_enc": torch.tensor([0.0, 0.0, 0.0, -1.0]), "W_dec": TC_W_DEC,
+               "b_dec": TC_B_DEC, "W_skip": W_SKIP}
+    folder = make_folder(tmp_path / "c", "skip_transcoder", tensors,
+                         normalize_activations="expected_average_only_in")
+    scaled = imported.load_sae(saelens.read_folder(folder, 2.0))
+    unscaled = transcoder_of(tmp_path / "d", "skip_transcoder", {"W_skip": W_SKIP})
+    h = scaled.encode(X)
+    assert torch.equal(h, unscaled.encode(2 * X))
+    assert torch.equal(output(scaled, X, h), unscaled.decode(h) + X @ W_SKIP.t())
+
+
 def test_older_jumprelu_log_threshold_is_converted(tmp_path):
     tensors = tensors_for("jumprelu")
     theta = tensors.pop("threshold")
@@ -287,3 +346,93 @@ def test_an_imported_sae_is_evaluated_and_registered(tmp_path):
     l0 = float((f > 0).double().sum(-1).mean())
     assert 0 < run["metrics"]["l0"] and abs(run["metrics"]["l0"] - l0) < 1e-9 * l0
     assert run["metrics"]["fvu"] > 0
+
+
+def _transcoder_folder(root: Path, hook_out: str | None = "blocks.1.hook_mlp_out") -> Path:
+    g = torch.Generator().manual_seed(1)
+    d, d_sae = 128, 64  # the embedded model's widths at hook_mlp_in and hook_mlp_out
+    tensors = {"W_enc": torch.randn(d, d_sae, generator=g) / 10, "b_enc": torch.zeros(d_sae),
+               "W_dec": torch.randn(d_sae, d, generator=g) / 10, "b_dec": torch.zeros(d),
+               "W_skip": torch.randn(d, d, generator=g) / 100}
+    root.mkdir(parents=True)
+    save_file(tensors, str(root / "sae_weights.safetensors"))
+    meta = {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_mlp_in"}
+    if hook_out is not None:
+        meta["hook_name_out"] = hook_out
+    (root / "cfg.json").write_text(json.dumps({
+        "architecture": "skip_transcoder", "d_in": d, "d_sae": d_sae, "d_out": d,
+        "apply_b_dec_to_input": False, "metadata": meta}))
+    return root
+
+
+SITE_TC = "site: {hook_name: blocks.1.hook_mlp_in, hook_name_out: blocks.1.hook_mlp_out}\n"
+
+
+@pytest.mark.parametrize(("site", "expected"), [
+    ("site: {hook_name: blocks.1.hook_mlp_in}\n",
+     "{d}/spec.yaml:2: site.hook_name_out: the SAE in {d}/theirs is a skip_transcoder: it "
+     "reads one hook"),
+    ("site: {hook_name: blocks.1.hook_mlp_in, hook_name_out: blocks.2.hook_mlp_out}\n",
+     "{d}/spec.yaml:2: site.hook_name_out: the transcoder in {d}/theirs was trained to predict "
+     "'blocks.1.hook_mlp_out'"),
+    ("site: {hook_name: blocks.1.hook_mlp_in, hook_name_out: blocks.1.hook_nope}\n",
+     "{d}/spec.yaml:2: site.hook_name_out: unknown hook name 'blocks.1.hook_nope'"),
+])
+def test_an_imported_transcoder_needs_its_target_hook(tmp_path, site, expected):
+    from saerun.errors import SpecError
+    from saerun.runner import prepare
+
+    _transcoder_folder(tmp_path / "theirs")
+    (tmp_path / "spec.yaml").write_text(f"name: s\n{site}sae: {{from_pretrained: theirs}}\n")
+    with pytest.raises(SpecError) as err:
+        prepare(tmp_path / "spec.yaml")
+    assert str(err.value).split("error: ", 1)[-1].startswith(expected.format(d=tmp_path)), \
+        str(err.value)
+
+
+def test_an_sae_folder_with_a_target_hook_is_an_error(tmp_path):
+    from saerun.errors import SpecError
+    from saerun.runner import prepare
+
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    save_file({"W_enc": torch.zeros(128, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 128),
+               "b_dec": torch.zeros(128)}, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({
+        "architecture": "standard", "d_in": 128, "d_sae": 8,
+        "metadata": {"sae_lens_version": "6.54.12"}}))
+    (tmp_path / "spec.yaml").write_text(f"name: s\n{SITE_TC}sae: {{from_pretrained: theirs}}\n")
+    with pytest.raises(SpecError, match="is a standard SAE, not a transcoder"):
+        prepare(tmp_path / "spec.yaml")
+
+
+def test_an_imported_transcoder_is_scored_against_its_target(tmp_path):
+    """A skip transcoder read from a SAELens folder: the registry's FVU is its output's
+    (decode of its codes plus x W_skip^T) against the activation at hook_name_out."""
+    from conftest import saerun
+
+    from saerun.activations import LanguageModel, eval_token_batches
+    from saerun.evaluate import output
+    from saerun.spec import RunConfig
+
+    folder = _transcoder_folder(tmp_path / "specs" / "theirs")
+    (tmp_path / "specs" / "imp.yaml").write_text(
+        f"name: imp\n{SITE_TC}data: {{context_size: 64, train_tokens: 4096, eval_tokens: 1024}}\n"
+        "sae: {from_pretrained: theirs}\n")
+    done = saerun("specs/imp.yaml", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (listed,) = json.loads(saerun("ls", "--json", cwd=tmp_path).stdout)
+    assert listed["config"]["sae"]["d_out"] == 128
+    assert listed["config"]["sae"]["saelens_architecture"] == "skip_transcoder"
+    cfg = RunConfig.model_validate(listed["config"])
+    lm = LanguageModel.load(cfg.model.name)
+    tokens = torch.cat(eval_token_batches(lm, cfg.data))
+    hooks = ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"]
+    with torch.no_grad():
+        acts = lm.capture(tokens, hooks)
+        keep = ~lm.special_mask(tokens)
+        x, y = acts[hooks[0]][keep], acts[hooks[1]][keep]
+        sae = imported.load_sae(saelens.read_folder(folder))
+        y_hat = output(sae, x, sae.encode(x))
+    fvu = ((y - y_hat).double().pow(2).sum() / (y - y.mean(0)).double().pow(2).sum()).item()
+    assert listed["metrics"]["fvu"] == pytest.approx(fvu, rel=1e-5)

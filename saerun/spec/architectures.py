@@ -325,7 +325,9 @@ class ImportedSAEConfig(_Strict):
     )
     from_pretrained: str = Field(
         description="folder in SAELens 6.x's layout: cfg.json and sae_weights.safetensors, "
-        "architecture standard, gated, jumprelu or topk (relative: to the spec file's folder). "
+        "architecture standard, gated, jumprelu, topk or a transcoder kind (transcoder, "
+        "skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder: set "
+        "site.hook_name_out) (relative: to the spec file's folder). "
         "A cfg.json option saerun cannot honour is an error naming it.",
     )
     norm_scaling_factor: float | None = Field(
@@ -336,6 +338,10 @@ class ImportedSAEConfig(_Strict):
     d_in: int | None = Field(None, gt=0, description="input width; derived, from cfg.json.")
     d_sae: int | None = Field(
         None, gt=0, le=MAX_LATENTS, description="number of latents; derived, from cfg.json."
+    )
+    d_out: int | None = Field(
+        None, gt=0, description="a transcoder kind's output width (its target is "
+        "site.hook_name_out); derived, from cfg.json; null for an SAE.",
     )
     saelens_architecture: str | None = Field(
         None, description="cfg.json's architecture; derived.",
