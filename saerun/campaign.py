@@ -2,10 +2,13 @@
 
     plans, failed = campaign.run(Path("specs/findings"), Path("registry/findings/saerun.db"))
 
-Runs every `specs/findings/*.yaml` (files starting with "_" are bases) in name order.
-Resumable: finished runs are skipped by the registry, a killed run resumes. The page that
-answers the research questions from these runs is written by `saerun.report.findings`, which
-only reads the registry.
+Runs every `specs/findings/*.yaml` (files starting with "_" are bases) in name order, and with
+`real` the real-model specs of `specs/findings/real/` after them (their file names are
+`real-*.yaml`, unique beside the others). The real specs are always planned (the real-model
+tier plans from a built-in table before it is built), so the page shows their runs from the
+registry on any machine; they train only when asked. Resumable: finished runs are skipped by
+the registry, a killed run resumes. The page that answers the research questions from these
+runs is written by `saerun.report.findings`, which only reads the registry.
 """
 
 from __future__ import annotations
@@ -25,18 +28,31 @@ def spec_paths(specs_dir: Path) -> list[Path]:
     return specs
 
 
-def spec_run_ids(specs_dir: Path) -> dict[str, list[str]]:
-    """spec file name -> run ids it plans (no model loaded, nothing written)."""
-    return {p.name: [j.run_id for j in prepare(p).plan.jobs] for p in spec_paths(specs_dir)}
+REAL_DIR = "real"  # the real-model specs' folder inside the findings folder
+
+
+def spec_files(specs_dir: Path) -> dict[str, Path]:
+    """spec file name -> its path: the findings specs, then the real-model ones (if any)."""
+    found = {p.name: p for p in spec_paths(specs_dir)}
+    real = Path(specs_dir) / REAL_DIR
+    if real.is_dir() and any(real.glob("*.yaml")):
+        found.update((p.name, p) for p in spec_paths(real))
+    return found
 
 
 def run(specs_dir: Path, registry_path: Path, train: bool = True,
-        progress: Progress | None = None) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """(spec name -> planned run ids, run id -> failure reason) after training every spec
-    (with `train` False: the plans only, nothing trained)."""
-    plans = spec_run_ids(specs_dir)
+        progress: Progress | None = None, real: bool = False
+        ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(spec name -> planned run ids, run id -> failure reason) after training every spec,
+    the real-model ones only with `real` (with `train` False: the plans only, nothing
+    trained). No model is loaded to plan, and nothing is written."""
+    paths = spec_files(specs_dir)
+    plans = {name: [j.run_id for j in prepare(path).plan.jobs] for name, path in paths.items()}
+    real_dir = Path(specs_dir) / REAL_DIR
     failed: dict[str, str] = {}
     if train:
-        for name in plans:
-            failed.update(run_spec(Path(specs_dir) / name, registry_path, progress).failed)
+        for name, path in paths.items():
+            if path.parent == real_dir and not real:
+                continue
+            failed.update(run_spec(path, registry_path, progress).failed)
     return plans, failed

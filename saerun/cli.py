@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry of the findings runs (default: registry/findings/saerun.db)")
     p.add_argument("--no-train", action="store_true",
                    help="only write the page from the runs already registered")
+    p.add_argument("--real", action="store_true",
+                   help="train the real-model specs (SPECS/real/) too: needs the real model "
+                   "(bash scripts/setup.sh --real-model); about 1.5 h on 2 cores with an "
+                   "activation cache")
     p = _command(sub, "export-spec")
     p.add_argument("run_id")
     _registry_arg(p)
@@ -447,7 +451,8 @@ def cmd_findings(args: argparse.Namespace) -> int:
     from saerun import campaign, posthoc
     from saerun.report.findings import posthoc_run_ids, write_findings
 
-    plans, failed = campaign.run(args.specs, args.registry, train=not args.no_train)
+    plans, failed = campaign.run(args.specs, args.registry, train=not args.no_train,
+                                 real=args.real)
     posthoc.compute(args.registry, posthoc_run_ids(args.registry, plans))
     page = write_findings(args.registry, plans, failed, args.out)
     print(f"wrote {os.path.relpath(page)}")

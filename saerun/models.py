@@ -69,6 +69,8 @@ KNOWN_MODELS = {
     "EleutherAI/pythia-2.8b-deduped": (2560, 10240, 32, 2048, 32, 80, 50304, "neox"),
     "google/gemma-2-2b": (2304, 9216, 26, 8192, 8, 256, 256000, "gemma"),
     "google/gemma-7b": (3072, 24576, 28, 8192, 16, 256, 256000, "gemma"),
+    # The real-model tier (realmodel.py), so its specs plan before the model is built.
+    "saerun/smollm2-135m": (576, 1536, 30, 8192, 9, 64, 49152, "llama"),
 }
 
 

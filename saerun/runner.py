@@ -38,7 +38,11 @@ def model_dims(name: str, offline_table: bool = False) -> ModelDims:
     """Widths of every hook of a model, read from its config (never loads the weights)."""
     from saerun import models
 
-    info = models.known_dims(name) if offline_table else None
+    from saerun import realmodel
+
+    # A real-model tier name plans from the table until it is built (then from its config).
+    unbuilt = name in realmodel.REAL_MODELS and realmodel.build_info(name) is None
+    info = models.known_dims(name) if offline_table or unbuilt else None
     source = "built-in table of well-known models"
     if info is None:
         info = models.model_info(name)

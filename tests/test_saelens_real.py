@@ -254,3 +254,77 @@ def test_transcoder_exports_load_in_saelens_as_transcoders(tmp_path):
                      ("jumprelu", True): "jumprelu_skip_transcoder",
                      ("batchtopk", False): "jumprelu_transcoder",
                      ("topk", False): "jumprelu_transcoder"}
+
+
+WRITE_TRANSCODERS_WITH_SAELENS = """
+import sys, torch
+from sae_lens import (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig, JumpReLUTranscoder,
+                      JumpReLUTranscoderConfig, SkipTranscoder, SkipTranscoderConfig, Transcoder,
+                      TranscoderConfig)
+out = sys.argv[1]
+torch.manual_seed(0)
+shape = dict(d_in=128, d_sae=192, d_out=128)
+kinds = {"transcoder": (Transcoder, TranscoderConfig(**shape)),
+         "skip_transcoder": (SkipTranscoder, SkipTranscoderConfig(**shape)),
+         "jumprelu_transcoder": (JumpReLUTranscoder, JumpReLUTranscoderConfig(**shape)),
+         "jumprelu_skip_transcoder": (JumpReLUSkipTranscoder,
+                                      JumpReLUSkipTranscoderConfig(**shape))}
+for name, (cls, cfg) in kinds.items():
+    cfg.metadata.hook_name, cfg.metadata.model_name = "blocks.1.hook_mlp_in", "saerun/tiny-stdlib"
+    cfg.metadata.hook_name_out = "blocks.1.hook_mlp_out"
+    sae = cls(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.1)
+        if "jumprelu" in name:
+            sae.threshold.copy_(torch.rand_like(sae.threshold) * 0.5)
+        if "skip" in name:
+            sae.W_skip.copy_(torch.randn_like(sae.W_skip) * 0.05)
+    sae.save_model(f"{out}/{name}")
+print("ok")
+"""
+
+
+def test_saelens_written_transcoders_are_evaluated_as_transcoders(tmp_path):
+    """The four transcoder kinds as the real SAELens writes them, evaluated through
+    sae: {from_pretrained} at blocks.1's MLP: SAELens's own encode of the same activations has
+    saerun's codes (so its L0) and its forward (skip included) saerun's output."""
+    from saerun import imported, saelens
+    from saerun.evaluate import output
+
+    made = tmp_path / "published"
+    done = subprocess.run([str(SAELENS_PYTHON), "-c", WRITE_TRANSCODERS_WITH_SAELENS, str(made)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"]
+    listed = ", ".join(f"published/{n}" for n in names)
+    (tmp_path / "outside.yaml").write_text(
+        "name: outside-tc\nmodel: {name: saerun/tiny-stdlib}\n"
+        "site: {hook_name: blocks.1.hook_mlp_in, hook_name_out: blocks.1.hook_mlp_out}\n"
+        f"data: {DATA}\nsae: {{from_pretrained: published/transcoder}}\n"
+        f"sweep: {{grid: {{sae.from_pretrained: [{listed}]}}}}\n")
+    done = saerun("outside.yaml", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = runs_of(tmp_path)
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    tokens, x = held_out(runs[0]["config"])  # at IN, the transcoders' input
+    folders = []
+    for run in runs:
+        assert run["config"]["sae"]["d_out"] == 128
+        assert run["metrics"]["l0"] > 0 and run["metrics"]["fvu"] > 0
+        folder = Path(run["config"]["sae"]["from_pretrained"])
+        sae = imported.load_sae(saelens.read_folder(folder))
+        with torch.no_grad():
+            f = sae.encode(x)
+            write_check(folder, x, f, sae.decode(f), tokens, run["metrics"],
+                        y_hat=output(sae, x, f))
+        folders.append(folder)
+    results = run_checker(folders)
+    for run, folder in zip(runs, folders, strict=True):
+        result = results[str(folder)]
+        assert result["ok"], (folder.name, result["problems"], result)
+        assert result["architecture"] == folder.name
+        assert result["encode_max_abs_diff"] == 0, (folder.name, result)
+        assert result["forward_max_abs_diff"] <= 1e-5, (folder.name, result)
+        assert abs(result["l0_saelens"] - run["metrics"]["l0"]) < 1e-5 * run["metrics"]["l0"]
