@@ -1,6 +1,6 @@
 """The training half of `saerun findings`: every findings spec trained into one registry.
 
-    plans, failed = campaign.run(Path("specs/findings"), Path("registry/findings/saerun.db"))
+    plans, failed = campaign.run(Path("specs/findings"), Path("docs/findings/registry/saerun.db"))
 
 Runs every `specs/findings/*.yaml` (files starting with "_" are bases) in name order, and with
 `real` the real-model specs of `specs/findings/real/` after them (their file names are

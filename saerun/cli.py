@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of findings specs (files starting with '_' are bases)")
     p.add_argument("--out", type=Path, default=Path("docs"),
                    help="FINDINGS.md goes here, its reports under OUT/findings/")
-    p.add_argument("--registry", type=Path, default=Path("registry/findings/saerun.db"),
-                   help="registry of the findings runs (default: registry/findings/saerun.db)")
+    p.add_argument("--registry", type=Path, default=Path("docs/findings/registry/saerun.db"),
+                   help="registry of the findings runs (default: the committed one, "
+                   "docs/findings/registry/saerun.db)")
     p.add_argument("--no-train", action="store_true",
                    help="only write the page from the runs already registered")
     p.add_argument("--real", action="store_true",

@@ -1,6 +1,6 @@
 """docs/FINDINGS.md and its reports, from the findings runs in the registry (reads only).
 
-    saerun findings [--specs specs/findings] [--registry registry/findings/saerun.db] [--out docs]
+    saerun findings [--specs specs/findings] [--registry docs/findings/registry/saerun.db] [--out docs]
 
 The command trains the specs first (`saerun.campaign`) and stores the post-hoc analyses of the
 frontier runs (`saerun.posthoc`); this module then:
