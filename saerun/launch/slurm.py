@@ -327,12 +327,17 @@ def run_states(reg: Registry,
                                    "requeues")}
         row["slurm_state"] = None
         if run["run_id"] in flights:
+            # A job out on the cluster writes its requeue count into the run folder; the
+            # registry learns it at the next reconcile, which a --no-wait driver never runs.
+            folder = results.run_folder(reg.path.parent, run["run_id"])
+            row["requeues"] = max(run["requeues"] or 0,
+                                  results.read_requeues(folder, str(run["job_id"])))
             state = states.get(run["job_id"], ("", ""))[0] or None
             row["slurm_state"] = state
             kind = phase(state)
             if kind in ("queued", "running"):
                 # A job waiting in the queue again after requeueing itself is `requeued`.
-                row["status"] = "requeued" if kind == "queued" and run["requeues"] else kind
+                row["status"] = "requeued" if kind == "queued" and row["requeues"] else kind
             elif kind == "ended":
                 row["error"] = "the job has ended; `saerun collect` registers it"
         rows.append(row)
