@@ -46,6 +46,8 @@ CASES = [
     ("topk", {"k": 6, "decoder_mode": "norm_weighted"}),
     ("batchtopk", {"k": 6}),
     ("matryoshka", {"k": 6, "prefix_widths": [10, 40, 160]}),
+    ("matryoshka", {"k": 6, "prefix_widths": "every"}),
+    ("matryoshka", {"k": 6, "prefix_widths": "every", "prefix_weights": "log_uniform"}),
     ("relu", {}),
     ("relu", {"decoder_mode": "unit_norm"}),
     ("relu", {"sparsity": {"penalty": "sqrt_l1"}}),

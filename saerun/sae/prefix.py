@@ -1,0 +1,178 @@
+"""Matryoshka with every prefix (block size 1): every width m = 1..d_sae is a nested dictionary.
+
+Latent i (0-based) is in the prefixes m > i. With weights w_m over the widths (a distribution,
+`prefix_cdf`) and e0 = y - b_dec (- x W_skip) the error of the empty dictionary,
+
+    loss = mean_b sum_m w_m ||e0_b - sum_{i<m} f_bi W_dec,i||^2.
+
+Written this way a step would cost d_sae decodes. Per token, with its n active latents sorted by
+index c_1 < ... < c_n, only n + 1 distinct partial reconstructions exist: the error after the
+first j of them, e_j = e0 - sum_{l<=j} f_{c_l} W_dec,{c_l}, is the error of every prefix m in
+(c_j, c_{j+1}] (c_0 = 0, c_{n+1} = d_sae), so with C the cumulative weights (C[m] = sum of
+w_1..w_m) each token's loss is
+
+    sum_{j=0..n} (C[c_{j+1}] - C[c_j]) ||e_j||^2,
+
+and its gradient follows from the same errors: d/de_j = 2 mass_j e_j, d/dv_l = -(the sum of
+those over j >= l) for v_l = f_{c_l} W_dec,{c_l}, from which the value's gradient is
+<d/dv_l, W_dec,{c_l}> and the decoder row's f_{c_l} d/dv_l; e0 gets the sum over j. Loss and
+gradient cost O(n d_in) per token: `every_prefix_loss` (an autograd Function over sparse
+`Codes`) computes the errors a block of tokens at a time (a [tokens, n_max, d_in] cumulative
+sum, tokens ordered by their n so blocks pad little), and recomputes them in the backward, so
+memory stays at one block (about 8 MB) instead of nnz x d_in floats (268 MB at d_in 512,
+k 32, batch 4096).
+
+`dense_every_prefix_loss` is the dense reference (`sparse_kernels = False`, and the GPU path):
+||e_m||^2 = ||e0||^2 + sum_{i<m} d_i with d_i = f_i (f_i G_ii - 2 <e0, W_i> + 2 sum_{i'<i} f_i'
+G_i'i), G = W_dec W_dec^T, so loss = mean_b (C[d_sae] ||e0||^2 + sum_i (C[d_sae] - C[i]) d_i):
+plain autograd, but a B x d_sae x d_sae product (d_sae / d_in times a decode's cost).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saerun.sae.sparse import Codes, _fp32_backward, _fp32_forward
+
+# Floats of one block's [tokens, n_max, d] tensors (8 MB in fp32): a few live at once.
+BLOCK_FLOATS = 1 << 21
+
+
+def prefix_cdf(d_sae: int, distribution: str) -> Tensor:
+    """C [d_sae + 1] float64: C[m] = w_1 + ... + w_m, C[0] = 0, C[d_sae] = 1, for the named
+    distribution over the widths m = 1..d_sae. uniform: w_m = 1/d_sae. log_uniform: w_m
+    proportional to 1/m for d_sae // 64 <= m (at least 1), 0 below."""
+    m = torch.arange(1, d_sae + 1, dtype=torch.float64)
+    if distribution == "uniform":
+        w = torch.ones_like(m)
+    elif distribution == "log_uniform":
+        w = torch.where(m >= max(1, d_sae // 64), 1.0 / m, 0.0)
+    else:
+        raise ValueError(f"unknown prefix distribution {distribution!r}")
+    return torch.cat([m.new_zeros(1), torch.cumsum(w / w.sum(), 0)])
+
+
+def _sorted_by_col(codes: Codes) -> Codes:
+    """The codes with each token's entries in increasing latent order (a no-op for the TopK
+    family's codes, which are built sorted)."""
+    key = codes.rows * codes.d_sae + codes.cols
+    if key.numel() < 2 or bool((key[1:] > key[:-1]).all()):
+        return codes
+    perm = key.argsort()
+    return Codes(codes.cols[perm], codes.vals[perm], codes.rows[perm], codes.offsets,
+                 codes.d_sae)
+
+
+def _blocks(counts: Tensor, width: int) -> list[tuple[Tensor, int]]:
+    """(tokens, n_max) blocks covering every token with entries: tokens in order of their
+    entry count, each block about BLOCK_FLOATS floats once padded to its n_max (at least one
+    token)."""
+    order = torch.argsort(counts, stable=True)
+    sorted_counts = counts[order].tolist()
+    out: list[tuple[Tensor, int]] = []
+    a, total = 0, len(sorted_counts)
+    while a < total and sorted_counts[a] == 0:
+        a += 1
+    while a < total:
+        n = max(1, BLOCK_FLOATS // ((sorted_counts[a] + 2) * width))
+        k_max = sorted_counts[min(total, a + n) - 1]
+        n = max(1, min(n, BLOCK_FLOATS // ((k_max + 2) * width)))
+        k_max = sorted_counts[min(total, a + n) - 1]
+        out.append((order[a:a + n], k_max))
+        a += n
+    return out
+
+
+def _block_matrix(phi: Tensor, tail: Tensor, total: float) -> Tensor:
+    """M' [T, n + 2, n + 1] of the module docstring for a block's values phi and tail weights
+    [T, n] (padding: both 0): rows l < n give Z_l, row n Z_e0, row n + 1 the decoded sum."""
+    t, n = phi.shape
+    m = phi.new_zeros(t, n + 2, n + 1)
+    # t_max(l, l') = min(t_l, t_l'): the entries are in latent order, and the tail weight
+    # C[d_sae] - C[c] does not increase with the latent c.
+    m[:, :n, :n] = phi[:, None, :] * torch.minimum(tail[:, :, None], tail[:, None, :])
+    m[:, :n, n] = -tail
+    m[:, n, :n] = -phi * tail
+    m[:, n, n] = total
+    m[:, n + 1, :n] = phi
+    return m
+
+
+class _EveryPrefix(torch.autograd.Function):
+    """(loss, decoded [B, d]) of the module docstring from sparse codes whose entries are in
+    latent order within each token, given each entry's tail weight C[d_sae] - C[c] [nnz] and
+    total = C[d_sae]. The gradients are computed with the loss (the same products) and kept:
+    [d_sae, d] + [B, d] + [nnz] floats; `decoded` (the full f W_dec) has no gradient."""
+
+    @staticmethod
+    @_fp32_forward
+    def forward(ctx: Any, vals: Tensor, w_dec: Tensor, e0: Tensor,
+                idx_all: tuple[Tensor, Tensor, Tensor], tail: Tensor,
+                total: float) -> tuple[Tensor, Tensor]:
+        cols_all, offsets, counts = idx_all
+        need_vals, need_w, need_e0 = ctx.needs_input_grad[:3]
+        d_sae, width = w_dec.shape
+        source = torch.cat([w_dec, e0])  # token b's e0 is row d_sae + b
+        loss = total * e0[counts == 0].square().sum()
+        decoded = torch.zeros_like(e0)
+        grad_vals = torch.zeros_like(vals) if need_vals else None
+        grad_w = torch.zeros_like(w_dec) if need_w else None
+        grad_e0 = 2.0 * total * e0 if need_e0 else None
+        for tokens, n in _blocks(counts, width):
+            slot = torch.arange(n, device=vals.device)
+            valid = slot < counts[tokens, None]
+            idx = torch.where(valid, offsets[tokens, None] + slot, 0)
+            cols = cols_all[idx]
+            zero = vals.new_zeros(())
+            phi = torch.where(valid, vals[idx], zero)
+            rows = torch.cat([cols, (d_sae + tokens)[:, None]], 1)
+            w_x = source.index_select(0, rows.flatten()).view(len(tokens), n + 1, width)
+            z = torch.bmm(_block_matrix(phi, torch.where(valid, tail[idx], zero), total), w_x)
+            q = (z[:, :n] * w_x[:, :n]).sum(-1)  # <Z_l, W_l>: half the value's gradient
+            loss = loss + (phi * q).sum() + (z[:, n] * w_x[:, n]).sum()
+            decoded[tokens] = z[:, n + 1]
+            if grad_vals is not None:
+                grad_vals[idx[valid]] = 2.0 * q[valid]
+            if grad_w is not None:
+                grad_w.index_add_(0, cols.flatten(),
+                                  (z[:, :n] * (2.0 * phi)[..., None]).flatten(0, 1))
+            if grad_e0 is not None:
+                grad_e0[tokens] = 2.0 * z[:, n]
+        ctx.grads, ctx.batch = (grad_vals, grad_w, grad_e0), e0.shape[0]
+        ctx.mark_non_differentiable(decoded)
+        return loss / e0.shape[0], decoded
+
+    @staticmethod
+    @_fp32_backward
+    def backward(ctx: Any, grad: Tensor, _grad_decoded: Tensor) -> tuple[Tensor | None, ...]:
+        scale = grad / ctx.batch
+        out = tuple(None if g is None else g * scale for g in ctx.grads)
+        return (*out, None, None, None)
+
+
+def every_prefix_loss(e0: Tensor, codes: Codes, w_dec: Tensor,
+                      cdf: Tensor) -> tuple[Tensor, Tensor]:
+    """(the every-prefix loss, codes W_dec [B, d] without gradient) for e0 = y - b_dec [B, d]
+    (differentiable), sparse codes (values differentiable) and w_dec [d_sae, d], with the
+    cumulative prefix weights cdf [d_sae + 1] (`prefix_cdf`)."""
+    codes = _sorted_by_col(codes)
+    with torch.no_grad():
+        cdf = cdf.to(codes.cols.device)
+        tail = (cdf[-1] - cdf[codes.cols]).to(e0.dtype)
+        counts = torch.bincount(codes.rows, minlength=codes.batch)
+    return _EveryPrefix.apply(codes.vals, w_dec, e0, (codes.cols, codes.offsets, counts),
+                              tail, float(cdf[-1]))
+
+
+def dense_every_prefix_loss(e0: Tensor, f: Tensor, w_dec: Tensor, cdf: Tensor) -> Tensor:
+    """The same loss from dense latents f [B, d_sae] by the Gram identity of the module
+    docstring (the reference; differentiable by plain autograd)."""
+    cdf = cdf.to(device=f.device, dtype=f.dtype)
+    tail = cdf[-1] - cdf[:-1]  # [d_sae]: the weight of the prefixes that contain latent i
+    gram = w_dec @ w_dec.t()
+    before = f @ torch.triu(gram, diagonal=1)  # sum_{i'<i} f_i' G_i'i
+    steps = f * (f * gram.diagonal() - 2.0 * (e0 @ w_dec.t()) + 2.0 * before)
+    return (cdf[-1] * e0.square().sum(1) + steps @ tail).mean()
