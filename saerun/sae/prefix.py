@@ -66,24 +66,23 @@ def _sorted_by_col(codes: Codes) -> Codes:
                  codes.d_sae)
 
 
-def _blocks(counts: Tensor, width: int) -> list[tuple[Tensor, int]]:
-    """(tokens, n_max) blocks covering every token with entries: tokens in order of their
-    entry count, each block about BLOCK_FLOATS floats once padded to its n_max (at least one
-    token)."""
+def _blocks(counts: Tensor, width: int) -> tuple[Tensor, int, list[tuple[int, int, int]]]:
+    """(order, skipped, blocks): the tokens in order of their entry count, how many of them
+    have none, and (start, stop, n_max) ranges of that order covering the others, each about
+    BLOCK_FLOATS floats once padded to its n_max (at least one token)."""
     order = torch.argsort(counts, stable=True)
     sorted_counts = counts[order].tolist()
-    out: list[tuple[Tensor, int]] = []
-    a, total = 0, len(sorted_counts)
-    while a < total and sorted_counts[a] == 0:
-        a += 1
+    blocks: list[tuple[int, int, int]] = []
+    total = len(sorted_counts)
+    skipped = a = total - sum(1 for c in sorted_counts if c)
     while a < total:
         n = max(1, BLOCK_FLOATS // ((sorted_counts[a] + 2) * width))
         k_max = sorted_counts[min(total, a + n) - 1]
         n = max(1, min(n, BLOCK_FLOATS // ((k_max + 2) * width)))
-        k_max = sorted_counts[min(total, a + n) - 1]
-        out.append((order[a:a + n], k_max))
-        a += n
-    return out
+        b = min(total, a + n)
+        blocks.append((a, b, sorted_counts[b - 1]))
+        a = b
+    return order, skipped, blocks
 
 
 def _block_matrix(phi: Tensor, tail: Tensor, total: float) -> Tensor:
@@ -101,6 +100,15 @@ def _block_matrix(phi: Tensor, tail: Tensor, total: float) -> Tensor:
     return m
 
 
+def _by_latent(latents: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """The [d_sae, n] CSR matrix with values[e] at (latents[e], cols[e]): one stable argsort
+    (the same summation order in every process), as `sparse._csr_t`."""
+    perm = latents.argsort(stable=True)
+    counts = torch.bincount(latents, minlength=shape[0])
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return torch.sparse_csr_tensor(crow, cols[perm], values[perm], shape, check_invariants=False)
+
+
 class _EveryPrefix(torch.autograd.Function):
     """(loss, decoded [B, d]) of the module docstring from sparse codes whose entries are in
     latent order within each token, given each entry's tail weight C[d_sae] - C[c] [nnz] and
@@ -115,33 +123,42 @@ class _EveryPrefix(torch.autograd.Function):
         cols_all, offsets, counts = idx_all
         need_vals, need_w, need_e0 = ctx.needs_input_grad[:3]
         d_sae, width = w_dec.shape
+        order, skipped, blocks = _blocks(counts, width)
         source = torch.cat([w_dec, e0])  # token b's e0 is row d_sae + b
-        loss = total * e0[counts == 0].square().sum()
-        decoded = torch.zeros_like(e0)
+        # Per token, in `order` (so each block writes one slice): the decoded sum, and
+        # Z_e0 (half e0's gradient), which is total * e0 for a token without entries.
+        decoded = e0.new_zeros(e0.shape)
+        z_e0 = torch.empty_like(e0)
+        z_e0[:skipped] = total * e0[order[:skipped]]
+        loss = (z_e0[:skipped] * e0[order[:skipped]]).sum()
         grad_vals = torch.zeros_like(vals) if need_vals else None
         grad_w = torch.zeros_like(w_dec) if need_w else None
-        grad_e0 = 2.0 * total * e0 if need_e0 else None
-        for tokens, n in _blocks(counts, width):
+        zero = vals.new_zeros(())
+        for a, b, n in blocks:
+            tokens = order[a:b]
             slot = torch.arange(n, device=vals.device)
             valid = slot < counts[tokens, None]
             idx = torch.where(valid, offsets[tokens, None] + slot, 0)
             cols = cols_all[idx]
-            zero = vals.new_zeros(())
             phi = torch.where(valid, vals[idx], zero)
             rows = torch.cat([cols, (d_sae + tokens)[:, None]], 1)
-            w_x = source.index_select(0, rows.flatten()).view(len(tokens), n + 1, width)
+            w_x = source.index_select(0, rows.flatten()).view(b - a, n + 1, width)
             z = torch.bmm(_block_matrix(phi, torch.where(valid, tail[idx], zero), total), w_x)
             q = (z[:, :n] * w_x[:, :n]).sum(-1)  # <Z_l, W_l>: half the value's gradient
             loss = loss + (phi * q).sum() + (z[:, n] * w_x[:, n]).sum()
-            decoded[tokens] = z[:, n + 1]
+            decoded[a:b] = z[:, n + 1]
+            z_e0[a:b] = z[:, n]
             if grad_vals is not None:
                 grad_vals[idx[valid]] = 2.0 * q[valid]
-            if grad_w is not None:
-                grad_w.index_add_(0, cols.flatten(),
-                                  (z[:, :n] * (2.0 * phi)[..., None]).flatten(0, 1))
-            if grad_e0 is not None:
-                grad_e0[tokens] = 2.0 * z[:, n]
+            if grad_w is not None:  # grad_w[c_l] += 2 phi_l Z_l, as one sparse product
+                where_z = (torch.arange(b - a, device=vals.device)[:, None] * (n + 2) + slot)
+                grad_w.addmm_(_by_latent(cols.flatten(), where_z.flatten(), 2.0 * phi.flatten(),
+                                         (d_sae, (b - a) * (n + 2))), z.view(-1, width))
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel(), device=order.device)
+        grad_e0 = 2.0 * z_e0.index_select(0, back) if need_e0 else None
         ctx.grads, ctx.batch = (grad_vals, grad_w, grad_e0), e0.shape[0]
+        decoded = decoded.index_select(0, back)
         ctx.mark_non_differentiable(decoded)
         return loss / e0.shape[0], decoded
 
