@@ -43,14 +43,13 @@ class MatryoshkaSAE(BatchTopKSAE):
         # Resolved by the planner (`spec.derive`); the base class refuses a config without.
         widths = resolved(cfg.prefix_widths, "prefix_widths")
         weights = resolved(cfg.prefix_weights, "prefix_weights")
-        self.every_prefix = widths == "every"
-        if isinstance(widths, str) or isinstance(weights, str):
-            self.prefix_widths, self.prefix_weights = [], []
+        self.every_prefix = widths == "every"  # the schema pairs it with a named distribution
+        self.prefix_widths: list[int] = list(widths) if isinstance(widths, list) else []
+        self.prefix_weights: list[float] = list(weights) if isinstance(weights, list) else []
+        if self.every_prefix:
             # Not persistent: the state dict (checkpoints, export) is batchtopk's, as before.
             self.register_buffer("prefix_cdf", prefix_cdf(self.d_sae, str(weights)),
                                  persistent=False)
-        else:
-            self.prefix_widths, self.prefix_weights = list(widths), list(weights)
 
     def reconstruction(self, x: Tensor, y: Tensor, f: Tensor,
                        w_dec: Tensor) -> tuple[Tensor, Tensor]:

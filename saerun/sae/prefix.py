@@ -13,14 +13,27 @@ w_1..w_m) each token's loss is
 
     sum_{j=0..n} (C[c_{j+1}] - C[c_j]) ||e_j||^2,
 
-and its gradient follows from the same errors: d/de_j = 2 mass_j e_j, d/dv_l = -(the sum of
-those over j >= l) for v_l = f_{c_l} W_dec,{c_l}, from which the value's gradient is
-<d/dv_l, W_dec,{c_l}> and the decoder row's f_{c_l} d/dv_l; e0 gets the sum over j. Loss and
-gradient cost O(n d_in) per token: `every_prefix_loss` (an autograd Function over sparse
-`Codes`) computes the errors a block of tokens at a time (a [tokens, n_max, d_in] cumulative
-sum, tokens ordered by their n so blocks pad little), and recomputes them in the backward, so
-memory stays at one block (about 8 MB) instead of nnz x d_in floats (268 MB at d_in 512,
-k 32, batch 4096).
+a quadratic form in the token's active decoder rows and e0. Stack them as
+W_x = [W_{c_1}; ...; W_{c_n}; e0] and write t_l = C[d_sae] - C[c_l] (the weight of the
+prefixes that contain latent c_l; it does not increase with l). Then
+
+    loss_token = sum_{l,l'} f_l f_l' min(t_l, t_l') <W_l, W_l'> - 2 sum_l t_l f_l <W_l, e0>
+                 + C[d_sae] ||e0||^2 = sum_r <(M W_x)_r, W_x,r>
+
+for the (n+1) x (n+1) matrix M of those coefficients, and with Z = M' W_x, M' = M with row l
+divided by f_l (Z_l = sum_l' f_l' min(t_l, t_l') W_l' - t_l e0, Z_e0 = (M W_x)_e0), every
+gradient is read off Z: d/df_l = 2 <Z_l, W_l>, d/dW_{c_l} = 2 f_l Z_l, d/de0 = 2 Z_e0, and
+loss_token = sum_l f_l <Z_l, W_l> + <Z_e0, e0>. So one batched product per block of tokens
+(Z, plus a row for the decoded sum) gives the loss, the decoded f W_dec and every gradient, in
+O(n^2 d_in) per token; the gradients are kept from the forward ([d_sae, d] + [B, d] + [nnz]
+floats) and scaled in the backward. `every_prefix_loss` (an autograd Function over sparse
+`Codes`) does it a block of tokens at a time (tokens ordered by n, so blocks pad little): memory
+stays at a few blocks (32 MB each) instead of nnz x d_in floats (268 MB at d_in 512, k 32,
+batch 4096). Against the encoder's d_sae d_in per token, (k+2)(k+1) d_in is cheap while k^2
+is small against d_sae (0.29x at d_sae 4096, k 32) and dear where it is not (8.4x at d_sae 512,
+k 64). A linear form (two cumulative sums over each token's rows, O(k d_in)) was written first
+and ran 3x slower on this CPU: torch's cumsum along the middle axis and the extra passes cost
+more than the batched product (BENCHMARKS.md has the step times).
 
 `dense_every_prefix_loss` is the dense reference (`sparse_kernels = False`, and the GPU path):
 ||e_m||^2 = ||e0||^2 + sum_{i<m} d_i with d_i = f_i (f_i G_ii - 2 <e0, W_i> + 2 sum_{i'<i} f_i'
@@ -37,8 +50,10 @@ from torch import Tensor
 
 from saerun.sae.sparse import Codes, _fp32_backward, _fp32_forward
 
-# Floats of one block's [tokens, n_max, d] tensors (8 MB in fp32): a few live at once.
-BLOCK_FLOATS = 1 << 21
+# Floats of one block's [tokens, n_max, d] tensors (32 MB in fp32; a few live at once). Fewer,
+# larger blocks pay less per-op overhead: at the bench size, 2^21 took 2.4x as long as 2^23 on
+# a loaded 2-core CPU, and 1.1x on a quieter one.
+BLOCK_FLOATS = 1 << 23
 
 
 def prefix_cdf(d_sae: int, distribution: str) -> Tensor:
@@ -71,7 +86,7 @@ def _blocks(counts: Tensor, width: int) -> tuple[Tensor, int, list[tuple[int, in
     have none, and (start, stop, n_max) ranges of that order covering the others, each about
     BLOCK_FLOATS floats once padded to its n_max (at least one token)."""
     order = torch.argsort(counts, stable=True)
-    sorted_counts = counts[order].tolist()
+    sorted_counts = counts.index_select(0, order).tolist()
     blocks: list[tuple[int, int, int]] = []
     total = len(sorted_counts)
     skipped = a = total - sum(1 for c in sorted_counts if c)
@@ -106,7 +121,8 @@ def _by_latent(latents: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, 
     perm = latents.argsort(stable=True)
     counts = torch.bincount(latents, minlength=shape[0])
     crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    return torch.sparse_csr_tensor(crow, cols[perm], values[perm], shape, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, cols.index_select(0, perm), values.index_select(0, perm),
+                                   shape, check_invariants=False)
 
 
 class _EveryPrefix(torch.autograd.Function):
@@ -123,39 +139,49 @@ class _EveryPrefix(torch.autograd.Function):
         cols_all, offsets, counts = idx_all
         need_vals, need_w, need_e0 = ctx.needs_input_grad[:3]
         d_sae, width = w_dec.shape
+        nnz, dev = vals.numel(), vals.device
         order, skipped, blocks = _blocks(counts, width)
         source = torch.cat([w_dec, e0])  # token b's e0 is row d_sae + b
+        # Entry nnz is padding: latent 0, value 0, tail weight 0 (every gather and scatter
+        # below is index_select / scatter_: on a busy CPU, advanced indexing's parallel
+        # region costs milliseconds per call).
+        cols_p = torch.cat([cols_all, cols_all.new_zeros(1)])
+        vals_p = torch.cat([vals, vals.new_zeros(1)])
+        tail_p = torch.cat([tail, tail.new_zeros(1)])
         # Per token, in `order` (so each block writes one slice): the decoded sum, and
         # Z_e0 (half e0's gradient), which is total * e0 for a token without entries.
         decoded = e0.new_zeros(e0.shape)
         z_e0 = torch.empty_like(e0)
-        z_e0[:skipped] = total * e0[order[:skipped]]
-        loss = (z_e0[:skipped] * e0[order[:skipped]]).sum()
-        grad_vals = torch.zeros_like(vals) if need_vals else None
+        empty = e0.index_select(0, order[:skipped])
+        z_e0[:skipped] = total * empty
+        loss = total * empty.square().sum()
+        grad_vals = vals.new_zeros(nnz + 1) if need_vals else None
         grad_w = torch.zeros_like(w_dec) if need_w else None
-        zero = vals.new_zeros(())
         for a, b, n in blocks:
             tokens = order[a:b]
-            slot = torch.arange(n, device=vals.device)
-            valid = slot < counts[tokens, None]
-            idx = torch.where(valid, offsets[tokens, None] + slot, 0)
-            cols = cols_all[idx]
-            phi = torch.where(valid, vals[idx], zero)
+            slot = torch.arange(n, device=dev)
+            start = offsets.index_select(0, tokens)[:, None]
+            idx = torch.where(slot < counts.index_select(0, tokens)[:, None], start + slot, nnz)
+            flat = idx.flatten()
+            cols = cols_p.index_select(0, flat).view(b - a, n)
+            phi = vals_p.index_select(0, flat).view(b - a, n)
             rows = torch.cat([cols, (d_sae + tokens)[:, None]], 1)
             w_x = source.index_select(0, rows.flatten()).view(b - a, n + 1, width)
-            z = torch.bmm(_block_matrix(phi, torch.where(valid, tail[idx], zero), total), w_x)
+            m = _block_matrix(phi, tail_p.index_select(0, flat).view(b - a, n), total)
+            z = torch.bmm(m, w_x)
             q = (z[:, :n] * w_x[:, :n]).sum(-1)  # <Z_l, W_l>: half the value's gradient
             loss = loss + (phi * q).sum() + (z[:, n] * w_x[:, n]).sum()
             decoded[a:b] = z[:, n + 1]
             z_e0[a:b] = z[:, n]
-            if grad_vals is not None:
-                grad_vals[idx[valid]] = 2.0 * q[valid]
+            if grad_vals is not None:  # padding lands on entry nnz, dropped below
+                grad_vals.scatter_(0, flat, 2.0 * q.flatten())
             if grad_w is not None:  # grad_w[c_l] += 2 phi_l Z_l, as one sparse product
-                where_z = (torch.arange(b - a, device=vals.device)[:, None] * (n + 2) + slot)
+                where_z = (torch.arange(b - a, device=dev)[:, None] * (n + 2) + slot)
                 grad_w.addmm_(_by_latent(cols.flatten(), where_z.flatten(), 2.0 * phi.flatten(),
                                          (d_sae, (b - a) * (n + 2))), z.view(-1, width))
-        back = torch.empty_like(order)
-        back[order] = torch.arange(order.numel(), device=order.device)
+        if grad_vals is not None:
+            grad_vals = grad_vals[:nnz]
+        back = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=dev))
         grad_e0 = 2.0 * z_e0.index_select(0, back) if need_e0 else None
         ctx.grads, ctx.batch = (grad_vals, grad_w, grad_e0), e0.shape[0]
         decoded = decoded.index_select(0, back)
@@ -178,7 +204,7 @@ def every_prefix_loss(e0: Tensor, codes: Codes, w_dec: Tensor,
     codes = _sorted_by_col(codes)
     with torch.no_grad():
         cdf = cdf.to(codes.cols.device)
-        tail = (cdf[-1] - cdf[codes.cols]).to(e0.dtype)
+        tail = (cdf[-1] - cdf.index_select(0, codes.cols)).to(e0.dtype)
         counts = torch.bincount(codes.rows, minlength=codes.batch)
     return _EveryPrefix.apply(codes.vals, w_dec, e0, (codes.cols, codes.offsets, counts),
                               tail, float(cdf[-1]))
