@@ -6,7 +6,7 @@ machine shared with other work inflates less). Target (issue 20): every prefix a
 step. Also the loss alone (forward + backward of the reconstruction term on fixed codes) and
 the peak resident memory of each variant's steps. Prints JSON lines.
 
-    python -m bench.matryoshka [--steps 9] [--threads 2]
+    python -m bench.matryoshka [--steps 9] [--threads 2] [--d-in 512 --d-sae 4096 --k 32 --batch 4096]
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ VARIANTS = {
 }
 
 
-def build(extra: dict):
+def build(extra: dict, d_in: int = D_IN, d_sae: int = D_SAE, k: int = K):
     cfg = TypeAdapter(SAEConfig).validate_python(
-        {"architecture": "matryoshka", "d_in": D_IN, "d_sae": D_SAE, "k": K, **extra})
+        {"architecture": "matryoshka", "d_in": d_in, "d_sae": d_sae, "k": k, **extra})
     sae = build_sae(cfg, 0)
     return sae, torch.optim.Adam(sae.parameters(), lr=1e-5)
 
@@ -41,11 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.matryoshka")
     p.add_argument("--steps", type=int, default=9, help="steps per variant (the first untimed)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--d-in", type=int, default=D_IN)
+    p.add_argument("--d-sae", type=int, default=D_SAE)
+    p.add_argument("--k", type=int, default=K)
+    p.add_argument("--batch", type=int, default=BATCH)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    x = torch.randn(BATCH, D_IN, generator=torch.Generator().manual_seed(0))
-    dead = torch.zeros(D_SAE, dtype=torch.bool)
-    saes = {name: build(extra) for name, extra in VARIANTS.items()}
+    x = torch.randn(args.batch, args.d_in, generator=torch.Generator().manual_seed(0))
+    dead = torch.zeros(args.d_sae, dtype=torch.bool)
+    saes = {name: build(extra, args.d_in, args.d_sae, args.k) for name, extra in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in saes}
     cpu: dict[str, list[float]] = {name: [] for name in saes}
     recon: dict[str, list[float]] = {name: [] for name in saes}
