@@ -11,7 +11,7 @@ latents at a time, so the loss costs about one decode.
 
 prefix_widths `every` (issue 20): every width 1..d_sae is a prefix, weighted by a distribution
 over the widths (prefix_weights `uniform` or `log_uniform`); the loss and its gradient cost
-O(k d_in) per token on the sparse kernels (`sae.prefix`, which states the maths), the dense
+O(k^2 d_in) per token on the sparse kernels (`sae.prefix`, which states the maths), the dense
 reference a B x d_sae x d_sae product.
 
 Defaults (derived by the planner, `spec.derive`): widths d_sae/64, d_sae/16, d_sae/4, d_sae
