@@ -1,12 +1,13 @@
 """Matryoshka with every prefix (prefix_widths every, `saerun/sae/prefix.py`) against the
 default four prefixes, in one process, interleaved step by step so machine load cancels out:
 one full training step (loss, backward, Adam, renorm) on the CPU's sparse kernels at d_in 512,
-d_sae 4096, k 32, batch 4096 (wall-clock medians, and the process's CPU time, which a
-machine shared with other work inflates less). Target (issue 20): every prefix at most 2x the default's median
-step. Also the loss alone (forward + backward of the reconstruction term on fixed codes) and
-the peak resident memory of each variant's steps. Prints JSON lines.
+d_sae 4096, k 32, batch 4096 (wall-clock medians, and the process's CPU time, which a machine
+shared with other work inflates less). Target (issue 20): every prefix at most 2x the
+default's median step. Also the loss alone (forward + backward of the reconstruction term on
+fixed codes) and the peak resident memory of the process. Prints JSON lines.
 
-    python -m bench.matryoshka [--steps 9] [--threads 2] [--d-in 512 --d-sae 4096 --k 32 --batch 4096]
+    python -m bench.matryoshka [--steps 9] [--threads 2]
+                               [--d-in 512 --d-sae 4096 --k 32 --batch 4096]
 """
 
 from __future__ import annotations

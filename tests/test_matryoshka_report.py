@@ -10,10 +10,10 @@ from saerun.report.findings_ideas import IDEAS
 
 def row(run_id: str, k: int, fvu: float, every: bool, weights: str | None = None,
         dead: float = 0.02) -> dict:
-    return {"run_id": run_id, "series": "matryoshka", "sae.k": k, "l0": float(k),
+    return {"run_id": run_id, "series": "matryoshka", "sae.k": k, "l0": float(k), "d_sae": 512,
             "fvu": fvu, "ce_loss_recovered": 1.0 - fvu / 4, "dead_fraction": dead,
-            "sae.prefix_widths": "every" if every else None,
-            "sae.prefix_weights": weights if every else None}
+            "sae.prefix_widths": "every" if every else [8, 32, 128, 512],
+            "sae.prefix_weights": weights if every else [0.25] * 4}
 
 
 def rows(every_fvu: list[float]) -> list[dict]:
@@ -35,7 +35,13 @@ def test_section_table_and_a_better_verdict():
         assert f"`{run_id}`" in md
     assert "lower (better) at every k" in md
     assert "Dead latents: 5.0% against 2.0%" in md
-    assert "Log-uniform weights at k 32: FVU 0.1700 against uniform's 0.1300" in md
+    assert ("Log-uniform weights at k 32: FVU 0.1700 against uniform's 0.1300 and the four "
+            "prefixes' 0.1500.") in md
+    # d_sae/16 = 32 latents: the default's widths 8 and 32 (half its weight), 32/512 uniform,
+    # and log-uniform's sum of 1/m over 8..32 against 8..512
+    share = sum(1 / m for m in range(8, 33)) / sum(1 / m for m in range(8, 513))
+    assert (f"matryoshka (4 prefixes) 50%, matryoshka (every prefix, log_uniform) "
+            f"{100 * share:.0f}%, matryoshka (every prefix, uniform) 6%") in md
 
 
 def test_section_says_worse_and_nil_plainly():

@@ -24,6 +24,26 @@ def _f(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if ok(value) else "-"
 
 
+def small_prefix_weight(row: dict[str, Any]) -> float:
+    """The share of the loss's weight on prefixes of at most d_sae/16 latents (the default's
+    first two widths), from the run's prefix scheme."""
+    d = int(row.get("d_sae") or row.get("sae.d_sae") or 0)
+    if d < 1:
+        return float("nan")
+    cut = max(1, d // 16)
+    if row.get("sae.prefix_widths") != "every":
+        widths = row.get("sae.prefix_widths")
+        weights = row.get("sae.prefix_weights")
+        if not isinstance(widths, list) or not isinstance(weights, list) or not sum(weights):
+            return float("nan")
+        return sum(w for m, w in zip(widths, weights, strict=True) if m <= cut) / sum(weights)
+    if row.get("sae.prefix_weights") == "log_uniform":
+        lo = max(1, d // 64)
+        total = sum(1.0 / m for m in range(lo, d + 1))
+        return sum(1.0 / m for m in range(lo, cut + 1)) / total
+    return cut / d
+
+
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [float(r[key]) for r in rows if ok(r.get(key))]
     return statistics.fmean(values) if values else None
@@ -82,10 +102,22 @@ def section(rows: list[dict[str, Any]], plans: dict[str, list[str]],
     if log and ok(log[0].get("fvu")):
         k = log[0].get("sae.k")
         ref = {r.get("sae.k"): r for r in uni}.get(k)
+        four = by_k.get(k)
         if ref is not None and ok(ref.get("fvu")):
             verdict += (f" Log-uniform weights at k {k}: FVU {log[0]['fvu']:.4f} against "
-                        f"uniform's {ref['fvu']:.4f}.")
+                        f"uniform's {ref['fvu']:.4f}")
+            if four is not None and ok(four.get("fvu")):
+                verdict += f" and the four prefixes' {four['fvu']:.4f}"
+            verdict += "."
+    shares: dict[str, float] = {}
+    for r in named:
+        shares.setdefault(r["series"], small_prefix_weight(r))
+    share_words = ", ".join(f"{name} {100 * w:.0f}%" for name, w in sorted(shares.items())
+                            if w == w)
     md += [words, "", verdict, "",
-           "What the first latents alone reconstruct (the point of nesting) is not among the "
-           "stored metrics, so it is not compared here.", ""]
+           f"Weight of the loss on prefixes of at most d_sae/16 latents: {share_words}. Uniform "
+           "weights press the first latents far less than the default's, so a lower FVU at full "
+           "width is to be expected of them and says nothing for the nesting itself; what the "
+           "first latents alone reconstruct is not among the stored metrics, so it is not "
+           "compared here.", ""]
     return md
