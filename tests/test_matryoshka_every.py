@@ -155,3 +155,18 @@ def test_spec_rules():
     # The state dict (checkpoints, SAELens export) is batchtopk's: the weights are no tensor.
     sae = build_sae(derive.resolved_sae(cfg(prefix_widths="every")), seed=0)
     assert "prefix_cdf" not in sae.state_dict()
+
+
+def test_sparse_kernel_is_bit_reproducible():
+    f, w_dec, e0 = problem(5)
+    f, w_dec, e0 = f.float(), w_dec.float(), e0.float()
+    rows, cols, offsets = where(f > 0)
+    results = []
+    for _ in range(2):
+        vals = f[rows, cols].clone().requires_grad_(True)
+        w, e = w_dec.clone().requires_grad_(True), e0.clone().requires_grad_(True)
+        loss, _ = every_prefix_loss(e, Codes(cols, vals, rows, offsets, S), w,
+                                    prefix_cdf(S, "uniform"))
+        results.append((loss, *grads(loss, [vals, w, e])))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

@@ -48,6 +48,7 @@ CASES = [
     ("matryoshka", {"k": 6, "prefix_widths": [10, 40, 160]}),
     ("matryoshka", {"k": 6, "prefix_widths": "every"}),
     ("matryoshka", {"k": 6, "prefix_widths": "every", "prefix_weights": "log_uniform"}),
+    ("matryoshka", {"k": 6, "prefix_widths": "every", "decoder_mode": "norm_weighted"}),
     ("relu", {}),
     ("relu", {"decoder_mode": "unit_norm"}),
     ("relu", {"sparsity": {"penalty": "sqrt_l1"}}),
