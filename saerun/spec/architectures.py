@@ -222,7 +222,7 @@ class MatryoshkaSAEConfig(_BatchTopKCommon):
         None, description="nested prefix widths m_1 < ... < m_n, the last equal to d_sae; "
         "null: derived, d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped). `every`: "
         "every width 1, 2, ..., d_sae is a prefix (block size 1), weighted by the "
-        "distribution prefix_weights names; the CPU's sparse step costs 1.6x the default "
+        "distribution prefix_weights names; the CPU's sparse step costs 1.4-1.8x the default "
         "four prefixes' at d_in 512, d_sae 4096, k 32 (more where k^2 is large against d_sae; "
         "`sae.prefix`, BENCHMARKS.md).",
     )
