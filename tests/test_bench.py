@@ -307,3 +307,17 @@ def test_the_gpu_check_runs_its_paths_on_the_cpu(tmp_path):
     for r in results:
         assert r["tokens_per_s"] > 0 and 0 <= r["lm_fraction"] < 1
         assert r["planner_estimate_gb"] > 0 and r["sae_tflops"] > 0
+
+
+def test_the_matryoshka_bench_runs_every_variant_at_a_tiny_size(capsys):
+    from bench import matryoshka
+
+    threads = torch.get_num_threads()
+    try:
+        matryoshka.main(["--steps", "2", "--threads", "1", "--d-in", "8", "--d-sae", "64",
+                         "--k", "4", "--batch", "32"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("variant") for line in lines[:3]] == list(matryoshka.VARIANTS)
+    assert lines[0]["ratio_to_default"] == 1.0 and all(line["step_s"] > 0 for line in lines[:3])

@@ -218,18 +218,30 @@ class MatryoshkaSAEConfig(_BatchTopKCommon):
         description="Matryoshka BatchTopK SAE (Bussmann et al. 2025): the loss sums the "
         "reconstruction error of nested prefixes of the dictionary; infers as batchtopk."
     )
-    prefix_widths: list[int] | None = Field(
+    prefix_widths: list[int] | Literal["every"] | None = Field(
         None, description="nested prefix widths m_1 < ... < m_n, the last equal to d_sae; "
-        "null: derived, d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped).",
+        "null: derived, d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped). `every`: "
+        "every width 1, 2, ..., d_sae is a prefix (block size 1), weighted by the "
+        "distribution prefix_weights names; the CPU's sparse step costs 1.4-1.8x the default "
+        "four prefixes' at d_in 512, d_sae 4096, k 32 (more where k^2 is large against d_sae; "
+        "`sae.prefix`, BENCHMARKS.md).",
     )
-    prefix_weights: list[float] | None = Field(
+    prefix_weights: list[float] | Literal["uniform", "log_uniform"] | None = Field(
         None, description="weight of each prefix's reconstruction loss (one per prefix width, "
-        ">= 0); null: derived, 1/n each.",
+        ">= 0); null: derived, 1/n each. With prefix_widths `every`, a distribution over the "
+        "widths m instead: `uniform` (1/d_sae each, the derived default) or `log_uniform` "
+        "(proportional to 1/m for d_sae/64 <= m <= d_sae and 0 below: the default four "
+        "widths' range, spread over every width).",
     )
 
     @model_validator(mode="after")
     def _nested(self) -> MatryoshkaSAEConfig:
         widths, weights = self.prefix_widths, self.prefix_weights
+        if widths == "every" or isinstance(weights, str):
+            if widths != "every" or isinstance(weights, list):
+                raise ValueError("prefix_weights uniform or log_uniform goes with prefix_widths "
+                                 "every, which takes no list of weights (one per width)")
+            return self
         if widths is not None:
             increasing = all(a < b for a, b in zip(widths[:-1], widths[1:], strict=True))
             if not widths or widths[0] < 1 or not increasing:

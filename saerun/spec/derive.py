@@ -12,7 +12,7 @@ The rules:
 - decoder_init_norm: 1 with decoder_mode unit_norm (the only norm it admits), else 0.1.
 - aux_k (topk, batchtopk, matryoshka): d_in // 2 (Gao et al. 2024), at least 1, capped at d_sae.
 - prefix_widths (matryoshka): d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped);
-  prefix_weights: 1/n each.
+  prefix_weights: 1/n each, or `uniform` with prefix_widths `every`.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def default_prefix_weights(n: int) -> tuple[list[float], str]:
     return [1.0 / n] * n, f"1/{n} for each of the {n} prefixes"
 
 
+def default_every_prefix_weights(d_sae: int) -> tuple[str, str]:
+    return "uniform", f"every prefix width 1..{d_sae}: 1/{d_sae} each"
+
+
 def sae_derivations(sae: SAEConfig) -> Derived:
     """What the rules give for the `None` fields of an SAE config whose d_in and d_sae are
     set, keyed by their path in a RunConfig (("sae", "aux_k"), ...)."""
@@ -83,7 +87,9 @@ def sae_derivations(sae: SAEConfig) -> Derived:
         if widths is None:
             widths, how = default_prefix_widths(sae.d_sae)
             out[("sae", "prefix_widths")] = (widths, how)
-        if sae.prefix_weights is None:
+        if sae.prefix_weights is None and widths == "every":
+            out[("sae", "prefix_weights")] = default_every_prefix_weights(sae.d_sae)
+        elif sae.prefix_weights is None:
             out[("sae", "prefix_weights")] = default_prefix_weights(len(widths))
     return out
 
@@ -156,9 +162,9 @@ def v1_identity(config: dict) -> dict:
     rules: dict[KeyPath, Any] = {}
     if sae.get("aux_k") is not None:
         rules[("sae", "aux_k")] = default_aux_k(sae["d_in"], sae["d_sae"])[0]
-    if sae.get("prefix_widths") is not None:
+    if isinstance(sae.get("prefix_widths"), list):  # `every` (not in v1) stays in the id
         rules[("sae", "prefix_widths")] = default_prefix_widths(sae["d_sae"])[0]
-    if sae.get("prefix_weights") is not None:
+    if isinstance(sae.get("prefix_weights"), list):
         rules[("sae", "prefix_weights")] = default_prefix_weights(len(sae["prefix_weights"]))[0]
     derived = {path for path, rule in rules.items() if sae.get(path[1]) == rule}
     if ("sae", "prefix_weights") in rules and ("sae", "prefix_weights") not in derived:
