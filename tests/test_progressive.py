@@ -237,3 +237,22 @@ def test_the_planner_refuses_a_compiled_k_schedule(tmp_path):
                     "{start: 32}}\ntrain: {compile: true}\n")
     with pytest.raises(SaerunError, match="recompile the loss at every new k"):
         prepare(path)
+
+
+def test_findings_analyse_the_progressive_runs_too(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from saerun.registry import Registry
+    from saerun.report.findings import posthoc_run_ids
+    from saerun.report.rows import results
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.synthetic import synthetic_registry
+
+    path = tmp_path / "saerun.db"
+    synthetic_registry(path, 8)
+    with Registry(path) as reg:
+        ids = [r["run_id"] for r in results(reg)]
+    plans = {"frontier.yaml": ids[:4], "ideas-progressive.yaml": ids[2:6]}
+    assert posthoc_run_ids(path, plans) == ids[:6]  # the frontier's, then the idea's others
