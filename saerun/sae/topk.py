@@ -18,11 +18,11 @@ count of `compute_matched_to` measures.
 
 A progressive code (topk only; `sae.multi_k`, `sae.k_schedule`). multi_k: the reconstruction
 term is the mean over k' in multi_k of ||y - y_hat_k'||^2, y_hat_k' decoded from each token's
-k' largest latents (sparsify's Multi-TopK: k and 4k), so one SAE is trained to be read at any
-of them; the sparse path takes each token's largest max(multi_k) once, sorted, and decodes
-prefixes of it. k_schedule: the loss uses the step's k (`StepInfo.k`, a pure function of the
-step, `train.k_at`). Either way the SAE encodes with k; AuxK and the dead-latent clocks read the
-code at the step's k (k itself with multi_k).
+k' largest latents (sparsify's Multi-TopK adds 4k's term at weight 1/8), so one SAE is
+trained to be read at any of them; the sparse path takes each token's largest max(multi_k) once,
+sorted, and decodes prefixes of it. k_schedule: the loss uses the step's k (`StepInfo.k`, a pure
+function of the step, `train.k_at`). Either way the SAE encodes with k; AuxK and the dead-latent
+clocks read the code at the step's k (k itself with multi_k).
 
 Subclasses (batchtopk, matryoshka) replace `select` / `train_select` / `train_indices`, matryoshka
 `reconstruction` / `sparse_reconstruction`.

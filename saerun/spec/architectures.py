@@ -216,8 +216,9 @@ class TopKSAEConfig(_TopKCommon):
     multi_k: list[int] | None = Field(
         None, description="a progressive code: the reconstruction term of the loss is the mean, "
         "over these k' (strictly increasing, k among them, each at most d_sae), of the MSE with "
-        "each token's k' largest latents (sparsify's Multi-TopK uses k and 4k); the SAE still "
-        "encodes with k, and AuxK reads the residual at k. null: k alone.",
+        "each token's k' largest latents (sparsify's Multi-TopK adds 4k's at weight 1/8; "
+        "[k, 4k] here weighs both 1/2); the SAE still encodes with k, and AuxK reads the "
+        "residual at k. null: k alone.",
     )
     k_schedule: KSchedule | None = Field(
         None, description="anneal k during training from k_schedule.start down (or up) to k "
