@@ -194,10 +194,11 @@ def test_the_section_compares_each_k_with_the_sae_trained_there():
     assert "| k' | trained at k = k' | plain k=16 | k 64→16 (linear, first 50%) | multi_k " \
         "8/16/32 |" in md
     assert "| 8 | 0.3000 | 0.6000 (+100%) | 0.9000 (+200%) | 0.3300 (+10%) |" in md
-    assert ("multi_k 8/16/32: at the 2 other k' it is within 5% of the SAE trained there at 1, "
-            "+7% FVU on average (worst +10% at k'=8); at its own k=16, +5%.") in md
+    assert ("multi_k 8/16/32: within 5% of the FVU of the SAE trained at k' at 1 of the 2 "
+            "other k', +7% on average (worst +10% at k'=8); at its own k=16, +5%.") in md
     assert "better than the plain k=16 SAE read there at every one of them" in md
-    assert "k 64→16 (linear, first 50%): at the 2 other k'" in md
+    assert "k 64→16 (linear, first 50%): within 5% of the FVU of the SAE trained at k' at 0 of " \
+        "the 2 other k'" in md
     assert "better than the plain k=16 SAE read there at 0 of" not in md
     assert "no better than the plain k=16 SAE read at those k' (the effect is nil or negative)" \
         in md

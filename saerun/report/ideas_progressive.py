@@ -125,8 +125,8 @@ def _progressive_words(cols: list[dict[str, Any]], trained: dict[int, float], k0
         close = sum(1 for g in gaps.values() if g <= CLOSE)
         own = _at_k(r).get(k0)
         own_gap = own / trained[k0] - 1 if ok(own) and k0 in trained else math.nan
-        text = (f"{_label(r)}: at the {len(gaps)} other k' it is within {CLOSE:.0%} of the SAE "
-                f"trained there at {close}, {_pct(mean_gap)} FVU on average (worst "
+        text = (f"{_label(r)}: within {CLOSE:.0%} of the FVU of the SAE trained at k' at "
+                f"{close} of the {len(gaps)} other k', {_pct(mean_gap)} on average (worst "
                 f"{_pct(gaps[worst])} at k'={worst}); at its own k={k0}, {_pct(own_gap)}.")
         shared = [k for k in gaps if k in base]
         if shared:
