@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", action="store_true", help="each metric against the learning rate")
     p.add_argument("--curves", action="store_true", help="training curves against tokens")
     p.add_argument("--posthoc", action="store_true",
-                   help="threshold ablation, TopK at other k, opposing decoder directions "
+                   help="threshold ablation, TopK at other k, top-n per token, opposing decoder "
+                   "directions "
                    "(loads the SAEs and the model)")
     p.add_argument("--all", action="store_true", help="every report above")
     p.add_argument("--format", choices=["md", "json", "csv"], default="md",

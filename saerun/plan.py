@@ -269,6 +269,12 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims],
             derived.update(derive.sae_derivations(config.sae))
             config = _validated(tree, derived, note)
 
+        if config.train.compile and getattr(config.sae, "k_schedule", None) is not None:
+            raise SpecError("sae.k_schedule changes k, a tensor shape, during training: "
+                            "torch.compile would recompile the loss at every new k",
+                            path=("sae", "k_schedule"), field="sae.k_schedule",
+                            hint="set train.compile false, or drop the schedule" + (
+                                f" {note}" if note else ""))
         provenance = _provenance(config, raw, point, derived)
         run_id = run_id_of(config)
         label = _label(spec, point)

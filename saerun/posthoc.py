@@ -7,6 +7,10 @@ STORED in the registry (its `posthoc` table), so `saerun report --posthoc` only 
   across its whole range whatever its scale.
 - **Progressive code** (TopK family): evaluate at k' other than the trained k: per token the
   k' largest pre-activations, ReLU'd (batchtopk and matryoshka too, per token).
+- **Top-n per token** (any architecture but topk, whose top-n is its k' = n): keep each
+  token's n largest latents of the SAE's own encode, zero the rest, decode; n from TOPN, below
+  the SAE's L0 on the eval tokens (an L0-50 SAE read at 10 latents against an SAE trained at
+  L0 10).
 - **Opposing decoder directions**: latent pairs whose decoder rows have cosine < -0.9 and
   < -0.7 (weights only).
 
@@ -40,6 +44,7 @@ from saerun.spec import RunConfig
 POSTHOC_TOKENS = 4096  # 32 sequences: enough for curves, cheap on a CPU
 QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)  # of the non-zero activations: thresholds t > 0
 K_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # k' = factor * k, capped at d_sae
+TOPN = (4, 8, 16, 32)  # latents kept per token, each below the SAE's own L0
 OPPOSING = (-0.9, -0.7)
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 Record = dict[str, Any]  # one analysis of one run: kind, param and its numbers (JSON-able)
@@ -88,6 +93,26 @@ class TopKAt(_ReEncoded):
         return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
 
 
+class TopN(_ReEncoded):
+    """An SAE whose latents are cut to each token's n largest: f' = f on the n largest entries
+    of every row of f = sae.encode(x), zeros elsewhere (a row with fewer than n non-zeros is
+    unchanged); decode unchanged."""
+
+    def __init__(self, sae: SAE, n: int) -> None:
+        super().__init__(sae)
+        self.n = int(n)
+
+    def encode(self, x: Tensor) -> Tensor:
+        f = self.sae.encode(x)
+        values, indices = f.topk(min(self.n, f.shape[-1]), dim=-1, sorted=False)
+        return torch.zeros_like(f).scatter(-1, indices, values)
+
+
+def top_ns(l0: float, grid: tuple[int, ...] = TOPN) -> list[int]:
+    """The n of `grid` below an SAE's L0 (n >= L0 would keep about every latent it fires)."""
+    return [n for n in grid if n < l0]
+
+
 def opposing_pairs(w_dec: Tensor, cutoffs: tuple[float, ...] = OPPOSING) -> dict[float, int]:
     """cutoff -> number of latent pairs (i < j) whose decoder rows have cosine < cutoff."""
     w = w_dec.double()
@@ -132,7 +157,8 @@ def load_sae(cfg: RunConfig, folder: Path) -> SAE:
 
 
 def _variants(cfg: RunConfig, sae: SAE, acts: Tensor) -> dict[str, tuple[str, float]]:
-    """variant id -> (kind, parameter) for one SAE: thresholds, then k' for the TopK family."""
+    """variant id -> (kind, parameter) for one SAE: thresholds, k' for the TopK family, top-n
+    below the SAE's L0 (not for topk: there top-n is k' = n)."""
     with torch.no_grad():
         f = sae.encode(acts)
     out: dict[str, tuple[str, float]] = {}
@@ -142,13 +168,19 @@ def _variants(cfg: RunConfig, sae: SAE, acts: Tensor) -> dict[str, tuple[str, fl
     if cfg.sae.architecture in TOPK_FAMILY and k is not None:
         for kp in k_primes(int(k), sae.d_sae):
             out[f"k={kp}"] = ("k", kp)
+    if cfg.sae.architecture != "topk" and f.numel():
+        for n in top_ns(float(f.gt(0).sum(dtype=torch.float32)) / f.shape[0]):
+            out[f"n={n}"] = ("topn", n)
     return out
 
 
 def _variant(sae: SAE, kind: str, param: float) -> Encoder:
-    """The SAE variant of one `_variants` entry: thresholded, or re-encoded at k' latents."""
+    """The SAE variant of one `_variants` entry: thresholded, cut to top-n, or re-encoded at
+    k' latents."""
     if kind == "threshold":
         return Thresholded(sae, param)
+    if kind == "topn":
+        return TopN(sae, int(param))
     if not isinstance(sae, TopKSAE):  # `_variants` gives k' only to the TopK family
         raise TypeError(f"a k' variant needs a TopK-family SAE, not {sae.architecture!r}")
     return TopKAt(sae, int(param))
@@ -183,8 +215,9 @@ def compute(registry_path: Path, run_ids: list[str], tokens: int = POSTHOC_TOKEN
 
 def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
             tokens: int = POSTHOC_TOKENS) -> dict[str, dict[str, Record]]:
-    """run_id -> {variant: record} for every run: one record per threshold / k' variant plus
-    one with the opposing-pair counts. Runs sharing a model and data share one forward pass."""
+    """run_id -> {variant: record} for every run: one record per threshold / k' / top-n
+    variant plus one with the opposing-pair counts. Runs sharing a model and data share one
+    forward pass."""
     out: dict[str, dict[str, Record]] = {}
     by_source: dict[tuple[str, str], list[str]] = {}
     for run_id, cfg in configs.items():

@@ -56,6 +56,25 @@ def sparsity_at(step: int, total_steps: int, t: TrainConfig) -> float:
     return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
 
 
+def k_at(step: int, total_steps: int, sae: object) -> int | None:
+    """The k of this step under sae.k_schedule (topk): from `start` at step 0 to sae.k at step
+    int(until_fraction * total_steps), linearly or geometrically, rounded; sae.k from there on.
+    None without a schedule (the SAE uses its own k)."""
+    schedule = getattr(sae, "k_schedule", None)
+    k = getattr(sae, "k", None)
+    if schedule is None or k is None:
+        return None
+    end = int(total_steps * schedule.until_fraction)
+    if step >= end:
+        return int(k)
+    p = step / end
+    if schedule.shape == "linear":
+        value = schedule.start + (k - schedule.start) * p
+    else:
+        value = schedule.start * (k / schedule.start) ** p
+    return max(1, round(value))
+
+
 def compiled(sae: SAE) -> Callable[[Tensor, StepInfo, Tensor | None], LossOutput]:
     """`sae.loss` compiled by torch.compile (inductor): the forward and, through AOTAutograd,
     its backward. A compiled SAE takes the dense products (the path a GPU takes anyway): the
@@ -140,7 +159,8 @@ class Trainer:
         lr = lr_at(self.step, self.total_steps, t, self.resampled_at)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask())
+        info = StepInfo(sparsity_at(self.step, self.total_steps, t), self.dead_mask(),
+                        k_at(self.step, self.total_steps, self.config.sae))
         # bf16: the loss under autocast (its matmuls in bf16, everything else as it was: the
         # weights, the Adam state, the thresholds and the loss's reductions stay fp32). bf16
         # has fp32's exponent range, so no gradient scaler is needed.

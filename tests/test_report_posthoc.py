@@ -94,7 +94,7 @@ def test_build_posthoc_from_records(tmp_path):
     assert "thresholding at t = 0.5 takes L0 8.0 -> 5.0 and FVU 0.2000 -> 0.3000" in md
     assert "FVU 0.2000 at k'=8, 0.1500 at k'=16; lowest at k'=16" in md
     assert "1 pairs with cosine < -0.9 and 4 with cosine < -0.7" in md
-    assert [t.name for t in tables] == ["threshold", "progressive", "opposing"]
+    assert [t.name for t in tables] == ["threshold", "progressive", "topn", "opposing"]
     assert len(tables[0].rows) == 2 and len(tables[1].rows) == 2
     assert (tmp_path / "posthoc" / "m__h__threshold.png").stat().st_size > 5000
     assert (tmp_path / "posthoc" / "m__h__progressive.png").exists()

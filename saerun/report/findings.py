@@ -31,6 +31,9 @@ from saerun.report.lr import build_lr
 from saerun.report.rows import results
 
 FRONTIER_SPEC = "frontier.yaml"
+# Idea specs whose runs get the post-hoc analyses too (their sections read them: each of their
+# rows carries its records under "posthoc").
+POSTHOC_IDEA_SPECS = ("ideas-progressive.yaml",)
 L0_GRID = (8, 16, 32, 64, 128)  # where the TopK-family / JumpReLU frontiers are read off
 
 
@@ -45,9 +48,13 @@ def _rows(reg: Registry, plans: dict[str, list[str]]) -> tuple[list[dict[str, An
 
 
 def posthoc_run_ids(registry_path: Path, plans: dict[str, list[str]]) -> list[str]:
-    """The runs whose post-hoc analyses the findings reports show (the frontier runs)."""
+    """The runs whose post-hoc analyses the findings reports show: the frontier runs, then
+    those of `POSTHOC_IDEA_SPECS` not among them."""
     with Registry(registry_path, must_exist=True) as reg:
-        return [r["run_id"] for r in _rows(reg, plans)[1]]
+        rows, front = _rows(reg, plans)
+    ids = [r["run_id"] for r in front]
+    wanted = {i for spec in POSTHOC_IDEA_SPECS for i in plans.get(spec, [])}
+    return ids + [r["run_id"] for r in rows if r["run_id"] in wanted - set(ids)]
 
 
 def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dict[str, str],
@@ -65,6 +72,8 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
         curves = reg.curves(ids)
         densities = read_densities({i: reg.artifacts_dir(i) for i in ids})
         records = reg.posthoc([r["run_id"] for r in front_rows])
+        idea_records = reg.posthoc([i for spec in POSTHOC_IDEA_SPECS
+                                    for i in plans.get(spec, [])])
     report_dir = Path(out) / "findings"
     everything = {"rows": rows, "curves": curves, "densities": densities}
     write_reports(registry_path, ("death", "lr"), {}, report_dir, inputs=everything)
@@ -75,7 +84,10 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
     # The MLP questions train at another site: their runs stay out of the other sections.
     mlp_ids = {i for spec in MLP_SPECS for i in plans.get(spec, [])}
     idea_ids = {i for spec in IDEA_SPECS for i in plans.get(spec, [])}
-    main_rows = [r for r in rows if r["run_id"] not in mlp_ids | idea_ids] or rows
+    # A run that another findings spec plans too (an idea's baseline) stays in the sections above.
+    shared = {i for spec, ids in plans.items() if spec not in (*MLP_SPECS, *IDEA_SPECS)
+              for i in ids}
+    main_rows = [r for r in rows if r["run_id"] not in (mlp_ids | idea_ids) - shared] or rows
     mlp_rows = [r for r in rows if r["run_id"] in mlp_ids]
     text = findings_page(prepare(main_rows), prepare(front_rows), plans, curves, failed)
     text += "\n" + "\n".join(mlp_sections(prepare(mlp_rows) if mlp_rows else [], plans, curves,
@@ -83,6 +95,8 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
     text += "\n" + "\n".join(real_sections(prepare(real_rows) if real_rows else [],
                                             prepare(front_rows), plans, 9))
     idea_rows = prepare([r for r in rows if r["run_id"] in idea_ids]) if idea_ids else []
+    for r in idea_rows:
+        r["posthoc"] = [x for x in idea_records if x["run_id"] == r["run_id"]]
     text += "\n".join(ideas_sections(idea_rows, plans, curves, _cmp_words))
     page.write_text(text, encoding="utf-8")
     return page

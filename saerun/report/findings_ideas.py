@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from saerun.report import ideas_matryoshka
+from saerun.report import ideas_matryoshka, ideas_progressive
 
 Section = Callable[[list[dict[str, Any]], dict[str, list[str]],
                     dict[str, list[dict[str, Any]]], Any], list[str]]
@@ -21,6 +21,7 @@ Section = Callable[[list[dict[str, Any]], dict[str, list[str]],
 # and adds its `(SPECS, section)` entry here.
 IDEAS: list[tuple[tuple[str, ...], Section]] = [
     (ideas_matryoshka.SPECS, ideas_matryoshka.section),
+    (ideas_progressive.SPECS, ideas_progressive.section),
 ]
 
 IDEA_SPECS: tuple[str, ...] = tuple(s for specs, _ in IDEAS for s in specs)

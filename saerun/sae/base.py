@@ -45,6 +45,7 @@ class StepInfo(NamedTuple):
 
     sparsity_scale: float | Tensor  # sparsity warm-up factor in [0, 1] (a 0-d tensor: compiled)
     dead_mask: Tensor  # [d_sae] bool: latents that fired on none of the last dead-window tokens
+    k: int | None = None  # a TopK SAE's k at this step under sae.k_schedule; None: its own k
 
 
 class SAE(nn.Module):

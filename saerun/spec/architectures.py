@@ -192,11 +192,57 @@ class _TopKCommon(_SAECommon):
         return self
 
 
+class KSchedule(_Strict):
+    """An annealed k (`sae.k_schedule`): training starts at `start` latents per token and
+    reaches the SAE's k at step int(until_fraction * total_steps), where it stays."""
+
+    start: int = Field(gt=0, description="k at step 0 (at most d_sae); usually above the k.")
+    until_fraction: float = Field(
+        0.5, gt=0, le=1, description="fraction of the training steps over which k goes from "
+        "start to the SAE's k.",
+    )
+    shape: Literal["linear", "exponential"] = Field(
+        "linear", description="'linear': k = start + (k_end - start) * p; 'exponential': k = "
+        "start * (k_end / start)^p; p = step / int(until_fraction * total_steps), rounded to "
+        "the nearest integer.",
+    )
+
+
 class TopKSAEConfig(_TopKCommon):
     architecture: Literal["topk"] = Field(
         description="TopK SAE (Gao et al. 2024): f = ReLU(TopK_k(pre)), exactly k latents per "
         "token, no sparsity penalty; AuxK revives dead latents."
     )
+    multi_k: list[int] | None = Field(
+        None, description="a progressive code: the reconstruction term of the loss is the mean, "
+        "over these k' (strictly increasing, k among them, each at most d_sae), of the MSE with "
+        "each token's k' largest latents (sparsify's Multi-TopK adds 4k's at weight 1/8; "
+        "[k, 4k] here weighs both 1/2); the SAE still encodes with k, and AuxK reads the "
+        "residual at k. null: k alone.",
+    )
+    k_schedule: KSchedule | None = Field(
+        None, description="anneal k during training from k_schedule.start down (or up) to k "
+        "(a pure function of the step); null: k from the first step. Not with multi_k, nor "
+        "with train.compile (each new k would recompile the loss).",
+    )
+
+    @model_validator(mode="after")
+    def _progressive(self) -> TopKSAEConfig:
+        ks = self.multi_k
+        if ks is not None:
+            if not ks or any(a >= b for a, b in zip(ks[:-1], ks[1:], strict=True)) or ks[0] < 1:
+                raise ValueError(f"multi_k must be positive and strictly increasing, got {ks}")
+            if self.k not in ks:
+                raise ValueError(f"multi_k must contain k ({self.k}), got {ks}")
+            if self.d_sae is not None and ks[-1] > self.d_sae:
+                raise ValueError(f"multi_k ({ks[-1]}) must be at most d_sae ({self.d_sae})")
+        if self.k_schedule is not None:
+            if ks is not None:
+                raise ValueError("give multi_k or k_schedule, not both")
+            if self.d_sae is not None and self.k_schedule.start > self.d_sae:
+                raise ValueError(f"k_schedule.start ({self.k_schedule.start}) must be at most "
+                                 f"d_sae ({self.d_sae})")
+        return self
 
 
 class _BatchTopKCommon(_TopKCommon):

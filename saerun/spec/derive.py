@@ -131,6 +131,8 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("site", "hook_name_out"): None,
     ("sae", "d_out"): None,
     ("sae", "skip_connection"): False,
+    ("sae", "multi_k"): None,
+    ("sae", "k_schedule"): None,
     ("data", "boundaries"): "row_bos+bos_eos",
     ("data", "exclude_outlier_norm"): 10.0,
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from saerun.spec.architectures import ImportedSAEConfig
+from saerun.spec.architectures import ImportedSAEConfig, KSchedule
 from saerun.spec.launcher import LAUNCHERS
 from saerun.spec.schema import SAE_CONFIG_BY_TAG, SparsityConfig, Spec
 
@@ -20,6 +20,7 @@ def reference_markdown() -> str:
     sections += [(f"sae (architecture: {tag})", cls) for tag, cls in SAE_CONFIG_BY_TAG.items()]
     sections.append(("sae (from_pretrained: an SAE trained elsewhere)", ImportedSAEConfig))
     sections.append(("sae.sparsity", SparsityConfig))
+    sections.append(("sae.k_schedule (architecture: topk)", KSchedule))
     sections += [(f"launcher (kind: {tag})", cls) for tag, cls in LAUNCHERS.items()]
     out = []
     for title, model in sections:
