@@ -16,7 +16,7 @@ from saerun.sae.base import StepInfo
 from saerun.spec import RunConfig, TopKSAEConfig
 from saerun.spec.derive import v1_identity
 from saerun.train import Trainer, k_at, train_group
-from tests.conftest import unit_config
+from conftest import unit_config
 
 D_IN, D_SAE = 6, 24
 

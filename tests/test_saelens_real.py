@@ -263,7 +263,7 @@ from sae_lens import (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig, Jump
                       TranscoderConfig)
 out = sys.argv[1]
 torch.manual_seed(0)
-shape = dict(d_in=128, d_sae=192, d_out=128)
+shape = dict(d_in=128, d_sae=192, d_out=128, apply_b_dec_to_input=False)
 kinds = {"transcoder": (Transcoder, TranscoderConfig(**shape)),
          "skip_transcoder": (SkipTranscoder, SkipTranscoderConfig(**shape)),
          "jumprelu_transcoder": (JumpReLUTranscoder, JumpReLUTranscoderConfig(**shape)),
