@@ -12,12 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from saerun.report import ideas_gated, ideas_jumprelu
+
 Section = Callable[[list[dict[str, Any]], dict[str, list[str]],
                     dict[str, list[dict[str, Any]]], Any], list[str]]
 
 # (spec file names, section) per idea, in page order: each idea's module is imported above
 # and adds its `(SPECS, section)` entry here.
-IDEAS: list[tuple[tuple[str, ...], Section]] = []
+IDEAS: list[tuple[tuple[str, ...], Section]] = [
+    (ideas_jumprelu.SPECS, ideas_jumprelu.section),
+    (ideas_gated.SPECS, ideas_gated.section),
+]
 
 IDEA_SPECS: tuple[str, ...] = tuple(s for specs, _ in IDEAS for s in specs)
 

@@ -120,6 +120,8 @@ class JumpReLUSAE(SAE):
     saelens_architecture = "jumprelu"
 
     cfg: JumpReLUSAEConfig
+    kde_num: Tensor  # [d_sae] and [] buffers, registered only with kde_half_life_tokens
+    kde_den: Tensor
 
     def __init__(self, cfg: JumpReLUSAEConfig, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
