@@ -216,3 +216,25 @@ def test_section_says_what_the_numbers_say(fvu_on, verdict):
     assert verdict in md
     assert "| 0.2 | 16,384 tokens | 40.0 |" in md and "`0m00000000`" in md
     assert "Not trained yet" in "\n".join(section([], plans, {}, _cmp_words))
+
+
+@pytest.mark.slow
+def test_compiled_steps_with_memory_equal_eager():
+    """train.compile: the memory's in-place update in the backward survives torch.compile."""
+    g = torch.Generator().manual_seed(0)
+    data = [{"h": torch.randn(64, 8, generator=g) * 3} for _ in range(6)]
+
+    def run(compile_: bool) -> Trainer:
+        cfg = config(kde_half_life_tokens=128.0, kde_decay=0.5 ** 0.5)
+        cfg = RunConfig.model_validate({**cfg.model_dump(), "train": {
+            **cfg.train.model_dump(), "compile": compile_, "log_every_steps": 1}})
+        tr = Trainer.create("a" * 16, cfg, "cpu")
+        tr.sae.sparse_kernels = False  # eager on the path the compiled SAE takes
+        train_group([tr], data, 0, {"h": 1.0}, lambda t: None)
+        return tr
+
+    eager, compiled = run(False), run(True)
+    assert float(compiled.sae.kde_den) == float(eager.sae.kde_den) == pytest.approx(
+        sum(0.5 ** (s / 2) for s in range(6)))
+    assert torch.allclose(compiled.sae.kde_num, eager.sae.kde_num, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(compiled.sae.log_threshold, eager.sae.log_threshold, atol=1e-5)
