@@ -30,6 +30,10 @@ exact gradient, is not averaged. N [d_sae] and D [] are buffers, registered only
 option on (so a checkpoint without it is as before), updated in the backward (once per step,
 by one autograd node that receives the sum of every kernel term's gradient); a resampled
 latent's N restarts at 0. They are checkpointed with the state dict: a resume is bit-identical.
+Both paths (dense and `sae.sparse`) route theta through the one memory node before the kernels;
+the memory changes theta's gradient only, never pre's, so the sparse path's condition
+(`sae.sparse`) still holds: an entry it leaves out has no kernel term in this batch, and past
+batches' terms live in N.
 
 Normalisation folding needs nothing beyond the base: folding leaves pre unchanged, so theta is too.
 """
