@@ -199,7 +199,9 @@ def _rows(fvu_on: float) -> list[dict]:
             rows.append({"run_id": f"{i}{'m' if half_life else 'o'}" + "0" * 14,
                          "sae.coefficient": coef, "sae.kde_half_life_tokens": half_life,
                          "l0": 40.0 / (i + 1), "fvu": fvu * (i + 1),
-                         "ce_loss_recovered": 0.9 - 0.02 * i, "dead_fraction": 0.05})
+                         "ce_loss_recovered": 0.9 - 0.02 * i, "dead_fraction": 0.05,
+                         "train.lr": 1e-3, "data.train_tokens": 500_000,
+                         "train.batch_tokens": 4096, "sae.init_threshold": 0.001})
     return rows
 
 
@@ -214,6 +216,9 @@ def test_section_says_what_the_numbers_say(fvu_on, verdict):
     md = "\n".join(section(rows, plans, {}, _cmp_words))
     assert md.startswith("## 11. JumpReLU's threshold estimator with memory")
     assert verdict in md
+    if verdict == "**Nil**":  # the bound: 0.001 exp(1e-3 * 122); no frontier paragraph
+        assert "in 122 steps at lr 0.001 theta can go from 0.001 to at most about 0.0011" in md
+        assert "frontier" not in md.split("Memory against none")[1]
     assert "| 0.2 | 16,384 tokens | 40.0 |" in md and "`0m00000000`" in md
     assert "Not trained yet" in "\n".join(section([], plans, {}, _cmp_words))
 

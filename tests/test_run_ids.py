@@ -41,7 +41,7 @@ DIGESTS = {
     "specs/findings/death-relu.yaml": (4, "f37bf317c98cf97d"),
     "specs/findings/death-topk.yaml": (4, "659f8e9564dc226e"),
     "specs/findings/frontier.yaml": (37, "c4b08dcba174ae4f"),
-    "specs/findings/ideas-gated-bmag.yaml": (6, "80848a8166eb8607"),
+    "specs/findings/ideas-gated-bmag.yaml": (9, "1c90b441af3fae90"),
     "specs/findings/ideas-jumprelu-memory.yaml": (6, "3c8e7a98291a8675"),
     "specs/findings/init.yaml": (12, "61fff656ec73543e"),
     "specs/findings/lr.yaml": (18, "e1e870d447f7c09d"),

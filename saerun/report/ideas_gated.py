@@ -31,7 +31,7 @@ def section(rows: list[dict[str, Any]], plans: dict[str, list[str]],
           "pi_mag = exp(r_mag) pi_gate and a latent's magnitude is a rescaled gate "
           "pre-activation, as in a ReLU SAE with a per-latent rescale; and the gated SAE without "
           "its auxiliary reconstruction (`sae.aux_loss: false`, b_mag free), where the gate "
-          "learns only from the sparsity penalty and the shared W_gate. Two coefficients each, "
+          "learns only from the sparsity penalty and the shared W_gate. Three coefficients each, "
           "512 latents, unit-norm decoder.", ""]
     ids = set(plans.get(SPECS[0], []))
     runs = [dict(r, series=variant(r)) for r in rows if r["run_id"] in ids]

@@ -5,6 +5,7 @@ on fixed activations is `bench/kde_variance.py`'s (its numbers: BENCHMARKS.md's 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from saerun.report.common import ok
@@ -70,13 +71,13 @@ def _verdict(runs: list[dict[str, Any]], compare_words: Any) -> list[str]:
             continue
         nil = nil and abs(d_l0) < NIL and abs(d_fvu) < NIL
         changes.append(f"λ {coef:g}: L0 {100 * d_l0:+.1f}%, FVU {100 * d_fvu:+.1f}%")
+    out = [f"Memory against none, pair by pair: {'; '.join(changes)}.", ""]
+    if nil:  # a frontier comparison would only rank rounding differences
+        return out + [f"**Nil**: at every coefficient the memory moved L0 and FVU by less than "
+                      f"{100 * NIL:g}%. {_why(runs[0])}"]
     words, cmp = compare_words(runs, ON, OFF)
-    out = [f"Memory against none, pair by pair: {'; '.join(changes)}.", "", words, ""]
-    if nil:
-        out.append(f"**Nil**: at every coefficient the memory moved L0 and FVU by less than "
-                   f"{100 * NIL:g}%. Adam already averages theta's gradient (its first moment) "
-                   "and normalises its size, so a smoother estimate of it changes little here.")
-    elif cmp.l0_range is not None and cmp.a_better == len(cmp.grid):
+    out += [words, ""]
+    if cmp.l0_range is not None and cmp.a_better == len(cmp.grid):
         out.append("**Better**: the frontier with memory is below the single-batch one across "
                    "the shared L0 range.")
     elif cmp.l0_range is not None and cmp.b_better == len(cmp.grid):
@@ -86,3 +87,17 @@ def _verdict(runs: list[dict[str, Any]], compare_words: Any) -> list[str]:
         out.append("**Mixed**: the runs changed, but neither frontier is below the other "
                    "everywhere.")
     return out
+
+
+def _why(row: dict[str, Any]) -> str:
+    """How far Adam can move theta in these runs: about lr per step in log space."""
+    keys = ("train.lr", "data.train_tokens", "train.batch_tokens", "sae.init_threshold")
+    if not all(ok(row.get(k)) for k in keys):
+        return ""
+    steps = int(row["data.train_tokens"]) // int(row["train.batch_tokens"])
+    bound = float(row["sae.init_threshold"]) * math.exp(float(row["train.lr"]) * steps)
+    return (f"Adam moves log theta by about lr per step whatever the gradient's noise, so in "
+            f"{steps} steps at lr {row['train.lr']:g} theta can go from "
+            f"{row['sae.init_threshold']:g} to at most about {bound:.2g}: these runs train their "
+            "thresholds too little for a better estimate of theta's gradient to show (the "
+            "variance it removes: BENCHMARKS.md).")
