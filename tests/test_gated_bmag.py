@@ -174,6 +174,10 @@ def test_section_says_what_the_numbers_say():
     assert md.startswith("## 12. What do the gated SAE's b_mag and auxiliary loss buy?")
     assert "**It buys quality**: with b_mag, the frontier is lower at every shared L0." in md
     assert "**Negative**: without the auxiliary loss (gated, no aux loss)" in md
+    assert "Weak evidence" not in md  # they share L0 13.3-40
+    narrow = [dict(r, l0=r["l0"] * (1 if r["sae.aux_loss"] else 2.8)) for r in rows]
+    md = "\n".join(section(narrow, plans, {}, _cmp_words))
+    assert "Weak evidence: the two share only L0" in md
     assert "| 2 | gated, b_mag tied | 40.0 | 0.1200 |" in md and "`0t10000000`" in md
     same = "\n".join(section(_rows(0.10, 0.10), plans, {}, _cmp_words))
     assert same.count("**Nil**") == 2

@@ -11,6 +11,7 @@ from saerun.report.common import ok
 SPECS = ("ideas-gated-bmag.yaml",)
 NUMBER = 12  # the section's number on the page
 COEF = "sae.sparsity.coefficient"
+NARROW = 1.25  # a shared L0 range narrower than this ratio is a caveat
 BASE, TIED, NO_AUX = "gated", "gated, b_mag tied", "gated, no aux loss"
 
 
@@ -53,8 +54,17 @@ def section(rows: list[dict[str, Any]], plans: dict[str, list[str]],
             continue
         words, cmp = compare_words(runs, BASE, other)
         md += [f"**What {what} buys** ({BASE} against {other}). {words}", "",
-               _verdict(cmp, what, other), ""]
+               _verdict(cmp, what, other) + _narrow(cmp), ""]
     return md
+
+
+def _narrow(cmp: Any) -> str:
+    """A caveat when the frontiers share only a sliver of L0 (interpolated between few runs)."""
+    if cmp.l0_range is None or cmp.l0_range[1] >= NARROW * cmp.l0_range[0]:
+        return ""
+    lo, hi = cmp.l0_range
+    return (f" Weak evidence: the two share only L0 {lo:.1f}-{hi:.1f}, where the frontiers are "
+            "interpolated between few runs.")
 
 
 def _verdict(cmp: Any, what: str, other: str) -> str:
@@ -66,7 +76,7 @@ def _verdict(cmp: Any, what: str, other: str) -> str:
         return f"**It buys quality**: with {what}, the frontier is lower at every shared L0."
     if cmp.b_better == n:
         return (f"**Negative**: without {what} ({other}) the frontier is lower at every "
-                "shared L0: here it buys nothing and costs FVU.")
+                f"shared L0: here {what} buys nothing, it costs FVU.")
     if cmp.a_better == cmp.b_better == 0:
         return f"**Nil**: the frontiers coincide where both were trained; {what} buys nothing."
     return (f"**Mixed**: the frontiers cross ({BASE} lower at {cmp.a_better}, {other} at "
