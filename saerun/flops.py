@@ -7,7 +7,8 @@ FLOPs per token forward, and as much again for each of its inputs that needs a g
 
 - relu, jumprelu: encode and decode, each forward + 2 backward: 6 products.
 - gated: the gate and magnitude encodes and the decode (3 each), and the auxiliary
-  reconstruction through the detached decoder (forward + the gate's gradient: 2): 11.
+  reconstruction through the detached decoder (forward + the gate's gradient: 2): 11; 9
+  with aux_loss false.
 - topk, batchtopk, matryoshka: encode, decode and AuxK's decode of the dead latents (written
   without a host sync, it always decodes; Matryoshka's prefixes sum to one decode): 9.
 - ghost grads add a decode of exp(pre) of the dead latents: 3 more.
@@ -26,6 +27,7 @@ GHOST_GRADS_PRODUCTS = 3
 # Of those, the ones over the decoder (d_sae x d_out: a transcoder's d_out may differ from d_in).
 DECODER_PRODUCTS = {"relu": 3, "gated": 5, "jumprelu": 3, "topk": 6, "batchtopk": 6,
                     "matryoshka": 6}
+GATED_AUX_PRODUCTS = 2  # the auxiliary decode and the gate's gradient through it (aux_loss)
 SKIP_PRODUCTS = 2  # x W_skip forward and W_skip's gradient (x needs none), d_in x d_out each
 
 
@@ -45,12 +47,15 @@ def step_flops_per_token(sae: _SAEShape, d_sae: int) -> float:
     if sae.d_in is None:
         raise ValueError("the step cost needs d_in")
     products = PRODUCTS[sae.architecture]
+    no_aux = getattr(sae, "aux_loss", True) is False  # gated without its auxiliary term
+    if no_aux:
+        products -= GATED_AUX_PRODUCTS
     if getattr(sae, "ghost_grads", False):
         products += GHOST_GRADS_PRODUCTS
     if sae.d_out is None or sae.d_out == sae.d_in:  # an SAE: every product is d_in x d_sae
         flops = 2.0 * products * sae.d_in * d_sae
     else:
-        decoder = DECODER_PRODUCTS[sae.architecture] + (
+        decoder = DECODER_PRODUCTS[sae.architecture] - no_aux * GATED_AUX_PRODUCTS + (
             GHOST_GRADS_PRODUCTS if getattr(sae, "ghost_grads", False) else 0)
         flops = 2.0 * ((products - decoder) * sae.d_in + decoder * sae.d_out) * d_sae
     if sae.skip_connection:

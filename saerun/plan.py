@@ -266,7 +266,7 @@ def build_plan(spec: Spec, raw: dict, model_dims: Callable[[str], ModelDims],
         config = _validated(tree, derived, note)
         if not isinstance(config.sae, ImportedSAEConfig):
             # The widths are known: the rules of `spec.derive` fill in what is left.
-            derived.update(derive.sae_derivations(config.sae))
+            derived.update(derive.sae_derivations(config.sae, config.train.batch_tokens))
             config = _validated(tree, derived, note)
 
         if config.train.compile and getattr(config.sae, "k_schedule", None) is not None:

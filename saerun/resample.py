@@ -56,6 +56,8 @@ def resample_dead_latents(
 
     params = dict(sae.named_parameters())
     for name, axis in sae.LATENT_AXES.items():
+        if name not in params:  # an optional one left out (a gated SAE's tied b_mag)
+            continue
         state = optimizer.state.get(params[name], {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:

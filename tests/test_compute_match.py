@@ -187,6 +187,7 @@ def test_plan_reports_a_reference_that_cannot_exist(tmp_path):
     {"architecture": "relu"}, {"architecture": "relu", "ghost_grads": True},
     {"architecture": "relu", "decoder_mode": "unit_norm", "sparsity": {"penalty": "tanh"}},
     {"architecture": "gated"}, {"architecture": "gated", "decoder_mode": "norm_weighted"},
+    {"architecture": "gated", "aux_loss": False}, {"architecture": "gated", "b_mag": "tied"},
     {"architecture": "jumprelu"}, {"architecture": "jumprelu", "sparsity_mode": "l0"},
     {"architecture": "jumprelu", "sparsity_mode": "target_l0", "target_l0": 20,
      "pre_act_coefficient": 0},

@@ -43,6 +43,8 @@ DIGESTS = {
     "specs/findings/frontier.yaml": (37, "c4b08dcba174ae4f"),
     "specs/findings/ideas-matryoshka.yaml": (7, "b3b042c43374ef4a"),
     "specs/findings/ideas-progressive.yaml": (11, "2b504c47ac06ffcb"),
+    "specs/findings/ideas-gated-bmag.yaml": (9, "1c90b441af3fae90"),
+    "specs/findings/ideas-jumprelu-memory.yaml": (6, "3c8e7a98291a8675"),
     "specs/findings/init.yaml": (12, "61fff656ec73543e"),
     "specs/findings/lr.yaml": (18, "e1e870d447f7c09d"),
     "specs/findings/shuffle.yaml": (8, "40cbc884bf820a88"),

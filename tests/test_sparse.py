@@ -55,9 +55,12 @@ CASES = [
     ("relu", {"sparsity": {"penalty": "tanh"}}),
     ("gated", {}),
     ("gated", {"decoder_mode": "norm_weighted"}),
+    ("gated", {"b_mag": "tied"}),
+    ("gated", {"aux_loss": False}),
     ("jumprelu", {"init_threshold": 0.3, "bandwidth": 0.2}),
     ("jumprelu", {"init_threshold": 0.3, "sparsity_mode": "l0"}),
     ("jumprelu", {"init_threshold": 0.3, "sparsity_mode": "target_l0", "target_l0": 20}),
+    ("jumprelu", {"init_threshold": 0.3, "kde_half_life_tokens": 64.0, "kde_decay": 0.5}),
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from saerun.report import ideas_matryoshka, ideas_progressive
+from saerun.report import ideas_gated, ideas_jumprelu, ideas_matryoshka, ideas_progressive
 
 Section = Callable[[list[dict[str, Any]], dict[str, list[str]],
                     dict[str, list[dict[str, Any]]], Any], list[str]]
@@ -22,6 +22,8 @@ Section = Callable[[list[dict[str, Any]], dict[str, list[str]],
 IDEAS: list[tuple[tuple[str, ...], Section]] = [
     (ideas_matryoshka.SPECS, ideas_matryoshka.section),
     (ideas_progressive.SPECS, ideas_progressive.section),
+    (ideas_jumprelu.SPECS, ideas_jumprelu.section),
+    (ideas_gated.SPECS, ideas_gated.section),
 ]
 
 IDEA_SPECS: tuple[str, ...] = tuple(s for specs, _ in IDEAS for s in specs)

@@ -16,6 +16,25 @@ target_l0 = (L0_batch / target - 1)^2. The decoder is free by default (decoder_m
 norm_weighted): the L0 is invariant to the f <-> W_dec rescaling, so it needs no weighting, and the
 tanh and pre-activation terms carry ||W_dec,i|| (as in Anthropic's update; 1 with unit_norm).
 
+Memory (`kde_half_life_tokens`, issue 20; off by default). Both straight-through gradients are
+kernel density estimates from one batch: with few tokens near theta they are noisy. With memory,
+theta's straight-through gradient at step t is the same estimate over the recent batches, batch
+s weighted d^(t-s) (d = kde_decay = 0.5 ** (batch_tokens / half life)):
+    g~_t = N_t / D_t,  N_t = d N_{t-1} + g_t,  D_t = d D_{t-1} + 1,  N_0 = D_0 = 0,
+g_t this batch's straight-through gradient w.r.t. theta (both kernel terms, with their
+coefficients; each batch has the same number of tokens, so this is the pooled KDE with every
+token weighted by its batch's weight). D_t normalises: no start-up bias, and d = 0 gives g_t
+exactly. What is averaged is the gradient w.r.t. theta, not its log: each batch's estimate
+at its own theta (which moves by about lr per step in log space). The pre-activation loss, an
+exact gradient, is not averaged. N [d_sae] and D [] are buffers, registered only with the
+option on (so a checkpoint without it is as before), updated in the backward (once per step,
+by one autograd node that receives the sum of every kernel term's gradient); a resampled
+latent's N restarts at 0. They are checkpointed with the state dict: a resume is bit-identical.
+Both paths (dense and `sae.sparse`) route theta through the one memory node before the kernels;
+the memory changes theta's gradient only, never pre's, so the sparse path's condition
+(`sae.sparse`) still holds: an entry it leaves out has no kernel term in this batch, and past
+batches' terms live in N.
+
 Normalisation folding needs nothing beyond the base: folding leaves pre unchanged, so theta is too.
 """
 
@@ -28,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from saerun.sae import sparse
-from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token
+from saerun.sae.base import SAE, LossOutput, StepInfo, l0_of, mse_per_token, resolved
 from saerun.sae.sparse import Codes
 from saerun.spec import JumpReLUSAEConfig
 
@@ -81,11 +100,32 @@ class StepFn(torch.autograd.Function):
         return None, -(1.0 / ctx.eps) * _near_sum(pre, theta, ctx.eps, grad), None
 
 
+class KDEMemory(torch.autograd.Function):
+    """theta in the forward; in the backward, the batch's gradient g becomes N / D after
+    N <- d N + g, D <- d D + 1 (in place on the SAE's buffers: see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, theta: Tensor, num: Tensor, den: Tensor, decay: float) -> Tensor:
+        ctx.state = num, den
+        ctx.decay = decay
+        return theta.view_as(theta)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        num, den = ctx.state
+        with torch.no_grad():
+            num.mul_(ctx.decay).add_(grad)
+            den.mul_(ctx.decay).add_(1.0)
+        return num / den, None, None, None
+
+
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
 
     cfg: JumpReLUSAEConfig
+    kde_num: Tensor  # [d_sae] and [] buffers, registered only with kde_half_life_tokens
+    kde_den: Tensor
 
     def __init__(self, cfg: JumpReLUSAEConfig, generator: torch.Generator) -> None:
         super().__init__(cfg, generator)
@@ -93,6 +133,11 @@ class JumpReLUSAE(SAE):
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.init_threshold)))
         # Exported files hold SAELens's `threshold` = exp(log_threshold); accept it back on load.
         self.register_load_state_dict_pre_hook(_threshold_to_log)
+        self.kde_decay: float | None = None
+        if cfg.kde_half_life_tokens is not None:  # the estimator's memory: buffers, checkpointed
+            self.kde_decay = resolved(cfg.kde_decay, "kde_decay")
+            self.register_buffer("kde_num", torch.zeros(self.d_sae))
+            self.register_buffer("kde_den", torch.zeros(()))
 
     LATENT_AXES = {**SAE.LATENT_AXES, "log_threshold": 0}
 
@@ -100,10 +145,19 @@ class JumpReLUSAE(SAE):
     def reinit_latents(self, idx: Tensor, enc_rows: Tensor, dec_rows: Tensor) -> None:
         super().reinit_latents(idx, enc_rows, dec_rows)
         self.log_threshold[idx] = math.log(self.cfg.init_threshold)
+        if self.kde_decay is not None:
+            self.kde_num[idx] = 0.0
 
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
+
+    def estimator_theta(self, theta: Tensor) -> Tensor:
+        """theta as the straight-through estimators read it: through the memory when it is on
+        (both kernel terms must read this one tensor, so the memory sees their summed gradient)."""
+        if self.kde_decay is None:
+            return theta
+        return KDEMemory.apply(theta, self.kde_num, self.kde_den, self.kde_decay)
 
     def pre_acts(self, x: Tensor) -> Tensor:
         return self.centre(x) @ self.W_enc + self.b_enc
@@ -153,7 +207,7 @@ class JumpReLUSAE(SAE):
         pre_e = sparse.gather_linear(x_c, self.W_enc, self.b_enc, pre, rows, cols, offsets,
                                      self.centre_bias)
         theta = self.threshold
-        theta_e = sparse.take(theta, cols)
+        theta_e = sparse.take(self.estimator_theta(theta), cols)
         f = Codes(cols, JumpReLUFn.apply(pre_e, theta_e, cfg.bandwidth), rows, offsets,
                   self.d_sae)
         w_dec = self.train_decoder()
@@ -181,11 +235,12 @@ class JumpReLUSAE(SAE):
         """The loss on dense products, from pre-activations with their gradient."""
         cfg = self.cfg
         theta = self.threshold
-        f = JumpReLUFn.apply(pre, theta, cfg.bandwidth)
+        theta_st = self.estimator_theta(theta)
+        f = JumpReLUFn.apply(pre, theta_st, cfg.bandwidth)
         w_dec = self.train_decoder()
         weights = self.penalty_weights(w_dec)
         mse = mse_per_token(y, f @ w_dec + self.out_bias(x)).mean()
-        sparsity = self.penalty(pre, f, theta, weights)
+        sparsity = self.penalty(pre, f, theta_st, weights)
         loss = mse + step.sparsity_scale * cfg.coefficient * sparsity
         if cfg.pre_act_coefficient > 0:
             # Anthropic Jan 2025: pull the pre-activations of dead latents (which get no

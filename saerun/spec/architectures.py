@@ -323,6 +323,18 @@ class GatedSAEConfig(_SAECommon):
         f"applies; the gated default coefficient is {GATED_DEFAULT_COEFFICIENT}).",
     )
 
+    b_mag: Literal["free", "tied"] = Field(
+        "free", description="the magnitude path's bias: 'free', a parameter of its own (the "
+        "paper); 'tied', b_mag = exp(r_mag) * b_gate, no parameter (the paper's reference "
+        "point: then pi_mag = exp(r_mag) pi_gate, a per-latent rescale of the gate). Exported "
+        "files hold the tied values as SAELens's b_mag.",
+    )
+    aux_loss: bool = Field(
+        True, description="add the auxiliary reconstruction ||x - (ReLU(pi_gate) "
+        "W_dec.detach() + b_dec.detach())||^2, the gate's only reconstruction signal with a "
+        "free b_mag; false drops it (an ablation).",
+    )
+
     @field_validator("sparsity")
     @classmethod
     def _l1_only(cls, value: SparsityConfig) -> SparsityConfig:
@@ -365,10 +377,26 @@ class JumpReLUSAEConfig(_SAECommon):
         "off.",
     )
 
+    kde_half_life_tokens: float | None = Field(
+        None, ge=0, description="threshold estimator with memory (issue 20): the straight-"
+        "through gradient w.r.t. theta becomes a kernel density estimate over the recent "
+        "batches, each batch's weighted 0.5 ** (its age in tokens / this half life) "
+        "(per-latent sum of the batches' theta gradients, weighted, over the sum of the "
+        "weights); 0 is the single-batch estimator; null: off (the single-batch estimator, "
+        "no state).",
+    )
+    kde_decay: float | None = Field(
+        None, ge=0, lt=1, description="per-step weight of the memory's past: derived, 0.5 ** "
+        "(train.batch_tokens / kde_half_life_tokens), 0 for a half life of 0; needs "
+        "kde_half_life_tokens.",
+    )
+
     @model_validator(mode="after")
     def _target_given(self) -> JumpReLUSAEConfig:
         if self.sparsity_mode == "target_l0" and self.target_l0 is None:
             raise ValueError("sparsity_mode 'target_l0' needs target_l0")
+        if self.kde_decay is not None and self.kde_half_life_tokens is None:
+            raise ValueError("kde_decay is derived from kde_half_life_tokens: set that instead")
         return self
 
 

@@ -13,6 +13,7 @@ The rules:
 - aux_k (topk, batchtopk, matryoshka): d_in // 2 (Gao et al. 2024), at least 1, capped at d_sae.
 - prefix_widths (matryoshka): d_sae/64, d_sae/16, d_sae/4, d_sae (widths < 1 dropped);
   prefix_weights: 1/n each, or `uniform` with prefix_widths `every`.
+- kde_decay (jumprelu with kde_half_life_tokens): 0.5 ** (train.batch_tokens / half life).
 """
 
 from __future__ import annotations
@@ -68,12 +69,25 @@ def default_every_prefix_weights(d_sae: int) -> tuple[str, str]:
     return "uniform", f"every prefix width 1..{d_sae}: 1/{d_sae} each"
 
 
-def sae_derivations(sae: SAEConfig) -> Derived:
+def default_kde_decay(half_life_tokens: float, batch_tokens: int) -> tuple[float, str]:
+    if half_life_tokens == 0:
+        return 0.0, "a half life of 0: the single-batch estimator"
+    decay = 0.5 ** (batch_tokens / half_life_tokens)
+    return decay, (f"0.5 ** (train.batch_tokens / kde_half_life_tokens) = 0.5 ** "
+                   f"({batch_tokens} / {half_life_tokens:g})")
+
+
+def sae_derivations(sae: SAEConfig, batch_tokens: int | None = None) -> Derived:
     """What the rules give for the `None` fields of an SAE config whose d_in and d_sae are
-    set, keyed by their path in a RunConfig (("sae", "aux_k"), ...)."""
+    set, keyed by their path in a RunConfig (("sae", "aux_k"), ...). `batch_tokens` (the
+    planner's train.batch_tokens) resolves the JumpReLU memory's per-step decay; without it
+    that value is left to a RunConfig (the SAE refuses to train with it unresolved)."""
     if sae.d_in is None or sae.d_sae is None:
         raise ValueError("derived SAE values need d_in and d_sae")
     out: Derived = {}
+    half_life = getattr(sae, "kde_half_life_tokens", None)
+    if half_life is not None and sae.kde_decay is None and batch_tokens is not None:  # type: ignore[union-attr]
+        out[("sae", "kde_decay")] = default_kde_decay(half_life, batch_tokens)
     if sae.decoder_init_norm is None:
         out[("sae", "decoder_init_norm")] = default_decoder_init_norm(sae.decoder_mode)
     sparsity = getattr(sae, "sparsity", None)
@@ -135,6 +149,10 @@ V1_ABSENT: dict[KeyPath, Any] = {
     ("sae", "k_schedule"): None,
     ("data", "boundaries"): "row_bos+bos_eos",
     ("data", "exclude_outlier_norm"): 10.0,
+    ("sae", "b_mag"): "free",  # gated
+    ("sae", "aux_loss"): True,  # gated
+    ("sae", "kde_half_life_tokens"): None,  # jumprelu
+    ("sae", "kde_decay"): None,  # jumprelu
 }
 # Fields that never change a result (how fast, not what): never in the view.
 NEVER_IN_ID: tuple[KeyPath, ...] = (("train", "overlap"), ("train", "curve_flush_seconds"),
