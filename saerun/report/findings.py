@@ -145,8 +145,9 @@ def _cmp_words(rows: list[dict[str, Any]], a: str, b: str) -> tuple[str, Compari
         f"{fvu.b[mid]:.4f} ({_rel(fvu.a[mid], fvu.b[mid])}). "
     )
     if ce.l0_range is not None:
+        at = len(ce.grid) // 2  # its own grid: the CE frontiers' shared range can be narrower
         words += (f"On CE loss recovered {a} is higher at {ce.a_better} of {len(ce.grid)} "
-                  f"points ({ce.a[mid]:.4f} against {ce.b[mid]:.4f} at L0 {ce.grid[mid]:.1f}). ")
+                  f"points ({ce.a[at]:.4f} against {ce.b[at]:.4f} at L0 {ce.grid[at]:.1f}). ")
     words += (f"{_dominated(rows, b, a)} of the {_n(rows, b)} {b} runs are Pareto-dominated by a "
               f"{a} run, {_dominated(rows, a, b)} of the {_n(rows, a)} {a} runs by a {b} run.")
     return words, fvu
