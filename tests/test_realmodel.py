@@ -46,7 +46,7 @@ REAL_SPEC = f"""name: real-fvu
 seed: 0
 model: {{name: {NAME}}}
 site: {{hook_name: blocks.15.hook_resid_post}}
-data: {{dataset: saerun/stdlib, context_size: 128, train_tokens: 16_384, eval_tokens: 4_096}}
+data: {{dataset: saerun/stdlib, context_size: 128, train_tokens: 16_384, eval_tokens: 16_384}}
 sae: {{architecture: topk, d_sae: 1152, k: 32}}
 train: {{lr: 3e-4, batch_tokens: 2048}}
 eval: {{metrics: []}}
@@ -99,20 +99,21 @@ def test_a_real_model_sae_fvu_equals_a_recomputation_by_hand(tmp_path):
         metrics = run["metrics"]
         folder = reg.artifacts_dir(run["run_id"])
     limit = metrics["outlier_norm_limit"]
-    assert metrics["excluded_outlier_positions"] >= 1  # the massive activations after BOS
+    # The massive activations (a few first-text positions per hundred rows) are dropped from
+    # the training stream (which reads the 32k-token norm sample first) and from evaluation.
     assert metrics["excluded_outlier_positions_train"] >= 1
 
     path = realmodel.folder(NAME)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    rows = _eval_rows_by_hand(tokenizer, 128, 4096)
+    rows = _eval_rows_by_hand(tokenizer, 128, 16_384)
     with torch.no_grad():
         x = torch.cat([model(r[None], output_hidden_states=True).hidden_states[16][0]
                        for r in rows])
     special = torch.isin(rows.flatten(), torch.tensor(tokenizer.all_special_ids))
     norms = x.norm(dim=-1)
     counted = ~special & (norms <= limit)
-    assert int((~special & (norms > limit)).sum()) == metrics["excluded_outlier_positions"]
+    assert int((~special & (norms > limit)).sum()) == metrics["excluded_outlier_positions"] >= 1
     x = x[counted].double()
 
     w = {k: v.double() for k, v in load_file(folder / "sae_weights.safetensors").items()}
