@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saerun.activations import LanguageModel, eval_token_batches
+from saerun.activations import LanguageModel, eval_token_batches, outlier_limits, outlier_mask
 from saerun.artifacts import read_weights
 from saerun.evaluate import Encoder, evaluate_group
 from saerun.metrics import MetricAccumulator
@@ -228,12 +228,18 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
         data = cfg.data.model_copy(update={"eval_tokens": min(tokens, cfg.data.eval_tokens)})
         batches = eval_token_batches(lm, data)
         hooks = sorted({configs[i].site.hook_name for i in group})
+        # The positions the run's own metrics count: outliers out, by the training's limit.
+        limits = outlier_limits(lm, cfg.data, hooks)
         acts: dict[str, list[Tensor]] = {h: [] for h in hooks}
         for batch in batches:
             keep = ~lm.special_mask(batch)
             got = lm.capture(batch, hooks)
+            kept = {h: got[h][keep].float() for h in hooks}
+            if limits is not None:
+                inside = ~outlier_mask(kept, limits)
+                kept = {h: a[inside] for h, a in kept.items()}
             for h in hooks:
-                acts[h].append(got[h][keep].float())
+                acts[h].append(kept[h])
         flat = {h: torch.cat(v) for h, v in acts.items()}
         saes: dict[str, tuple[Encoder, str]] = {}
         meta: dict[str, tuple[str, str, str, float]] = {}  # id -> run, variant, kind, param
@@ -248,7 +254,7 @@ def analyse(configs: dict[str, RunConfig], folders: dict[str, Path],
                 saes[f"{run_id}|{variant}"] = (_variant(sae, kind, param), hook)
                 meta[f"{run_id}|{variant}"] = (run_id, variant, kind, param)
         results = evaluate_group(lm, batches, saes, {"ce_loss_recovered"},
-                                 cfg.data.exclude_special_tokens)
+                                 cfg.data.exclude_special_tokens, limits)
         for vid in sorted(results):
             run_id, variant, kind, param = meta[vid]
             m = results[vid].metrics
