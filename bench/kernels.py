@@ -20,6 +20,18 @@ CASES = [("topk", None), ("batchtopk", None), ("matryoshka", None), ("relu", 0.0
 STEPS = 7  # the first of each is a warm-up
 
 
+def full_step(sae, opt, x: torch.Tensor, dead: torch.Tensor):
+    """One whole training step as the trainer takes it (loss, backward, Adam, renorm, the
+    fired-latent read); returns the loss output."""
+    out = sae.loss(x, StepInfo(1.0, dead))
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    sae.after_step()
+    out.fired()
+    return out
+
+
 def build(arch: str, sparse: bool, density: float | None, x: torch.Tensor):
     kw: dict = {"k": 32} if arch in ("topk", "batchtopk", "matryoshka") else {}
     if arch == "jumprelu":  # the peers' objective (bench/peers/saerun_step.py)
@@ -49,12 +61,7 @@ def main() -> None:
         for i in range(STEPS):
             for sparse, (sae, opt) in pair.items():
                 start = time.perf_counter()
-                out = sae.loss(x, StepInfo(1.0, dead))
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                sae.after_step()
-                out.fired()
+                out = full_step(sae, opt, x, dead)
                 if i:
                     times[sparse].append(time.perf_counter() - start)
         med = {sparse: sorted(v)[len(v) // 2] for sparse, v in times.items()}

@@ -20,7 +20,8 @@ import time
 import torch
 from pydantic import TypeAdapter
 
-from saerun.sae import StepInfo, build_sae
+from bench.kernels import full_step
+from saerun.sae import build_sae
 from saerun.spec import SAEConfig
 
 D_IN, D_SAE, K, BATCH = 512, 4096, 32, 4096
@@ -57,12 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.steps):
         for name, (sae, opt) in saes.items():
             start, start_cpu = time.perf_counter(), time.process_time()
-            out = sae.loss(x, StepInfo(1.0, dead))
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            sae.after_step()
-            out.fired()
+            out = full_step(sae, opt, x, dead)
             if i:
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)

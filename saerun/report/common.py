@@ -127,6 +127,13 @@ def mean(values: Iterable[Any]) -> float:
 # -- the frontier --------------------------------------------------------------------------------
 
 
+def series_front(rows: list[dict[str, Any]], series: str, metric: str = "fvu",
+                 higher: bool = False) -> list[tuple[float, float]]:
+    """The (L0, metric) Pareto frontier of one series' rows."""
+    return frontier_points([(r.get("l0"), r.get(metric)) for r in rows if r["series"] == series],
+                           higher)
+
+
 def frontier_value(front: list[tuple[float, float]], l0: float) -> float:
     """The best value reachable at or below `l0` on a frontier (the step line); NaN below it."""
     best = math.nan

@@ -21,7 +21,14 @@ from typing import Any
 from saerun.errors import SaerunError
 from saerun.registry import Registry
 from saerun.report.build import read_densities, write_reports
-from saerun.report.common import Comparison, compare, frontier_points, interpolate, ok, prepare
+from saerun.report.common import (
+    Comparison,
+    compare,
+    interpolate,
+    ok,
+    prepare,
+    series_front,
+)
 from saerun.report.death import INIT_KEY, init_label, matched_effect
 from saerun.report.findings_ideas import IDEA_SPECS, ideas_sections
 from saerun.report.findings_mlp import MLP_SPECS, mlp_sections
@@ -105,12 +112,6 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
 # -- the answers --------------------------------------------------------------------------------
 
 
-def _front(rows: list[dict[str, Any]], series: str, metric: str = "fvu",
-           higher: bool = False) -> list[tuple[float, float]]:
-    return frontier_points([(r.get("l0"), r.get(metric)) for r in rows if r["series"] == series],
-                           higher)
-
-
 def _n(rows: list[dict[str, Any]], series: str) -> int:
     return sum(1 for r in rows if r["series"] == series)
 
@@ -130,9 +131,9 @@ def _dominated(rows: list[dict[str, Any]], loser: str, winner: str) -> int:
 
 def _cmp_words(rows: list[dict[str, Any]], a: str, b: str) -> tuple[str, Comparison]:
     """One paragraph: A against B on the L0-FVU and L0-CE frontiers."""
-    fvu = compare(_front(rows, a), _front(rows, b))
-    ce = compare(_front(rows, a, "ce_loss_recovered", True),
-                 _front(rows, b, "ce_loss_recovered", True), higher_is_better=True)
+    fvu = compare(series_front(rows, a), series_front(rows, b))
+    ce = compare(series_front(rows, a, "ce_loss_recovered", True),
+                 series_front(rows, b, "ce_loss_recovered", True), higher_is_better=True)
     runs = f"{_n(rows, a)} {a} runs against {_n(rows, b)} {b} runs"
     if fvu.l0_range is None:
         return f"Their L0 ranges do not overlap ({runs}): no comparison.", fvu
@@ -195,7 +196,7 @@ def _at_grid(rows: list[dict[str, Any]], metric: str, higher: bool) -> list[str]
     best = {}
     vals = {}
     for name in names:
-        front = _front(rows, name, metric, higher)
+        front = series_front(rows, name, metric, higher)
         vals[name] = [interpolate(front, float(x)) for x in L0_GRID]
     for j in range(len(L0_GRID)):
         col = [(vals[n][j], n) for n in names if ok(vals[n][j])]
@@ -214,7 +215,7 @@ def _at_grid(rows: list[dict[str, Any]], metric: str, higher: bool) -> list[str]
 def _ranking_words(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
     out = []
     for x in L0_GRID:
-        vals = sorted((v, n) for v, n in ((interpolate(_front(rows, n), float(x)), n)
+        vals = sorted((v, n) for v, n in ((interpolate(series_front(rows, n), float(x)), n)
                                           for n in names) if ok(v))
         if len(vals) >= 2:
             out.append(f"At L0 {x}: " + " < ".join(f"{n} ({v:.4f})" for v, n in vals) + ".")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from saerun.report.common import Comparison, compare, frontier_points, interpolate, ok
+from saerun.report.common import Comparison, compare, interpolate, ok, series_front
 
 REAL_DIR = "real"  # specs/findings/real/: file names real-*.yaml, unique beside the toy specs
 REAL_SPECS = ("real-frontier.yaml", "real-lr.yaml")
@@ -36,12 +36,6 @@ def _of(rows: list[dict[str, Any]], plans: dict[str, list[str]], spec: str
     return [r for r in rows if r["run_id"] in ids]
 
 
-def _front(rows: list[dict[str, Any]], series: str, metric: str = "fvu",
-           higher: bool = False) -> list[tuple[float, float]]:
-    return frontier_points([(r.get("l0"), r.get(metric)) for r in rows if r["series"] == series],
-                           higher)
-
-
 def _widest(rows: list[dict[str, Any]], series: str) -> list[dict[str, Any]]:
     """The runs of a series at its widest d_sae (the toy frontier also holds compute-matched
     Gated SAEs under the same series name; the claims are at equal width)."""
@@ -54,7 +48,7 @@ def _widest(rows: list[dict[str, Any]], series: str) -> list[dict[str, Any]]:
 
 def _compare(rows: list[dict[str, Any]], a: str, b: str) -> Comparison:
     both = _widest(rows, a) + _widest(rows, b)
-    return compare(_front(both, a), _front(both, b))
+    return compare(series_front(both, a), series_front(both, b))
 
 
 def _word(cmp: Comparison) -> str:
@@ -173,7 +167,7 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
                "| series | runs | " + " | ".join(f"L0 {x}" for x in L0_POINTS) + " |",
                "|---|---:|" + "---:|" * len(L0_POINTS)]
         for s in series:
-            vals = [interpolate(_front(front, s), float(x)) for x in L0_POINTS]
+            vals = [interpolate(series_front(front, s), float(x)) for x in L0_POINTS]
             md.append(f"| {s} | {sum(1 for r in front if r['series'] == s)} | "
                       + " | ".join(_f(v) if ok(v) and not math.isnan(v) else "-" for v in vals)
                       + " |")
