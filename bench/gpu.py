@@ -144,9 +144,10 @@ def run_case(case: dict[str, Any], folder: Path, steps: int, warmup: int) -> dic
     import torch
 
     from saerun import flops
-    from saerun.activations import ActivationStream, LanguageModel, estimate_norm_scale
+    from saerun.activations import LanguageModel, estimate_norm_scale
     from saerun.execute import pick_device
     from saerun.runner import prepare
+    from saerun.stream import ActivationStream
     from saerun.train import Trainer
 
     path = folder / f"{case['name']}.yaml"

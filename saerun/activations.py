@@ -1,4 +1,4 @@
-"""The language model, its hooks, tokens and shuffled activation batches.
+"""The language model, its hooks, its tokens and the training activations it produces.
 
 The only module that imports transformer-lens (lazily, so `saerun --help` stays instant). Models
 load through `TransformerBridge.boot_transformers`, the same code path for the embedded default
@@ -9,15 +9,12 @@ HF model's to float precision, so an SAE trained here splices into the HF model 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import queue
-import threading
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -134,10 +131,11 @@ def _special_id(lm: LanguageModel, which: str, data: DataConfig) -> int:
 
 
 def encoded_documents(lm: LanguageModel, data: DataConfig,
-                      split: Literal["train", "eval"]) -> Iterator[list[int]]:
+                      split: Literal["train", "eval"], skip: int = 0) -> Iterator[list[int]]:
     """The token ids of each document of a split, no special token added: text through the
     tokenizer's batch call (ENCODE_BATCH documents at once, not one Python call each), a
-    pretokenized row as it is, once its ids are checked against the vocabulary."""
+    pretokenized row as it is, once its ids are checked against the vocabulary. The first
+    `skip` documents are passed over unread by the tokenizer (a resumed stream)."""
     vocab = int(lm.bridge.cfg.d_vocab)
     pending: list[str] = []
 
@@ -146,7 +144,7 @@ def encoded_documents(lm: LanguageModel, data: DataConfig,
             yield from lm.tokenizer(pending, add_special_tokens=False)["input_ids"]
             pending.clear()
 
-    for doc in data_mod.iter_documents(data, split):
+    for doc in itertools.islice(data_mod.iter_documents(data, split), skip, None):
         if isinstance(doc, str):
             pending.append(doc)
             if len(pending) == ENCODE_BATCH:
@@ -161,44 +159,72 @@ def encoded_documents(lm: LanguageModel, data: DataConfig,
     yield from flush()
 
 
-def token_batches(lm: LanguageModel, data: DataConfig,
-                  split: Literal["train", "eval"]) -> Iterator[Tensor]:
+@dataclass(frozen=True)
+class PackerState:
+    """Where the packer of the train split stands right after one language-model batch: the
+    epoch, how many of its documents are packed, and the tokens packed into no row yet. A
+    stream resumed from it goes on exactly as the uninterrupted one, without tokenising (or
+    running the model over) what came before."""
+
+    epoch: int
+    documents: int
+    remainder: tuple[int, ...]
+
+
+def token_batches(lm: LanguageModel, data: DataConfig, split: Literal["train", "eval"],
+                  resume: PackerState | None = None,
+                  track: Callable[[PackerState], None] | None = None) -> Iterator[Tensor]:
     """Packed rows [n, context_size], documents joined as data.boundaries says (default: BOS
     and EOS around each document, each row starting with BOS, which is what every run before
     the field had on the embedded model, whose tokenizer prepended BOS in `encode`).
-    The train split cycles (epochs) until the consumer stops; eval stops at data.eval_tokens."""
+    The train split cycles (epochs) until the consumer stops; eval stops at data.eval_tokens.
+    `resume` starts right after the batch a PackerState was taken at; `track` is told the
+    state after each batch, before it is yielded."""
     row_bos, doc_bos, doc_eos = BOUNDARIES[data.boundaries]
     before = [_special_id(lm, "BOS", data)] if doc_bos else []
     after = [_special_id(lm, "EOS", data)] if doc_eos else []
     head = [_special_id(lm, "BOS", data)] if row_bos else []
     n = data.context_size - len(head)
     rows: list[list[int]] = []
-    stream: list[int] = []
+    epoch, done = (resume.epoch, resume.documents) if resume is not None else (0, 0)
+    stream: list[int] = list(resume.remainder) if resume is not None else []
     counted = 0
+
+    def pack() -> Iterator[Tensor]:  # the full rows `stream` holds, a batch at a time
+        nonlocal stream, rows, counted
+        while len(stream) >= n:
+            rows.append(head + stream[:n])
+            stream = stream[n:]
+            counted += n
+            if len(rows) == data.lm_batch_sequences:
+                if track is not None:
+                    track(PackerState(epoch, done, tuple(stream)))
+                yield torch.tensor(rows)
+                rows = []
+            if split == "eval" and counted >= data.eval_tokens:
+                return
+
+    yield from pack()  # a resumed remainder first
     while True:
-        empty = True
-        for ids in encoded_documents(lm, data, split):
+        empty = done == 0
+        for ids in encoded_documents(lm, data, split, skip=done):
             empty = False
+            done += 1
             stream.extend(before)
             stream.extend(ids)
             stream.extend(after)
-            while len(stream) >= n:
-                rows.append(head + stream[:n])
-                stream = stream[n:]
-                counted += n
-                if len(rows) == data.lm_batch_sequences:
+            yield from pack()
+            if split == "eval" and counted >= data.eval_tokens:
+                if rows:
                     yield torch.tensor(rows)
-                    rows = []
-                if split == "eval" and counted >= data.eval_tokens:
-                    if rows:
-                        yield torch.tensor(rows)
-                    return
+                return
         if empty:
             raise RuntimeError(f"the {split} split of {data.dataset!r} has no documents")
         if split == "eval":  # the held-out split is smaller than eval_tokens: use all of it
             if rows:
                 yield torch.tensor(rows)
             return
+        epoch, done = epoch + 1, 0
 
 
 def activation_cache(lm: LanguageModel, data: DataConfig,
@@ -229,14 +255,29 @@ def activation_cache(lm: LanguageModel, data: DataConfig,
 Kept = tuple[dict[str, Tensor], Tensor]  # ({hook: [n, d]}, special [n]) of one LM batch
 
 
+@dataclass
+class StreamPosition:
+    """How far a train stream's source has got: language-model batches handed on, and the
+    packer's state right after the last of them (None before the first)."""
+
+    batches: int = 0
+    packer: PackerState | None = None
+
+
 def _kept_batches(lm: LanguageModel, data: DataConfig, hook_names: list[str],
-                  start: int = 0) -> Iterator[Kept]:
+                  start: int = 0, resume: PackerState | None = None,
+                  position: StreamPosition | None = None) -> Iterator[Kept]:
     """Per language-model batch of the train stream from batch `start` on: the activations at
     the positions data.exclude_special_tokens keeps, in the model's dtype, and which of those
     are special tokens (none when they are excluded). From the activation cache where it has
-    the batch, else one forward pass (written to the cache when one is on)."""
+    the batch, else one forward pass (written to the cache when one is on). `resume`, the
+    packer's state after batch start - 1, starts the tokens there; without it the tokens
+    before `start` are regenerated and dropped. `position` follows what was handed on."""
     cache = activation_cache(lm, data, hook_names)
-    for index, tokens in enumerate(token_batches(lm, data, "train")):
+    state: list[PackerState] = []
+    batches = token_batches(lm, data, "train", resume, state.append)
+    for index, tokens in enumerate(batches, start=start if resume is not None else 0):
+        packer = state.pop() if state else None
         if index < start:
             continue
         acts = cache.get(index) if cache is not None else None
@@ -247,6 +288,8 @@ def _kept_batches(lm: LanguageModel, data: DataConfig, hook_names: list[str],
             acts = {h: captured[h][keep.to(lm.device)] for h in hook_names}
             if cache is not None:
                 cache.put(index, acts)
+        if position is not None:
+            position.batches, position.packer = index + 1, packer
         yield acts, special[keep]
 
 
@@ -262,6 +305,7 @@ class StreamHead:
     batches: list[Kept]
     limits: dict[str, float] | None  # hook -> norm above which a position is an outlier
     scales: dict[str, float]  # hook -> s with E||s x|| = sqrt(d_in), outliers left out
+    after: PackerState | None = None  # the packer right after the head's last batch
 
 
 # One head per loaded model and stream; a cache of a deterministic computation (it changes no
@@ -313,7 +357,8 @@ def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
     if key not in heads:
         batches: list[Kept] = []
         count = 0
-        source = _kept_batches(lm, data, hook_names)
+        position = StreamPosition()
+        source = _kept_batches(lm, data, hook_names, position=position)
         for kept in source:
             batches.append(kept)
             count += int((~kept[1]).sum())
@@ -323,7 +368,7 @@ def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
         if close is not None:  # a generator left mid-way releases its cache and files now
             close()
         limits, scales = _measure(batches, hook_names, data.exclude_outlier_norm)
-        heads[key] = StreamHead(batches, limits, scales)
+        heads[key] = StreamHead(batches, limits, scales, position.packer)
     return heads[key]
 
 
@@ -337,16 +382,25 @@ def outlier_limits(lm: LanguageModel, data: DataConfig, hook_names: list[str]
 
 
 def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str],
-                      seen: dict[str, int] | None = None) -> Iterator[dict[str, Tensor]]:
+                      seen: dict[str, int] | None = None, start: int = 0,
+                      resume: PackerState | None = None,
+                      position: StreamPosition | None = None) -> Iterator[dict[str, Tensor]]:
     """{hook: [n, d]} at the counted positions of each language-model batch of the train
-    stream, in order, in the model's dtype: special tokens dropped where the spec says so,
-    outlier positions always (data.exclude_outlier_norm). The first batches are the stream
-    head's (no second forward over them); the rest come from the cache or the model.
-    `seen["outlier_positions"]` (when given) counts the outlier positions dropped so far."""
+    stream, from batch `start` on, in the model's dtype: special tokens dropped where the spec
+    says so, outlier positions always (data.exclude_outlier_norm). The head's batches are
+    replayed (no second forward over them); the rest come from the cache or the model, from
+    `resume` (the packer after batch start - 1) where given. `seen["outlier_positions"]`
+    (when given) counts the outlier positions dropped so far; `position` follows the source."""
     head = stream_head(lm, data, hook_names)
     replay, head.batches = head.batches, []  # replayed once; a second stream recomputes
-    start = len(replay)
-    for acts, _ in itertools.chain(replay, _kept_batches(lm, data, hook_names, start)):
+    source: Iterator[Kept]
+    if start < len(replay):  # the rest of the stream goes on from the head's packer
+        source = itertools.chain(
+            _positioned(replay[start:], start, head.after, position),
+            _kept_batches(lm, data, hook_names, len(replay), head.after, position))
+    else:
+        source = _kept_batches(lm, data, hook_names, start, resume, position)
+    for acts, _ in source:
         if head.limits is not None:
             outliers = outlier_mask(acts, head.limits)
             if bool(outliers.any()):
@@ -357,83 +411,19 @@ def train_activations(lm: LanguageModel, data: DataConfig, hook_names: list[str]
         yield {h: a.to(lm.device) for h, a in acts.items()}
 
 
+def _positioned(batches: list[Kept], start: int, after: PackerState | None,
+                position: StreamPosition | None) -> Iterator[Kept]:
+    """The head's batches from index `start`, `position` counting them (the packer's state is
+    known after the last only: a stream resumed inside the head replays it)."""
+    for index, kept in enumerate(batches, start=start):
+        if position is not None:
+            last = index == start + len(batches) - 1
+            position.batches, position.packer = index + 1, after if last else None
+        yield kept
+
+
 def eval_token_batches(lm: LanguageModel, data: DataConfig) -> list[Tensor]:
     return list(token_batches(lm, data, "eval"))
-
-
-class ActivationStream:
-    """Shuffled training activations for every hook of a group, from ONE forward per batch.
-
-    Yields {hook: [batch_tokens, d]} (float32), special-token positions dropped, mixed through a
-    buffer of data.shuffle_buffer_tokens vectors (one permutation shared by every hook so rows
-    stay aligned: a transcoder's IN and OUT rows are the same tokens); 0: no shuffling, in the
-    model's order. Stops after data.train_tokens vectors.
-    """
-
-    def __init__(self, lm: LanguageModel, data: DataConfig, hook_names: list[str],
-                 batch_tokens: int, device: str = "cpu") -> None:
-        self.lm, self.data, self.hooks = lm, data, list(hook_names)
-        self.batch_tokens, self.device = batch_tokens, device
-        self.n_batches = data.train_tokens // batch_tokens
-        self._skip = 0
-        # Outlier positions the stream dropped (from its start, a resumed one included: it
-        # regenerates the stream), read ahead by the shuffle buffer.
-        self.seen: dict[str, int] = {"outlier_positions": 0}
-
-    def skip(self, n_batches: int) -> None:
-        """Resume: regenerate the stream deterministically and drop its first n batches."""
-        self._skip = n_batches
-
-    def _vectors(self) -> Iterator[dict[str, Tensor]]:
-        for acts in train_activations(self.lm, self.data, self.hooks, self.seen):
-            yield {h: a.float() for h, a in acts.items()}
-
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        if self.data.shuffle_buffer_tokens == 0:
-            yield from self._in_order()
-            return
-        g = torch.Generator().manual_seed(self.data.shuffle_seed)
-        capacity = max(self.data.shuffle_buffer_tokens, 2 * self.batch_tokens)
-        buffer: dict[str, Tensor] | None = None
-        produced = 0
-        source = self._vectors()
-        while produced < self.n_batches:
-            # Refill to capacity, shuffle, emit the first half; the rest mixes with new data.
-            filled = 0 if buffer is None else buffer[self.hooks[0]].shape[0]
-            parts: list[dict[str, Tensor]] = [buffer] if buffer is not None else []
-            while filled < capacity:
-                chunk = next(source)
-                parts.append(chunk)
-                filled += chunk[self.hooks[0]].shape[0]
-            merged = {h: torch.cat([p[h] for p in parts]) for h in self.hooks}
-            perm = torch.randperm(filled, generator=g).to(merged[self.hooks[0]].device)
-            merged = {h: v[perm] for h, v in merged.items()}
-            n_out = max(self.batch_tokens, (filled // 2) // self.batch_tokens * self.batch_tokens)
-            for start in range(0, n_out, self.batch_tokens):
-                if produced >= self.n_batches:
-                    return
-                if produced >= self._skip:
-                    yield {h: merged[h][start:start + self.batch_tokens].to(self.device)
-                           for h in self.hooks}
-                produced += 1
-            buffer = {h: v[n_out:] for h, v in merged.items()}
-
-    def _in_order(self) -> Iterator[dict[str, Tensor]]:
-        """data.shuffle_buffer_tokens 0: the batches in the order the model produced them."""
-        parts: list[dict[str, Tensor]] = []
-        filled = produced = 0
-        source = self._vectors()
-        while produced < self.n_batches:
-            while filled < self.batch_tokens:
-                chunk = next(source)
-                parts.append(chunk)
-                filled += chunk[self.hooks[0]].shape[0]
-            merged = {h: torch.cat([p[h] for p in parts]) for h in self.hooks}
-            if produced >= self._skip:
-                yield {h: merged[h][:self.batch_tokens].to(self.device) for h in self.hooks}
-            produced += 1
-            parts = [{h: v[self.batch_tokens:] for h, v in merged.items()}]
-            filled -= self.batch_tokens
 
 
 @torch.no_grad()
@@ -445,73 +435,3 @@ def estimate_norm_scale(lm: LanguageModel, data: DataConfig, hook_names: list[st
     Special tokens are always left out of the estimate (a BOS residual can be far larger than
     any text token's), whether or not the SAEs train on them; so are outlier positions."""
     return dict(stream_head(lm, data, hook_names, n_tokens).scales)
-
-
-_DONE = object()  # the producer's end-of-stream marker
-
-
-def prefetch(batches: Iterable[dict[str, Tensor]], depth: int = 2
-             ) -> Generator[dict[str, Tensor], None, None]:
-    """`batches`, produced ahead by a background thread into a queue of `depth` batches, so the
-    next language-model forward runs while the SAEs step (torch releases the GIL in its ops).
-
-    The same batches in the same order: the producer runs the very iterator the consumer would
-    have, so the result is bit-identical. An exception in the producer is raised here, in the
-    consumer, at the batch where it happened; when the consumer stops early (a break, an error,
-    the generator closed) the producer is told to stop and joined, so no thread outlives the
-    loop. On CUDA the producer works on a side stream; each batch waits for it on the
-    consumer's stream before it is used."""
-    items: queue.Queue[tuple[dict[str, Tensor] | object, torch.cuda.Event | None]] = \
-        queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-    cuda = torch.cuda.is_available()
-
-    def put(item: dict[str, Tensor] | object, event: torch.cuda.Event | None) -> bool:
-        while not stop.is_set():
-            try:
-                items.put((item, event), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        side = torch.cuda.Stream() if cuda else None
-        source = iter(batches)
-        try:
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                for batch in source:
-                    event = None
-                    if side is not None:
-                        event = torch.cuda.Event()
-                        event.record(side)
-                    if not put(batch, event):
-                        return
-        except BaseException as err:  # handed to the consumer, never swallowed
-            failure.append(err)
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:  # a generator left mid-way is closed on its own thread
-                close()
-        put(_DONE, None)
-
-    thread = threading.Thread(target=produce, name="saerun-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, event = items.get()
-            if item is _DONE:
-                if failure:
-                    raise failure[0]
-                return
-            batch = cast("dict[str, Tensor]", item)
-            if event is not None:  # the side stream's work on this batch is done before use
-                current = torch.cuda.current_stream()
-                current.wait_event(event)
-                for t in batch.values():
-                    t.record_stream(current)  # its memory is not reused while in use here
-            yield batch
-    finally:
-        stop.set()
-        thread.join()

@@ -212,13 +212,12 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     import torch
 
     from saerun import artifacts, data, imported, realmodel, saelens
+    from saerun import stream as stream_mod
     from saerun.activations import (
-        ActivationStream,
         LanguageModel,
         estimate_norm_scale,
         eval_token_batches,
         outlier_limits,
-        prefetch,
     )
     from saerun.evaluate import evaluate_group
     from saerun.registry import OWNER
@@ -268,7 +267,19 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     else:
         scales = dict.fromkeys(hooks, 1.0)
 
+    streams: list[stream_mod.ActivationStream] = []  # the group's stream, while training
+    snapshotted: set[int] = set()
+
     def checkpoint(tr: Trainer) -> None:
+        # The stream's state at this step first (once per step, in the folder of the first
+        # unfinished run), so that no checkpoint exists without it: a resumed job goes on
+        # from there instead of running the model over everything before the step.
+        snap = streams[0].snapshot(tr.step) if streams and not tr.done else None
+        if snap is not None and tr.step not in snapshotted:
+            lead = min(t.run_id for t in trainers if not t.done and t.failure is None)
+            stream_mod.save_snapshot(reg.artifacts_dir(lead), snap, lm.dtype,
+                                     tr.config.train.keep_checkpoints)
+            snapshotted.add(tr.step)
         tensors, meta = tr.state()
         meta["norm_scale"] = scales[tr.hook_name]
         if tr.hook_name_out is not None:
@@ -291,11 +302,16 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     t0 = time.perf_counter()
     stream_outliers: int | None = None  # training positions dropped as outliers, when trained
     if any(not tr.done for tr in trainers):
-        stream = ActivationStream(lm, first.data, hooks, first.train.batch_tokens, sae_device)
+        stream = stream_mod.ActivationStream(lm, first.data, hooks, first.train.batch_tokens,
+                                             sae_device)
         if start:
-            stream.skip(start)
+            note = stream_mod.resume_stream(stream, start,
+                                            [reg.artifacts_dir(tr.run_id) for tr in trainers])
+            if note is not None:
+                sys.stderr.write(f"saerun: {note}\n")
+        streams.append(stream)
         # overlap: the next LM batch is computed while the SAEs step (bit-identical either way).
-        ahead = prefetch(stream) if first.train.overlap else None
+        ahead = stream_mod.prefetch(stream) if first.train.overlap else None
         batches = ahead if ahead is not None else stream
         task = progress.start_group(jobs, total, start) if progress is not None else None
 
@@ -363,4 +379,6 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
                                  None if out is None else scales[out])
         artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], cfg, res.density)
         reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
+        stream_mod.remove_snapshots(reg.artifacts_dir(tr.run_id))  # nothing resumes a done run
     return failures
+

@@ -9,7 +9,6 @@ import torch
 from pydantic import TypeAdapter
 
 from saerun.activations import (
-    ActivationStream,
     LanguageModel,
     estimate_norm_scale,
     token_batches,
@@ -20,6 +19,7 @@ from saerun.metrics import per_token_ce, per_token_kl
 from saerun.models import hook_names, model_info
 from saerun.sae import build_sae
 from saerun.spec import METRIC_NAMES, DataConfig, SAEConfig
+from saerun.stream import ActivationStream
 
 DATA = DataConfig(context_size=32, train_tokens=4096, eval_tokens=512, shuffle_buffer_tokens=2048,
                   lm_batch_sequences=8)

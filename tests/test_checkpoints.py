@@ -159,7 +159,9 @@ def planned(folder: Path):
     return reg, plan.jobs
 
 
-def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("snapshot", ["kept", "corrupted"])
+def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identical(
+        tmp_path, capsys, snapshot):
     from saerun.execute import Interrupted, run_group
 
     reg, jobs = planned(tmp_path / "stopped")
@@ -176,7 +178,23 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
     for job in jobs:
         meta = json.loads((reg.artifacts_dir(job.run_id) / "checkpoint.json").read_text())
         assert meta["step"] == 7
+    # The stream's position is saved once for the group, beside the first run's checkpoints.
+    lead = reg.artifacts_dir(min(j.run_id for j in jobs))
+    assert (lead / "stream-7.json").exists() and (lead / "stream-7.safetensors").exists()
+    assert {p.parent for j in jobs for p in reg.artifacts_dir(j.run_id).glob("stream-*")} == \
+        {lead}
+    if snapshot == "corrupted":
+        flip_last_byte(lead / "stream-7.safetensors")
+    capsys.readouterr()
     assert run_group(reg, jobs, None) == {}
+    said = capsys.readouterr().err
+    if snapshot == "corrupted":  # regenerated, and said why
+        assert (f"saerun: stream snapshot at step 7 fails its checksum in {lead.name}: "
+                "regenerating the training stream up to step 7") in said
+    else:
+        assert "regenerating" not in said
+    for job in jobs:  # a finished run keeps no stream snapshot
+        assert not list(reg.artifacts_dir(job.run_id).glob("stream-*"))
     reg.close()
 
     ref, _ = planned(tmp_path / "uninterrupted")

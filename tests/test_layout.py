@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "data", "flops", "memory", "saelens"),
     ("sae",),
     ("plan",),  # it counts each run's step FLOPs through sae/cost.py
-    ("registry", "activations", "actcache", "resample", "train", "evaluate", "imported"),
+    ("registry", "activations", "actcache", "stream", "resample", "train", "evaluate",
+     "imported"),
     ("execute",),
     ("launch",),
     ("runner",),

@@ -161,7 +161,8 @@ def test_lm_parameter_counts():
 MEASURE = """
 import json, resource, sys
 import torch
-from saerun.activations import ActivationStream, LanguageModel
+from saerun.activations import LanguageModel
+from saerun.stream import ActivationStream
 from saerun.plan import job_memory
 from saerun.runner import model_dims, prepare
 from saerun.train import Trainer, train_group

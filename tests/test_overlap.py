@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saerun.activations import ActivationStream, LanguageModel, prefetch
+from saerun.activations import LanguageModel
 from saerun.cli import main
 from saerun.spec import DataConfig
+from saerun.stream import ActivationStream, prefetch
 
 
 def producer_threads() -> list[threading.Thread]:

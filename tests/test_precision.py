@@ -125,7 +125,7 @@ def test_the_norm_estimate_from_bf16_activations_equals_a_float64_reference(monk
     g = torch.Generator().manual_seed(2)
     acts = [{"h": (torch.randn(1000, 64, generator=g) * 3 + 5).bfloat16()} for _ in range(8)]
     kept = [(a, torch.zeros(1000, dtype=torch.bool)) for a in acts]
-    monkeypatch.setattr(activations, "_kept_batches", lambda lm, data, hooks: iter(kept))
+    monkeypatch.setattr(activations, "_kept_batches", lambda lm, data, hooks, **kw: iter(kept))
     no_model = type("NoModel", (), {})()  # the stream head is kept per model object
     scale = activations.estimate_norm_scale(
         no_model, DataConfig(exclude_outlier_norm=None), ["h"], n_tokens=8000)
