@@ -46,3 +46,28 @@ def test_the_claims_table_reads_both_models_and_says_where_they_agree():
 def test_no_real_run_says_how_to_get_them():
     md = "\n".join(real_sections([], [], {}, 9))
     assert "bash scripts/setup.sh --real-model" in md and "saerun findings --real" in md
+
+
+def test_the_real_ideas_section_sets_each_variant_beside_its_baseline():
+    from saerun.report.ideas_real import section, verdict
+
+    assert verdict({"l0": 31.0, "fvu": 0.18}, {"l0": 31.5, "fvu": 0.20}).startswith("**better**")
+    assert verdict({"l0": 40.0, "fvu": 0.25}, {"l0": 31.0, "fvu": 0.20}).startswith("**worse**")
+    assert verdict({"l0": 40.0, "fvu": 0.15}, {"l0": 31.0, "fvu": 0.20}).startswith("a trade-off")
+    assert verdict({"l0": 31.0, "fvu": 0.2001}, {"l0": 31.0, "fvu": 0.20}).startswith("nil")
+    rows = [_row("m4", "matryoshka", 31.0, 0.20, **{"sae.k": 32}),
+            _row("me", "matryoshka", 31.0, 0.16, **{"sae.k": 32, "sae.prefix_widths": "every"}),
+            _row("g", "gated", 80.0, 0.10, sparsity_coefficient=3.0),
+            _row("gt", "gated", 90.0, 0.14, sparsity_coefficient=3.0, **{"sae.b_mag": "tied"})]
+    md = "\n".join(section(prepare(rows)))
+    assert md.startswith("## 14. The research ideas on the real model (SmolLM2-135M)")
+    lines = md.splitlines()
+    every = next(x for x in lines if "every prefix (uniform)" in x)
+    assert "`me`" in every and "**better** (L0 +0%, FVU -20%)" in every
+    tied = next(x for x in lines if "b_mag tied" in x and "`gt`" in x)
+    assert "**worse** (L0 +12%, FVU +40%)" in tied
+    # Ideas without runs say so, each row once.
+    assert sum("not trained yet" in x for x in lines) == 5  # 2 pairs and the no-aux variant
+    assert "### 14a. One TopK SAE read at every k (real model)" in md
+    assert "Not trained yet (`specs/findings/real/real-ideas.yaml`)" in md
+    assert section([])[-2].startswith("Not trained yet")

@@ -30,6 +30,7 @@ from saerun.report.common import (
     series_front,
 )
 from saerun.report.death import INIT_KEY, init_label, matched_effect
+from saerun.report import ideas_real
 from saerun.report.findings_ideas import IDEA_SPECS, ideas_sections
 from saerun.report.findings_mlp import MLP_SPECS, mlp_sections
 from saerun.report.findings_real import REAL_SPECS, real_sections
@@ -61,7 +62,8 @@ def posthoc_run_ids(registry_path: Path, plans: dict[str, list[str]]) -> list[st
         rows, front = _rows(reg, plans)
     ids = [r["run_id"] for r in front]
     wanted = {i for spec in POSTHOC_IDEA_SPECS for i in plans.get(spec, [])}
-    return ids + [r["run_id"] for r in rows if r["run_id"] in wanted - set(ids)]
+    ids += [r["run_id"] for r in rows if r["run_id"] in wanted - set(ids)]
+    return ids + [i for i in plans.get(ideas_real.SPEC, []) if i not in ids]  # if trained
 
 
 def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dict[str, str],
@@ -79,7 +81,7 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
         curves = reg.curves(ids)
         densities = read_densities({i: reg.artifacts_dir(i) for i in ids})
         records = reg.posthoc([r["run_id"] for r in front_rows])
-        idea_records = reg.posthoc([i for spec in POSTHOC_IDEA_SPECS
+        idea_records = reg.posthoc([i for spec in (*POSTHOC_IDEA_SPECS, ideas_real.SPEC)
                                     for i in plans.get(spec, [])])
     report_dir = Path(out) / "findings"
     everything = {"rows": rows, "curves": curves, "densities": densities}
@@ -105,6 +107,12 @@ def write_findings(registry_path: Path, plans: dict[str, list[str]], failed: dic
     for r in idea_rows:
         r["posthoc"] = [x for x in idea_records if x["run_id"] == r["run_id"]]
     text += "\n".join(ideas_sections(idea_rows, plans, curves, _cmp_words))
+    real_idea_ids = set(plans.get(ideas_real.SPEC, []))
+    real_ideas = prepare([r for r in real_rows if r["run_id"] in real_idea_ids]) \
+        if real_idea_ids & {r["run_id"] for r in real_rows} else []
+    for r in real_ideas:
+        r["posthoc"] = [x for x in idea_records if x["run_id"] == r["run_id"]]
+    text += "\n" + "\n".join(ideas_real.section(real_ideas))
     page.write_text(text, encoding="utf-8")
     return page
 

@@ -16,8 +16,8 @@ from typing import Any
 from saerun.report.common import Comparison, compare, interpolate, ok, series_front
 
 REAL_DIR = "real"  # specs/findings/real/: file names real-*.yaml, unique beside the toy specs
-REAL_SPECS = ("real-frontier.yaml", "real-lr.yaml")
-FRONTIER, LR = REAL_SPECS
+REAL_SPECS = ("real-frontier.yaml", "real-lr.yaml", "real-ideas.yaml")
+FRONTIER, LR, IDEAS = REAL_SPECS  # the ideas' runs have their own section (report/ideas_real.py)
 L0_POINTS = (16, 32, 64, 128)
 
 # (claim, paper, A, B): "A beats B" on the L0-FVU frontier; series names as report.common.
@@ -92,7 +92,7 @@ def _lr_lines(rows: list[dict[str, Any]]) -> list[str]:
     by: dict[str, dict[float, dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["series"], {})[float(r["train.lr"])] = r
-    out = ["| series | " + " | ".join("lr {:g}".format(lr) for lr in
+    out = ["| series | " + " | ".join(f"lr {lr:g}" for lr in
                                       sorted({lr for v in by.values() for lr in v})) + " |"]
     lrs = sorted({lr for v in by.values() for lr in v})
     out.append("|---|" + "---:|" * len(lrs))
@@ -126,6 +126,7 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
                      "--real-model`) and run `saerun findings --real` (its specs are "
                      "`specs/findings/real/`).", ""]
     front = _of(rows, plans, FRONTIER)
+    rows = front + [r for r in _of(rows, plans, LR) if r not in front]
     tokens = sorted({int(r["train_tokens"]) for r in rows if ok(r.get("train_tokens"))})
     widths = sorted({int(r["d_sae"]) for r in rows if ok(r.get("d_sae"))})
     steps = sorted({int(r["train_tokens"] // r["train.batch_tokens"]) for r in rows
@@ -134,7 +135,7 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
     hooks = sorted({r["hook_name"] for r in rows})
     limits = [r["outlier_norm_limit"] for r in rows if ok(r.get("outlier_norm_limit"))]
     md += [
-        f"{len(rows)} runs of `specs/findings/real/` ({', '.join(f'`{s}`' for s in REAL_SPECS)}): "
+        f"{len(rows)} runs of `specs/findings/real/` (`{FRONTIER}`, `{LR}`): "
         f"model {', '.join(model)} (SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF, so "
         f"numbers are on that quantised model), site {', '.join(f'`{h}`' for h in hooks)}, "
         f"{'/'.join(f'{t:,}' for t in tokens)} training tokens per SAE "
@@ -184,8 +185,9 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
                "SAE is far from the papers' runs (hundreds of thousands of steps), and one seed "
                "cannot separate an LR effect of a few percent from seed noise; an LR optimum "
                "here says where short runs do best, not where converged ones would.", ""]
-    md += ["Not re-run on the real model (the 2-core budget): sqrt-L1 (section 2), Matryoshka, "
-           "the W_enc = W_dec^T init (4), transcoders and shuffling (6-8).", ""]
+    md += ["Not re-run on the real model (the 2-core budget): sqrt-L1 (section 2), Matryoshka "
+           "against BatchTopK (3), the W_enc = W_dec^T init (4), transcoders and shuffling "
+           "(6-8). The research ideas of sections 10-13 on the real model: section 14.", ""]
     return md
 
 

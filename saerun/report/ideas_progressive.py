@@ -62,10 +62,14 @@ def section(rows: list[dict[str, Any]], plans: dict[str, list[str]],
           "k you wanted at test time\", and \"an L0=50 SAE keeping only its top 10 features per "
           "token was better than an L0=10 SAE\". Every FVU here is a post-hoc re-evaluation on "
           "the same held-out tokens (`saerun report --posthoc`).", ""]
-    return md + _progressive(rows) + _topn(rows)
+    return (md + progressive_lines(rows, f"### {NUMBER}a. One TopK SAE read at every k", SPECS[0])
+            + topn_lines(rows, f"### {NUMBER}b. The top n latents per token of a denser SAE",
+                         SPECS[0]))
 
 
-def _progressive(rows: list[dict[str, Any]]) -> list[str]:
+def progressive_lines(rows: list[dict[str, Any]], heading: str, spec: str) -> list[str]:
+    """The k' table of the TopK runs among `rows` (plain ones at several k, progressive ones
+    with `sae.multi_k` or `sae.k_schedule`), under `heading`; `spec` names their spec."""
     topk = [r for r in rows if r.get("architecture") == "topk"]
     plain = {int(r["sae.k"]): r for r in topk
              if not r.get("sae.multi_k") and r.get("sae.k_schedule.start") is None}
@@ -76,14 +80,15 @@ def _progressive(rows: list[dict[str, Any]]) -> list[str]:
             trained[k] = float(fvu)
     special = sorted((r for r in topk if r.get("sae.multi_k")
                       or r.get("sae.k_schedule.start") is not None), key=_label)
-    md = [f"### {NUMBER}a. One TopK SAE read at every k", "",
+    md = [heading, "",
           "TopK SAEs trained at one k each, against SAEs trained for several k at once "
           "(`sae.multi_k`: the loss is the mean reconstruction error at each listed k) or with "
-          "k annealed down to its final value (`sae.k_schedule`), all at 512 latents; each is "
+          f"k annealed down to its final value (`sae.k_schedule`), all at {_widths(topk)} "
+          "latents; each is "
           "read at k' latents per token (the k' largest pre-activations, ReLU'd). The plain SAE "
           "at the progressive SAEs' own k, read at other k', is the control.", ""]
     if not trained or not special:
-        return md + ["Not trained yet (`specs/findings/ideas-progressive.yaml`).", ""]
+        return md + [f"Not trained yet (`specs/findings/{spec}`).", ""]
     k0 = int(special[0]["sae.k"])
     control = plain.get(k0)
     cols = ([control] if control is not None else []) + special
@@ -102,6 +107,10 @@ def _progressive(rows: list[dict[str, Any]]) -> list[str]:
            + "; ".join(f"{_label(r)} {_ids([r])}" for r in cols) + ".", ""]
     md += [f"- {w}" for w in _progressive_words(cols, trained, k0, control)] + [""]
     return md
+
+
+def _widths(rows: list[dict[str, Any]]) -> str:
+    return "/".join(str(w) for w in sorted({int(r["d_sae"]) for r in rows if ok(r.get("d_sae"))}))
 
 
 def _gaps(row: dict[str, Any], trained: dict[int, float], k0: int) -> dict[int, float]:
@@ -148,8 +157,10 @@ def _progressive_words(cols: list[dict[str, Any]], trained: dict[int, float], k0
     return out
 
 
-def _topn(rows: list[dict[str, Any]]) -> list[str]:
-    md = [f"### {NUMBER}b. The top n latents per token of a denser SAE", "",
+def topn_lines(rows: list[dict[str, Any]], heading: str, spec: str) -> list[str]:
+    """The densest JumpReLU run among `rows` cut to its top n latents per token, against the
+    JumpReLU and TopK runs among them, under `heading`; `spec` names their spec."""
+    md = [heading, "",
           "The JumpReLU SAE of largest L0 cut to each token's n largest latents (post-hoc, "
           "`TopN`), against JumpReLU SAEs trained at lower L0 (their frontier, read at the cut "
           "SAE's L0 in log-log interpolation, never extrapolated) and against TopK trained at "
@@ -158,7 +169,7 @@ def _topn(rows: list[dict[str, Any]]) -> list[str]:
             and ok(_record(r, "threshold", 0.0).get("l0"))]
     cut = [x for r in jump for x in r.get("posthoc") or [] if x.get("kind") == "topn"]
     if not jump or not cut:
-        return md + ["Not trained yet (`specs/findings/ideas-progressive.yaml`).", ""]
+        return md + [f"Not trained yet (`specs/findings/{spec}`).", ""]
     source = max(jump, key=lambda r: _record(r, "threshold", 0.0)["l0"])
     own = [_record(r, "threshold", 0.0) for r in jump]
     front = frontier_points([(x.get("l0"), x.get("fvu")) for x in own])
