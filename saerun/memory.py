@@ -70,6 +70,7 @@ class SAEShape:
     precision: str = "fp32"  # the step's compute precision (`train.precision`)
     d_out: int | None = None  # a transcoder's target width (None: d_in, an SAE)
     skip: bool = False  # a skip connection's W_skip [d_out, d_in]
+    tied_b_mag: bool = False  # gated with `sae.b_mag: tied`: b_mag is derived, not a parameter
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class StreamShape:
 def sae_params(s: SAEShape) -> int:
     d_out = s.d_in if s.d_out is None else s.d_out
     return ((s.d_in + d_out) * s.d_sae + s.d_sae + d_out
-            + EXTRA_PARAMS.get(s.architecture, 0) * s.d_sae + (s.d_in * d_out if s.skip else 0))
+            + (EXTRA_PARAMS.get(s.architecture, 0) - s.tied_b_mag) * s.d_sae
+            + (s.d_in * d_out if s.skip else 0))
 
 
 def sae_state_bytes(s: SAEShape) -> float:

@@ -512,6 +512,7 @@ def _sae_shape(config: RunConfig) -> memory.SAEShape:
         bool(getattr(config.sae, "ghost_grads", False)),
         str(getattr(config.train, "precision", "fp32")), getattr(config.sae, "d_out", None),
         bool(getattr(config.sae, "skip_connection", False)),
+        getattr(config.sae, "b_mag", "free") == "tied",
     )
 
 

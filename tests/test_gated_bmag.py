@@ -182,3 +182,15 @@ def test_section_says_what_the_numbers_say():
     same = "\n".join(section(_rows(0.10, 0.10), plans, {}, _cmp_words))
     assert same.count("**Nil**") == 2
     assert "Not trained yet" in "\n".join(section([], plans, {}, _cmp_words))
+
+
+@pytest.mark.parametrize("b_mag", ["free", "tied"])
+def test_the_memory_model_counts_the_parameters_a_gated_sae_has(b_mag):
+    from saerun import memory
+    from saerun.plan import _sae_shape
+
+    from conftest import unit_config
+
+    cfg = unit_config({"architecture": "gated", "d_in": 6, "d_sae": 24, "b_mag": b_mag})
+    sae = build_sae(cfg.sae, seed=0)
+    assert memory.sae_params(_sae_shape(cfg)) == sum(p.numel() for p in sae.parameters())
