@@ -104,6 +104,17 @@ def checkpoint_disk_bytes(s: SAEShape, keep: int) -> float:
     return (keep + 1) * one + 4 * sae_params(s) + 4 * s.d_sae
 
 
+def stream_snapshot_bytes(stream: StreamShape, widths: list[int], keep: int) -> float:
+    """Disk a job's stream snapshots take at most (saerun/stream.py: once per job, beside its
+    checkpoints, the same retention): the rows not handed out yet, at most the shuffle buffer
+    plus one language-model batch (with no shuffling, a batch plus one LM batch), of every hook,
+    in the model's dtype."""
+    buffer = (max(stream.shuffle_buffer_tokens, 2 * stream.batch_tokens)
+              if stream.shuffle_buffer_tokens else stream.batch_tokens)
+    rows = buffer + stream.lm_batch_sequences * stream.context_size
+    return (max(1, keep) + 1) * rows * sum(widths) * DTYPE_BYTES.get(stream.dtype, 4)
+
+
 def step_bytes(s: SAEShape) -> float:
     """The transient peak of one training step: [batch, d_sae] temporaries at the compute
     precision, plus the batch, its normalised copy, x_hat and their gradients ([batch, d_in])."""

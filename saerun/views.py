@@ -151,7 +151,7 @@ def print_plan(console: Console, prepared: Prepared) -> None:
             console.print(f"  GB: {parts}; {escape(dj.memory_detail)}")
         console.print(f"  checkpoints: ~{checkpoint_disk_gb(dj.runs):.3g} GB on disk "
                       f"(train.keep_checkpoints = {first.train.keep_checkpoints}, one being "
-                      "written, the final export)")
+                      "written, the final export, the stream's snapshots)")
         if plan.spec.launcher.kind == "slurm":
             warning = time_limit_warning(dj.runs, slurm_minutes(plan.spec.launcher.time),
                                          plan.spec.launcher.max_requeues)

@@ -115,9 +115,16 @@ def test_plan_counts_each_jobs_checkpoint_disk_and_warns_about_the_time_limit():
     job = Job("ab12cd34", "r", unit_config(), "g", {}, step_flops_per_token=1e12)
     # relu 8 -> 32: 2*8*32 + 32 + 8 = 552 parameters. A checkpoint: 3 float32 copies (weights,
     # Adam's moments) + 32 int64 clocks = 6,880 B; 2 kept + 1 being written; the export 2,336 B.
-    assert checkpoint_disk_gb([job]) == pytest.approx((3 * 6880 + 4 * 552 + 4 * 32) / 1e9)
+    # The job's stream snapshots, as many: the 65,536-row buffer plus one LM batch (32 x 128
+    # tokens) of 8 float32 values.
+    stream = (65_536 + 32 * 128) * 8 * 4
+    assert checkpoint_disk_gb([job]) == pytest.approx(
+        (3 * 6880 + 4 * 552 + 4 * 32 + 3 * stream) / 1e9)
     kept5 = Job("ab12cd34", "r", unit_config(keep_checkpoints=5), "g", {})
-    assert checkpoint_disk_gb([kept5]) == pytest.approx((6 * 6880 + 2336) / 1e9)
+    assert checkpoint_disk_gb([kept5]) == pytest.approx((6 * 6880 + 2336 + 6 * stream) / 1e9)
+    two = Job("ef56ab78", "r2", unit_config(), "g", {})  # a second SAE: the stream is shared
+    assert checkpoint_disk_gb([job, two]) == pytest.approx(
+        (2 * (3 * 6880 + 4 * 552 + 4 * 32) + 3 * stream) / 1e9)
     # 1e12 FLOPs/token x 1,280 tokens at 1e12 FLOP/s: 1,280 s of steps; 1 + 3 attempts of 5 min
     # is 1,200 s (too short), of 6 min 1,440 s (enough); max_requeues 0: one attempt only.
     assert time_limit_warning([job], 6, 3, flops=1e12) is None
