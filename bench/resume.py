@@ -30,8 +30,10 @@ SPEC = Path(__file__).resolve().parents[1] / "specs" / "quickstart.yaml"
 
 
 def _first(stream: ActivationStream) -> tuple[float, dict[str, torch.Tensor]]:
+    """Seconds to the stream's first batch, the norm estimate first (as a job starts)."""
     activations._HEADS.clear()  # as in a new job: the head is computed again
     t0 = time.perf_counter()
+    activations.estimate_norm_scale(stream.lm, stream.data, stream.hooks)
     batch = next(iter(stream))
     return time.perf_counter() - t0, batch
 
