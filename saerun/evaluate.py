@@ -82,11 +82,13 @@ def evaluate_group(
     lm: LanguageModel, eval_batches: list[Tensor], saes: Mapping[str, Entry],
     metric_names: AbstractSet[str], exclude_special_tokens: bool = True,
     outlier_limits: Mapping[str, float] | None = None,
+    on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, EvalResult]:
     """`saes`: run_id -> (SAE taking raw activations, hook name[, target hook or None]).
     Returns run_id -> result. `outlier_limits`: hook -> norm above which a position is
     excluded (None: none is); the excluded count is reported as the metric
-    `excluded_outlier_positions`."""
+    `excluded_outlier_positions`. `on_batch` is called before each batch (a stop request
+    raises from it: evaluation keeps no partial state, a restart evaluates again)."""
     runs = {run_id: (e[0], e[1], e[2] if len(e) > 2 and e[2] is not None else e[1])
             for run_id, e in saes.items()}
     targets = sorted({out for _, _, out in runs.values()})  # where outputs are spliced in
@@ -114,6 +116,7 @@ def evaluate_group(
         sums = {h: torch.zeros((), dtype=torch.float64) for h in targets}
         count = 0
         for tokens in eval_batches:
+            on_batch()
             acts = lm.capture(tokens, hooks)
             keep = positions(tokens, acts)
             count += int(keep.sum())
@@ -123,6 +126,7 @@ def evaluate_group(
 
     accs = {run_id: MetricAccumulator() for run_id in saes}
     for tokens in eval_batches:
+        on_batch()
         faults.point("eval")
         if with_lm:
             # The clean distribution once per batch; each patched forward is then scored with a

@@ -242,6 +242,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         return imported.evaluate_imported(reg, jobs, lm, env, fingerprint)
 
     trainers: list[Trainer] = []
+    metas: list[dict[str, Any]] = []  # each trainer's checkpoint meta ({} when it starts afresh)
     for job in jobs:
         folder = reg.artifacts_dir(job.run_id)
         tr = Trainer.create(job.run_id, job.config, sae_device)
@@ -250,6 +251,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         if saved is not None:
             tr.load_state(*saved)
         trainers.append(tr)
+        metas.append(saved[1] if saved is not None else {})
         run_env = env
         if notes:  # said in the job's log and kept with the run
             notes.append(f"resumed from step {tr.step}" if saved else "restarted from step 0")
@@ -262,7 +264,18 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         # The standalone spec of this one run (what `saerun export-spec` prints).
         artifacts.write_text(folder / "run.yaml", export_spec(run))
 
-    if first.data.normalize == "expected_norm":
+    # Every SAE trained (a job cut off while it evaluated): the norm scales and outlier limits
+    # its checkpoints recorded, instead of a model pass over the stream head to measure them.
+    recorded = all(tr.done for tr in trainers) and all("outlier_limits" in m for m in metas)
+    if recorded:
+        scales = {}
+        for tr, m in zip(trainers, metas, strict=True):
+            scales[tr.hook_name] = float(m["norm_scale"])
+            if tr.hook_name_out is not None:
+                scales[tr.hook_name_out] = float(m["norm_scale_out"])
+        saved_limits = metas[0]["outlier_limits"]
+        limits = None if saved_limits is None else {h: float(v) for h, v in saved_limits.items()}
+    elif first.data.normalize == "expected_norm":
         scales = estimate_norm_scale(lm, first.data, hooks)
     else:
         scales = dict.fromkeys(hooks, 1.0)
@@ -282,6 +295,9 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
             snapshotted.add(tr.step)
         tensors, meta = tr.state()
         meta["norm_scale"] = scales[tr.hook_name]
+        meta["outlier_limits"] = outlier_limits(lm, first.data, hooks)  # the stream head's
+        if streams:  # the training positions the stream dropped as outliers so far
+            meta["stream_outliers"] = streams[0].seen["outlier_positions"]
         if tr.hook_name_out is not None:
             meta["norm_scale_out"] = scales[tr.hook_name_out]
         artifacts.save_checkpoint(reg.artifacts_dir(tr.run_id), tensors, meta,
@@ -301,6 +317,8 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     total = max(tr.total_steps for tr in trainers)
     t0 = time.perf_counter()
     stream_outliers: int | None = None  # training positions dropped as outliers, when trained
+    if recorded and all("stream_outliers" in m for m in metas):
+        stream_outliers = max(int(m["stream_outliers"]) for m in metas)
     if any(not tr.done for tr in trainers):
         stream = stream_mod.ActivationStream(lm, first.data, hooks, first.train.batch_tokens,
                                              sae_device)
@@ -359,9 +377,16 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         folded[tr.run_id] = (sae, tr.hook_name, out)
     eval_batches = eval_token_batches(lm, first.data)
     metric_names: set[str] = set(first.eval.metrics)
-    limits = outlier_limits(lm, first.data, hooks)
+    if not recorded:
+        limits = outlier_limits(lm, first.data, hooks)
+
+    def between_eval_batches() -> None:  # a stop now: every SAE is trained and checkpointed
+        reason = stop() if stop is not None else None
+        if reason is not None:
+            raise Interrupted(reason, [tr.run_id for tr in trainers])
+
     results = evaluate_group(lm, eval_batches, folded, metric_names,
-                             first.data.exclude_special_tokens, limits)
+                             first.data.exclude_special_tokens, limits, between_eval_batches)
     eval_seconds = time.perf_counter() - t1
 
     for tr in trainers:

@@ -211,3 +211,45 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
         b = artifacts.read_weights(ref.artifacts_dir(job.run_id))
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     ref.close()
+
+
+def test_a_stop_while_evaluating_requeues_and_the_restart_only_evaluates(tmp_path, monkeypatch):
+    """Cut off after the last step (every SAE trained and checkpointed, evaluation under way):
+    the job stops with every run unfinished; the restart trains nothing, takes the norm
+    scales and outlier limits its checkpoints recorded (no model pass over the stream head)
+    and ends with the metrics and weights of an uninterrupted run."""
+    from saerun import activations
+    from saerun.execute import Interrupted, run_group
+
+    reg, jobs = planned(tmp_path / "stopped")
+    asked: list[int] = []
+
+    def stop() -> str | None:  # 16 training batches, then the evaluation's first batch
+        asked.append(1)
+        return "the time limit is near" if len(asked) == 17 else None
+
+    with pytest.raises(Interrupted) as caught:
+        run_group(reg, jobs, None, stop=stop)
+    assert sorted(caught.value.run_ids) == sorted(j.run_id for j in jobs)
+    for job in jobs:
+        meta = json.loads((reg.artifacts_dir(job.run_id) / "checkpoint.json").read_text())
+        assert meta["step"] == 16 and "outlier_limits" in meta
+        assert reg.get_run(job.run_id)["status"] != "done"
+
+    def no_head(*args, **kwargs):
+        raise AssertionError("the restart ran the model over the stream head")
+
+    monkeypatch.setattr(activations, "stream_head", no_head)
+    assert run_group(reg, jobs, None) == {}
+    monkeypatch.undo()
+    ref, _ = planned(tmp_path / "uninterrupted")
+    assert run_group(ref, jobs, None) == {}
+    for job in jobs:
+        a, b = reg.get_run(job.run_id), ref.get_run(job.run_id)
+        assert a["status"] == b["status"] == "done"
+        assert a["metrics"] == b["metrics"]
+        wa = artifacts.read_weights(reg.artifacts_dir(job.run_id))
+        wb = artifacts.read_weights(ref.artifacts_dir(job.run_id))
+        assert all(wa[k].equal(wb[k]) for k in wa)
+    reg.close()
+    ref.close()
