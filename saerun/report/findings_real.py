@@ -185,6 +185,9 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
                "SAE is far from the papers' runs (hundreds of thousands of steps), and one seed "
                "cannot separate an LR effect of a few percent from seed noise; an LR optimum "
                "here says where short runs do best, not where converged ones would.", ""]
+    else:
+        md += [f"**Learning rate** (section 5's question): not trained yet (`specs/findings/"
+               f"real/{LR}`).", ""]
     md += ["Not re-run on the real model (the 2-core budget): sqrt-L1 (section 2), Matryoshka "
            "against BatchTopK (3), the W_enc = W_dec^T init (4), transcoders and shuffling "
            "(6-8). The research ideas of sections 10-13 on the real model: section 14.", ""]
