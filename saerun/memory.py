@@ -23,6 +23,7 @@ measured peaks; the README states the tolerance.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 GB = 1e9  # decimal gigabytes, as GPU memory is sold (an "80 GB" H100 has 85.0e9 bytes)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "fp32": 4, "bf16": 2}
@@ -113,6 +114,22 @@ def stream_snapshot_bytes(stream: StreamShape, widths: list[int], keep: int) -> 
               if stream.shuffle_buffer_tokens else stream.batch_tokens)
     rows = buffer + stream.lm_batch_sequences * stream.context_size
     return (max(1, keep) + 1) * rows * sum(widths) * DTYPE_BYTES.get(stream.dtype, 4)
+
+
+def job_snapshot_bytes(configs: list[Any]) -> float:
+    """`stream_snapshot_bytes` of one device job, from its runs' resolved RunConfigs."""
+    if not configs:
+        return 0.0
+    first = configs[0]
+    widths: dict[str, int] = {}
+    for cfg in configs:  # every hook the job's stream carries, at its width
+        widths[cfg.site.hook_name] = cfg.sae.d_in or 0
+        if cfg.site.hook_name_out is not None:
+            widths[cfg.site.hook_name_out] = getattr(cfg.sae, "d_out", None) or cfg.sae.d_in or 0
+    stream = StreamShape(first.model.dtype, first.data.context_size,
+                         first.data.lm_batch_sequences, first.data.shuffle_buffer_tokens,
+                         first.train.batch_tokens)
+    return stream_snapshot_bytes(stream, list(widths.values()), first.train.keep_checkpoints)
 
 
 def step_bytes(s: SAEShape) -> float:

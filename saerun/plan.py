@@ -517,26 +517,9 @@ def _sae_shape(config: RunConfig) -> memory.SAEShape:
 
 
 def checkpoint_disk_gb(runs: list[Job]) -> float:
-    """GB of disk the checkpoints of one device job's runs take at most (train.keep_checkpoints
-    each, plus the one being written and the final export), with the job's stream snapshots:
-    `saerun plan` shows it."""
-    saes = sum(memory.checkpoint_disk_bytes(_sae_shape(j.config), j.config.train.keep_checkpoints)
-               for j in runs)
-    if not runs:
-        return 0.0
-    first = runs[0].config
-    widths: dict[str, int] = {}
-    for j in runs:  # every hook the job's stream carries, at its width
-        sae = j.config.sae
-        widths[j.config.site.hook_name] = sae.d_in or 0
-        if j.config.site.hook_name_out is not None:
-            widths[j.config.site.hook_name_out] = getattr(sae, "d_out", None) or sae.d_in or 0
-    stream = memory.StreamShape(first.model.dtype, first.data.context_size,
-                                first.data.lm_batch_sequences, first.data.shuffle_buffer_tokens,
-                                first.train.batch_tokens)
-    snapshots = memory.stream_snapshot_bytes(stream, list(widths.values()),
-                                             first.train.keep_checkpoints)
-    return (saes + snapshots) / 1e9
+    """GB of disk one device job's checkpoints and stream snapshots take at most (`saerun plan`)."""
+    return (sum(memory.checkpoint_disk_bytes(_sae_shape(j.config), j.config.train.keep_checkpoints)
+                for j in runs) + memory.job_snapshot_bytes([j.config for j in runs])) / 1e9
 
 
 def job_memory(runs: list[Job], dims: ModelDims) -> tuple[dict[str, float], str] | None:
