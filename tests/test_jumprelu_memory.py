@@ -243,3 +243,22 @@ def test_compiled_steps_with_memory_equal_eager():
         sum(0.5 ** (s / 2) for s in range(6)))
     assert torch.allclose(compiled.sae.kde_num, eager.sae.kde_num, rtol=1e-4, atol=1e-6)
     assert torch.allclose(compiled.sae.log_threshold, eager.sae.log_threshold, atol=1e-5)
+
+
+def test_an_exported_memory_sae_loads_into_a_fresh_one(tmp_path):
+    """The export leaves the estimator's memory out (training state): a fresh SAE built from
+    the same config still loads the exported weights (post-hoc analyses do)."""
+    from pydantic import TypeAdapter
+
+    from saerun.sae import build_sae
+    from saerun.spec import SAEConfig
+
+    cfg = TypeAdapter(SAEConfig).validate_python(
+        {"architecture": "jumprelu", "d_in": 4, "d_sae": 8, "kde_half_life_tokens": 64,
+         "kde_decay": 0.5})
+    sae = build_sae(cfg, seed=0)
+    exported = {k: v for k, v in sae.state_dict().items() if not k.startswith("kde_")}
+    fresh = build_sae(cfg, seed=1)
+    fresh.load_state_dict(exported)
+    assert torch.equal(fresh.log_threshold, sae.log_threshold)
+    assert torch.equal(fresh.kde_num, torch.zeros(8)) and float(fresh.kde_den) == 0.0

@@ -267,3 +267,9 @@ def _threshold_to_log(module: nn.Module, state_dict: dict[str, Tensor], prefix: 
     key = prefix + "threshold"
     if key in state_dict:
         state_dict[prefix + "log_threshold"] = state_dict.pop(key).log()
+    # The estimator's memory is training state, in checkpoints only: an exported file (weights
+    # for inference) loads with the memory empty, as at the start of training.
+    for name in ("kde_num", "kde_den"):
+        buffer = getattr(module, name, None)
+        if isinstance(buffer, Tensor) and prefix + name not in state_dict:
+            state_dict[prefix + name] = torch.zeros_like(buffer)
