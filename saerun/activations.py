@@ -352,7 +352,7 @@ def _measure(batches: list[Kept], hook_names: list[str], factor: float | None
 
 def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
                 n_tokens: int = NORM_SAMPLE_TOKENS) -> StreamHead:
-    key = json.dumps([data.model_dump(mode="json"), sorted(hook_names), n_tokens])
+    key = _head_key(data, hook_names, n_tokens)
     heads = _HEADS.setdefault(lm, {})
     if key not in heads:
         batches: list[Kept] = []
@@ -370,6 +370,19 @@ def stream_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
         limits, scales = _measure(batches, hook_names, data.exclude_outlier_norm)
         heads[key] = StreamHead(batches, limits, scales, position.packer)
     return heads[key]
+
+
+def _head_key(data: DataConfig, hook_names: list[str], n_tokens: int) -> str:
+    return json.dumps([data.model_dump(mode="json"), sorted(hook_names), n_tokens])
+
+
+def remember_head(lm: LanguageModel, data: DataConfig, hook_names: list[str],
+                  limits: dict[str, float] | None, scales: dict[str, float]) -> None:
+    """Take the head's measurements as known (a resumed job's checkpoints recorded them) so
+    that no model pass over the head measures them again; the stream then computes the head's
+    batches like any others, which a stream resumed past the head never needs."""
+    key = _head_key(data, hook_names, NORM_SAMPLE_TOKENS)
+    _HEADS.setdefault(lm, {}).setdefault(key, StreamHead([], limits, dict(scales)))
 
 
 def outlier_limits(lm: LanguageModel, data: DataConfig, hook_names: list[str]

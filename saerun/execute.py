@@ -218,6 +218,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         estimate_norm_scale,
         eval_token_batches,
         outlier_limits,
+        remember_head,
     )
     from saerun.evaluate import evaluate_group
     from saerun.registry import OWNER
@@ -264,9 +265,12 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         # The standalone spec of this one run (what `saerun export-spec` prints).
         artifacts.write_text(folder / "run.yaml", export_spec(run))
 
-    # Every SAE trained (a job cut off while it evaluated): the norm scales and outlier limits
-    # its checkpoints recorded, instead of a model pass over the stream head to measure them.
-    recorded = all(tr.done for tr in trainers) and all("outlier_limits" in m for m in metas)
+    # A resumed job (every SAE has a checkpoint): the norm scales and outlier limits its
+    # checkpoints recorded, instead of a model pass over the stream head to measure them again;
+    # a restart then costs only what comes after its stream snapshot (or, every SAE trained,
+    # the evaluation).
+    recorded = all(tr.step > 0 and "outlier_limits" in m for tr, m in zip(trainers, metas,
+                                                                          strict=True))
     if recorded:
         scales = {}
         for tr, m in zip(trainers, metas, strict=True):
@@ -275,6 +279,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
                 scales[tr.hook_name_out] = float(m["norm_scale_out"])
         saved_limits = metas[0]["outlier_limits"]
         limits = None if saved_limits is None else {h: float(v) for h, v in saved_limits.items()}
+        remember_head(lm, first.data, hooks, limits, scales)
     elif first.data.normalize == "expected_norm":
         scales = estimate_norm_scale(lm, first.data, hooks)
     else:
@@ -406,4 +411,3 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
         reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
         stream_mod.remove_snapshots(reg.artifacts_dir(tr.run_id))  # nothing resumes a done run
     return failures
-

@@ -12,8 +12,9 @@ catching up and never trains. A `Snapshot` holds what the stream cannot get back
 rows of the shuffle buffer not handed out yet, the shuffle generator's state, how many
 language-model batches its source consumed, the packer's state after the last of them
 (activations.PackerState) and the outlier positions dropped so far. Resumed from one, the
-stream runs the model over the stream head (the norm estimate and outlier limit need it) and
-over what comes after the snapshot, nothing else; the batches are bit-identical either way.
+stream runs the model over what comes after the snapshot, nothing else (the norm estimate and
+outlier limit measured on the stream head come from the checkpoints: execute.py); the batches
+are bit-identical either way.
 """
 
 from __future__ import annotations

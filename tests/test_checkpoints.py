@@ -168,7 +168,10 @@ def planned(folder: Path):
 
 @pytest.mark.parametrize("snapshot", ["kept", "corrupted"])
 def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identical(
-        tmp_path, capsys, snapshot):
+        tmp_path, capsys, monkeypatch, snapshot):
+    """...and the restart takes the stream head's measurements (norm scales, outlier limits)
+    from the checkpoints: it never measures the head again."""
+    from saerun import activations
     from saerun.execute import Interrupted, run_group
 
     reg, jobs = planned(tmp_path / "stopped")
@@ -193,7 +196,13 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
     if snapshot == "corrupted":
         flip_last_byte(lead / "stream-7.safetensors")
     capsys.readouterr()
+
+    def no_measure(*args, **kwargs):
+        raise AssertionError("the restart measured the stream head again")
+
+    monkeypatch.setattr(activations, "_measure", no_measure)
     assert run_group(reg, jobs, None) == {}
+    monkeypatch.undo()
     said = capsys.readouterr().err
     if snapshot == "corrupted":  # regenerated, and said why
         assert (f"saerun: stream snapshot at step 7 fails its checksum in {lead.name}: "
