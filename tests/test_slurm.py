@@ -426,8 +426,9 @@ def test_a_driver_killed_mid_sweep_loses_and_duplicates_nothing(tmp_path, slurm_
                               stderr=subprocess.DEVNULL)
     db = folder / "registry" / "saerun.db"
 
-    def submitted() -> bool:
-        return db.exists() and all(r["job_id"] for r in runs_of(folder).values())
+    def submitted() -> bool:  # the runs registered (not an empty registry yet) and out
+        runs = runs_of(folder).values() if db.exists() else []
+        return len(runs) == 2 and all(r["job_id"] for r in runs)
 
     wait_until(submitted)
     driver.send_signal(signal.SIGKILL)
