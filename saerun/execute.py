@@ -269,8 +269,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
     # checkpoints recorded, instead of a model pass over the stream head to measure them again;
     # a restart then costs only what comes after its stream snapshot (or, every SAE trained,
     # the evaluation).
-    recorded = all(tr.step > 0 and "outlier_limits" in m for tr, m in zip(trainers, metas,
-                                                                          strict=True))
+    recorded = all("outlier_limits" in m for m in metas)  # {} for an SAE with no checkpoint
     if recorded:
         scales = {}
         for tr, m in zip(trainers, metas, strict=True):
