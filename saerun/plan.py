@@ -305,7 +305,7 @@ def _step_flops(config: RunConfig) -> float | None:
         return None
     if config.sae.d_sae is None:  # resolved by `_derive`; a None here is a planner bug
         raise ValueError("the step cost needs d_sae")
-    return flops.step_flops_per_token(config.sae, config.sae.d_sae)
+    return flops.step_flops_per_token(config.sae, config.sae.d_sae, config.train.batch_tokens)
 
 
 def _derive(

@@ -18,7 +18,7 @@ from saerun.sae.cost import (
     reference_config,
     step_flops_per_token,
 )
-from saerun.spec import load_spec, locate
+from saerun.spec import derive, load_spec, locate
 
 ARCHITECTURES = ["relu", "gated", "jumprelu", "topk", "batchtopk", "matryoshka"]
 
@@ -26,13 +26,14 @@ ARCHITECTURES = ["relu", "gated", "jumprelu", "topk", "batchtopk", "matryoshka"]
 def counted_on_cpu(cfg, batch: int, dead: bool = False) -> int:
     """FLOPs of one real (CPU, not meta) training step of the dense reference (the products
     it names; the sparse kernels do the same maths in fewer): what cost.py's meta-device count
-    must agree with."""
+    and saerun.flops's formula must agree with. A transcoder's target is a d_out-wide y."""
     sae = build_sae(cfg, seed=0)
     sae.sparse_kernels = False
     x = torch.randn(batch, cfg.d_in, generator=torch.Generator().manual_seed(1))
+    y = None if cfg.d_out is None else torch.randn(batch, cfg.d_out)
     step = StepInfo(1.0, torch.full((cfg.d_sae,), dead, dtype=torch.bool))
     with FlopCounterMode(display=False) as counter:
-        sae.loss(x, step).loss.backward()
+        sae.loss(x, step, y).loss.backward()
     return counter.get_total_flops()
 
 
@@ -207,4 +208,47 @@ def test_the_planners_flops_formula_is_the_measured_count(data):
     for d_in in (64, 96):
         cfg = TypeAdapter(SAEConfig).validate_python({"d_in": d_in, "d_sae": 512, **data})
         for d_sae in (512, 3000):
-            assert flops.step_flops_per_token(cfg, d_sae) == step_flops_per_token(cfg, d_sae)
+            assert flops.step_flops_per_token(cfg, d_sae, 4096) == step_flops_per_token(cfg, d_sae)
+
+
+@pytest.mark.parametrize("d_out", [None, 24, "d_in"])
+@pytest.mark.parametrize("data", [
+    {"architecture": "relu"}, {"architecture": "relu", "ghost_grads": True},
+    {"architecture": "gated"}, {"architecture": "gated", "aux_loss": False},
+    {"architecture": "jumprelu"},
+    {"architecture": "topk", "k": 4}, {"architecture": "topk", "k": 4, "multi_k": [1, 2, 4]},
+    {"architecture": "batchtopk", "k": 4}, {"architecture": "matryoshka", "k": 4},
+    {"architecture": "matryoshka", "k": 4, "prefix_widths": "every",
+     "prefix_weights": "uniform"},
+    {"architecture": "matryoshka", "k": 4, "prefix_widths": "every",
+     "prefix_weights": "log_uniform"},
+])
+def test_the_planners_flops_formula_counts_a_real_step(data, d_out):
+    """saerun.flops against a real CPU step's FLOP counter, SAE and transcoder (with and without
+    a skip, as wide as its input or not): the terms the meta-device line cannot see too (multi_k's extra decodes, the
+    every-prefix Gram products, quadratic in d_sae and partly per step, not per token)."""
+    from pydantic import TypeAdapter
+
+    from saerun import flops
+    from saerun.spec import SAEConfig
+
+    batch = 8
+    for d_in, d_sae in ((16, 64), (32, 96)):
+        for skip in (False, True) if d_out else (False,):
+            cfg = TypeAdapter(SAEConfig).validate_python(
+                {"d_in": d_in, "d_sae": d_sae, "skip_connection": skip,
+                 "d_out": d_in if d_out == "d_in" else d_out,
+                 "init_encoder_as_decoder_transpose": d_out is None, **data})
+            counted = counted_on_cpu(derive.resolved_sae(cfg), batch)
+            assert flops.step_flops_per_token(cfg, d_sae, batch) * batch == counted, (d_in, skip)
+
+
+def test_compute_matching_an_every_prefix_matryoshka_is_refused():
+    from pydantic import TypeAdapter, ValidationError
+
+    from saerun.spec import SAEConfig
+
+    with pytest.raises(ValidationError, match="compute_matched_to needs a step cost linear"):
+        TypeAdapter(SAEConfig).validate_python({
+            "architecture": "matryoshka", "prefix_widths": "every", "prefix_weights": "uniform",
+            "compute_matched_to": {"architecture": "relu", "d_sae": 512}})

@@ -14,7 +14,10 @@ Every product of every architecture has d_sae as one of its dimensions and d_in 
 
     cost(d_sae) = a + b * d_sae   FLOPs per token
 
-holds exactly (a = 0 today; it is fitted anyway). It is measured at the real d_in on two small
+holds exactly (a = 0 today; it is fitted anyway), but for Matryoshka with prefix_widths every,
+whose dense Gram products W_dec W_dec^T are quadratic in d_sae: the schema refuses compute
+matching it, and its probes here count the default nesting (`saerun.flops` counts the Gram
+products for the planner). It is measured at the real d_in on two small
 widths (64 and 128 latents; k capped at the width for the TopK family) with a batch of 16
 tokens, which fixes a and b exactly, since every product is per token. The matched width solves
 cost(d) = cost_ref(d_ref): d = round((cost_ref(d_ref) - a) / b), at least 1.

@@ -54,8 +54,8 @@ class MatryoshkaSAE(BatchTopKSAE):
     def reconstruction(self, x: Tensor, y: Tensor, f: Tensor,
                        w_dec: Tensor) -> tuple[Tensor, Tensor]:
         if self.every_prefix:
-            x_hat = f @ w_dec + self.out_bias(x)
-            return dense_every_prefix_loss(y - self.out_bias(x), f, w_dec, self.prefix_cdf), x_hat
+            bias = self.out_bias(x)  # once: with a skip, x W_skip is a product
+            return dense_every_prefix_loss(y - bias, f, w_dec, self.prefix_cdf), f @ w_dec + bias
         x_hat = self.out_bias(x).expand_as(y)
         recon = x.new_zeros(())
         start = 0

@@ -287,6 +287,10 @@ class MatryoshkaSAEConfig(_BatchTopKCommon):
             if widths != "every" or isinstance(weights, list):
                 raise ValueError("prefix_weights uniform or log_uniform goes with prefix_widths "
                                  "every, which takes no list of weights (one per width)")
+            if self.compute_matched_to is not None:
+                raise ValueError("compute_matched_to needs a step cost linear in d_sae, and with "
+                                 "prefix_widths every the dense step's Gram matrix W_dec W_dec^T "
+                                 "makes it quadratic: give d_sae or expansion_factor")
             return self
         if widths is not None:
             increasing = all(a < b for a, b in zip(widths[:-1], widths[1:], strict=True))
