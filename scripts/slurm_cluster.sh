@@ -61,7 +61,9 @@ ClusterName=saerun-ci
 SlurmctldHost=$host(127.0.0.1)
 CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 AuthType=auth/munge
-AuthInfo=socket=$D/munge/munge.socket.2
+# cred_expire also holds a requeued job pending (BeginTime) that long before it may start again:
+# 120 s by default, which under a one-minute time limit spent most of the wall time waiting.
+AuthInfo=socket=$D/munge/munge.socket.2,cred_expire=15
 SlurmUser=root
 StateSaveLocation=$D/state
 SlurmdSpoolDir=$D/spool
