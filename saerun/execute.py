@@ -298,6 +298,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
                                      tr.config.train.keep_checkpoints)
             snapshotted.add(tr.step)
         tensors, meta = tr.state()
+        meta["train_seconds"] = before[tr.run_id] + time.perf_counter() - t0
         meta["norm_scale"] = scales[tr.hook_name]
         meta["outlier_limits"] = outlier_limits(lm, first.data, hooks)  # the stream head's
         if streams:  # the training positions the stream dropped as outliers so far
@@ -319,6 +320,10 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
 
     start = min(tr.step for tr in trainers)
     total = max(tr.total_steps for tr in trainers)
+    # The training time of the earlier processes a checkpoint carries: a requeued run's
+    # train_seconds is all of its training, not only the last process's.
+    before = {tr.run_id: float(m.get("train_seconds", 0.0)) for tr, m in zip(trainers, metas,
+                                                                             strict=True)}
     t0 = time.perf_counter()
     stream_outliers: int | None = None  # training positions dropped as outliers, when trained
     if recorded and all("stream_outliers" in m for m in metas):
@@ -407,6 +412,7 @@ def run_group(reg: RunSink, jobs: list[Job], progress: Progress | None,
                                  scales[tr.hook_name], metrics,
                                  None if out is None else scales[out])
         artifacts.write_sae(reg.artifacts_dir(tr.run_id), folded[tr.run_id][0], cfg, res.density)
-        reg.mark_done(tr.run_id, metrics, train_seconds, eval_seconds, tr.tokens, OWNER)
+        reg.mark_done(tr.run_id, metrics, before[tr.run_id] + train_seconds, eval_seconds,
+                      tr.tokens, OWNER)
         stream_mod.remove_snapshots(reg.artifacts_dir(tr.run_id))  # nothing resumes a done run
     return failures

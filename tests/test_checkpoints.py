@@ -227,7 +227,7 @@ def test_a_stop_while_evaluating_requeues_and_the_restart_only_evaluates(tmp_pat
     the job stops with every run unfinished; the restart trains nothing, takes the norm
     scales and outlier limits its checkpoints recorded (no model pass over the stream head)
     and ends with the metrics and weights of an uninterrupted run."""
-    from saerun import activations
+    from saerun import activations, faults
     from saerun.execute import Interrupted, run_group
 
     reg, jobs = planned(tmp_path / "stopped")
@@ -237,8 +237,11 @@ def test_a_stop_while_evaluating_requeues_and_the_restart_only_evaluates(tmp_pat
         asked.append(1)
         return "the time limit is near" if len(asked) == 17 else None
 
-    with pytest.raises(Interrupted) as caught:
-        run_group(reg, jobs, None, stop=stop)
+    with monkeypatch.context() as m:  # each of the 16 steps takes 0.05 s at least
+        m.setattr(faults, "_DELAY_POINT", "train_step")
+        m.setattr(faults, "_DELAY", "0.05")
+        with pytest.raises(Interrupted) as caught:
+            run_group(reg, jobs, None, stop=stop)
     assert sorted(caught.value.run_ids) == sorted(j.run_id for j in jobs)
     for job in jobs:
         meta = json.loads((reg.artifacts_dir(job.run_id) / "checkpoint.json").read_text())
@@ -257,6 +260,9 @@ def test_a_stop_while_evaluating_requeues_and_the_restart_only_evaluates(tmp_pat
         a, b = reg.get_run(job.run_id), ref.get_run(job.run_id)
         assert a["status"] == b["status"] == "done"
         assert a["metrics"] == b["metrics"]
+        # The training time is the first process's (16 steps of 0.05 s), though the restart
+        # trained nothing.
+        assert a["train_seconds"] >= 16 * 0.05
         wa = artifacts.read_weights(reg.artifacts_dir(job.run_id))
         wb = artifacts.read_weights(ref.artifacts_dir(job.run_id))
         assert all(wa[k].equal(wb[k]) for k in wa)

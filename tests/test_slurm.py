@@ -487,8 +487,8 @@ def test_a_one_minute_time_limit_requeues_and_ends_bit_identical(tmp_path, slurm
                                                                  monkeypatch):
     """Cut off by its time limit (a 1 s step, 32 steps, the warning 20 s before a 1-minute
     limit: on a loaded machine the start-up alone can take half a minute), the job
-    checkpoints, requeues itself (Slurm holds a requeued job about 2 minutes) and resumes:
-    the same weights as an uninterrupted local run."""
+    checkpoints, requeues itself (the test cluster holds a requeued job ~15 s, its
+    cred_expire) and resumes: the same weights as an uninterrupted local run."""
     longer = ONE_GROUP.replace("train_tokens: 4096", "train_tokens: 16384")
     folder = fresh(tmp_path, "requeued", longer + "launcher: {kind: slurm, time: 1m, "
                    "signal_seconds: 20, max_requeues: 20}\n")
