@@ -181,8 +181,8 @@ def run_case(case: dict[str, Any], folder: Path, steps: int, warmup: int) -> dic
         if i >= warmup:
             t_lm, t_sae = t_lm + (t1 - t0), t_sae + (t2 - t1)
     tokens = steps * first.train.batch_tokens
-    step_flops = sum(flops.step_flops_per_token(j.config.sae, j.config.sae.widths[1])
-                     for j in jobs)
+    step_flops = sum(flops.step_flops_per_token(j.config.sae, j.config.sae.widths[1],
+                                                j.config.train.batch_tokens) for j in jobs)
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)

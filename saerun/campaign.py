@@ -51,7 +51,7 @@ def run(specs_dir: Path, registry_path: Path, train: bool = True,
     real_dir = Path(specs_dir) / REAL_DIR
     failed: dict[str, str] = {}
     if train:
-        for name, path in paths.items():
+        for path in paths.values():
             if path.parent == real_dir and not real:
                 continue
             failed.update(run_spec(path, registry_path, progress).failed)

@@ -36,9 +36,7 @@ class Prepared:
 
 def model_dims(name: str, offline_table: bool = False) -> ModelDims:
     """Widths of every hook of a model, read from its config (never loads the weights)."""
-    from saerun import models
-
-    from saerun import realmodel
+    from saerun import models, realmodel
 
     # A real-model tier name plans from the table until it is built (then from its config).
     unbuilt = name in realmodel.REAL_MODELS and realmodel.build_info(name) is None

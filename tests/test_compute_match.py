@@ -225,8 +225,9 @@ def test_the_planners_flops_formula_is_the_measured_count(data):
 ])
 def test_the_planners_flops_formula_counts_a_real_step(data, d_out):
     """saerun.flops against a real CPU step's FLOP counter, SAE and transcoder (with and without
-    a skip, as wide as its input or not): the terms the meta-device line cannot see too (multi_k's extra decodes, the
-    every-prefix Gram products, quadratic in d_sae and partly per step, not per token)."""
+    a skip, as wide as its input or not): the terms the meta-device line cannot see too
+    (multi_k's extra decodes, the every-prefix Gram products, quadratic in d_sae and partly per
+    step, not per token)."""
     from pydantic import TypeAdapter
 
     from saerun import flops

@@ -186,10 +186,10 @@ def test_section_says_what_the_numbers_say():
 
 @pytest.mark.parametrize("b_mag", ["free", "tied"])
 def test_the_memory_model_counts_the_parameters_a_gated_sae_has(b_mag):
+    from conftest import unit_config
+
     from saerun import memory
     from saerun.plan import _sae_shape
-
-    from conftest import unit_config
 
     cfg = unit_config({"architecture": "gated", "d_in": 6, "d_sae": 24, "b_mag": b_mag})
     sae = build_sae(cfg.sae, seed=0)

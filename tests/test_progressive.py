@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import unit_config
 from pydantic import ValidationError
 
 from saerun import artifacts
@@ -16,7 +17,6 @@ from saerun.sae.base import StepInfo
 from saerun.spec import RunConfig, TopKSAEConfig
 from saerun.spec.derive import v1_identity
 from saerun.train import Trainer, k_at, train_group
-from conftest import unit_config
 
 D_IN, D_SAE = 6, 24
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from saerun import realmodel
 from saerun.errors import SpecError
 from saerun.runner import prepare
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "saerun/smollm2-135m"
 needs_model = pytest.mark.skipif(
@@ -53,7 +58,7 @@ eval: {{metrics: []}}
 """
 
 
-def _eval_rows_by_hand(tokenizer, context_size: int, eval_tokens: int) -> "torch.Tensor":
+def _eval_rows_by_hand(tokenizer, context_size: int, eval_tokens: int) -> torch.Tensor:
     """data.boundaries' default (row_bos+bos_eos) written out: each document BOS ids EOS, packed
     into rows that each start with BOS, until eval_tokens non-head tokens."""
     import torch
@@ -84,10 +89,10 @@ def test_a_real_model_sae_fvu_equals_a_recomputation_by_hand(tmp_path):
     import json as json_mod
 
     import torch
+    from conftest import saerun
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from conftest import saerun
     from saerun.registry import Registry
 
     (tmp_path / "real.yaml").write_text(REAL_SPEC)

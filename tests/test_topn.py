@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import unit_config
 from pydantic import TypeAdapter
 
 from saerun.posthoc import TopN, _variants, reconstruction_sweep, top_ns
 from saerun.report.posthoc import build_posthoc
 from saerun.sae import build_sae
 from saerun.spec import SAEConfig
-from conftest import unit_config
 
 EXTRA = {"relu": {"sparsity": {"coefficient": 0.1}}, "gated": {}, "topk": {"k": 5},
          "jumprelu": {"init_threshold": 0.05}, "batchtopk": {"k": 5}, "matryoshka": {"k": 5}}

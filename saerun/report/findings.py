@@ -1,6 +1,7 @@
 """docs/FINDINGS.md and its reports, from the findings runs in the registry (reads only).
 
-    saerun findings [--specs specs/findings] [--registry docs/findings/registry/saerun.db] [--out docs]
+    saerun findings [--specs specs/findings] [--out docs]
+                    [--registry docs/findings/registry/saerun.db]
 
 The command trains the specs first (`saerun.campaign`) and stores the post-hoc analyses of the
 frontier runs (`saerun.posthoc`); this module then:
@@ -20,6 +21,7 @@ from typing import Any
 
 from saerun.errors import SaerunError
 from saerun.registry import Registry
+from saerun.report import ideas_real
 from saerun.report.build import read_densities, write_reports
 from saerun.report.common import (
     Comparison,
@@ -30,7 +32,6 @@ from saerun.report.common import (
     series_front,
 )
 from saerun.report.death import INIT_KEY, init_label, matched_effect
-from saerun.report import ideas_real
 from saerun.report.findings_ideas import IDEA_SPECS, ideas_sections
 from saerun.report.findings_mlp import MLP_SPECS, mlp_sections
 from saerun.report.findings_real import REAL_SPECS, real_sections
