@@ -173,6 +173,17 @@ def load_checkpoint(folder: Path, notes: list[str] | None = None
     return None
 
 
+def checkpoint_tokens(folder: Path) -> int | None:
+    """Tokens trained at the newest checkpoint (checkpoint.json alone, no tensor read: what
+    `saerun status` shows of a run not done yet), or None without a readable one. The tensors are
+    checked when a run resumes (`load_checkpoint`), not here."""
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
+        return int(meta["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def remove_checkpoint(folder: Path) -> None:
     (folder / "checkpoint.json").unlink(missing_ok=True)
     for old in folder.glob("checkpoint-*"):

@@ -352,14 +352,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     table = Table()
-    for col in ("run", "name", "status", "requeues", "Slurm job", "log / error"):
+    for col in ("run", "name", "status", "requeues", "checkpoint", "Slurm job", "log / error"):
         table.add_column(col)
     for row in rows:
         job = row["job_id"] or ""
         if row["slurm_state"] and row["status"] == "running" and row["error"]:
             job += f" ({row['slurm_state']})"
+        saved, total = row["saved_tokens"], row["train_tokens"]
+        checkpoint = "" if saved is None else f"{saved:,} tok" + (
+            f" ({saved / total:.0%})" if total else "")
         table.add_row(row["run_id"][:10], escape(row["name"]), row["status"],
-                      str(row["requeues"] or ""), job,
+                      str(row["requeues"] or ""), checkpoint, job,
                       escape(row["error"] or row["log_path"] or ""))
     console = _console()
     console.print(table)

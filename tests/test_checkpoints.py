@@ -172,6 +172,7 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
     """...and the restart takes the stream head's measurements (norm scales, outlier limits)
     from the checkpoints: it never measures the head again."""
     from saerun import activations
+    from saerun.cli import main
     from saerun.execute import Interrupted, run_group
 
     reg, jobs = planned(tmp_path / "stopped")
@@ -188,6 +189,14 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
     for job in jobs:
         meta = json.loads((reg.artifacts_dir(job.run_id) / "checkpoint.json").read_text())
         assert meta["step"] == 7
+    # `saerun status` says how far each run's newest checkpoint goes (7 steps of 512 tokens).
+    db = str(reg.path)
+    capsys.readouterr()
+    assert main(["status", "--registry", db, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["saved_tokens"], r["train_tokens"]) for r in rows] == [(3584, 8192)] * 2
+    assert main(["status", "--registry", db]) == 0
+    assert capsys.readouterr().out.count("3,584 tok (44%)") == 2
     # The stream's position is saved once for the group, beside the first run's checkpoints.
     lead = reg.artifacts_dir(min(j.run_id for j in jobs))
     assert (lead / "stream-7.json").exists() and (lead / "stream-7.safetensors").exists()
@@ -211,6 +220,9 @@ def test_a_stop_checkpoints_every_sae_at_one_batch_and_the_resume_is_bit_identic
         assert "regenerating" not in said
     for job in jobs:  # a finished run keeps no stream snapshot
         assert not list(reg.artifacts_dir(job.run_id).glob("stream-*"))
+    assert main(["status", "--registry", db, "--json"]) == 0
+    assert [(r["status"], r["saved_tokens"]) for r in json.loads(capsys.readouterr().out)] == \
+        [("done", None)] * 2
     reg.close()
 
     ref, _ = planned(tmp_path / "uninterrupted")

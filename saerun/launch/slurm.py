@@ -309,9 +309,12 @@ def run_states(reg: Registry,
                run_ids: list[str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """`saerun status`: every run (of `run_ids`, else all) with its status as a user thinks of
     it: planned, queued, requeued, running, done or failed (with `requeues`: how many times its
-    job requeued itself), asking Slurm about runs out in jobs. Returns
+    job requeued itself; `saved_tokens`: the tokens its newest checkpoint holds, of
+    `train_tokens`, while it is not done), asking Slurm about runs out in jobs. Returns
     (rows, a note when Slurm could not be asked)."""
-    runs = reg.list_runs()
+    from saerun import artifacts
+
+    runs = reg.list_runs(details=True)
     if run_ids is not None:
         order = {r: i for i, r in enumerate(run_ids)}
         runs = sorted((r for r in runs if r["run_id"] in order), key=lambda r: order[r["run_id"]])
@@ -326,6 +329,9 @@ def run_states(reg: Registry,
         row = {k: run[k] for k in ("run_id", "name", "status", "job_id", "log_path", "error",
                                    "requeues")}
         row["slurm_state"] = None
+        row["train_tokens"] = run["config"].get("data", {}).get("train_tokens")
+        row["saved_tokens"] = None if run["status"] == "done" else \
+            artifacts.checkpoint_tokens(reg.artifacts_dir(run["run_id"]))
         if run["run_id"] in flights:
             # A job out on the cluster writes its requeue count into the run folder; the
             # registry learns it at the next reconcile, which a --no-wait driver never runs.
