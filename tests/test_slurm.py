@@ -531,6 +531,10 @@ def test_quickstart_with_a_one_minute_limit_finishes_by_requeueing(tmp_path, slu
     assert all(r["requeues"] >= 1 for r in runs.values())
     status = saerun(tmp_path / "slurm", "status", "spec.yaml")
     assert "requeues" in status.stdout
+    # train_seconds adds up every attempt: as long as the uninterrupted run's, not the last
+    # attempt's (5.6 s against 111 s before it did; a loose bound, the machine is shared).
+    local = runs_of(tmp_path / "local")
+    assert all(r["train_seconds"] > 0.5 * local[i]["train_seconds"] for i, r in runs.items())
     a, b = outs["slurm"], outs["local"]
     assert a.keys() == b.keys() and len(a) == 6
     assert all(a[r][k].equal(b[r][k]) for r in a for k in a[r])
