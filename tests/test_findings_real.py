@@ -43,6 +43,17 @@ def test_the_claims_table_reads_both_models_and_says_where_they_agree():
     assert "relu/l1: lowest FVU at lr 0.0005" in md
 
 
+def test_a_series_of_one_run_reads_no_claim():
+    """One BatchTopK run inside TopK's L0 range is a point: the claim is shown at that one L0
+    and agrees or disagrees with nothing (it said "yes (1/1)" and agreed with the paper)."""
+    real = [_row("t1", "topk", 16, 0.30), _row("t2", "topk", 64, 0.10),
+            _row("b1", "batchtopk", 32, 0.15)]
+    md = "\n".join(real_sections(prepare(real), [], {"real-frontier.yaml": ["t1", "t2", "b1"]},
+                                 9))
+    line = next(x for x in md.splitlines() if x.startswith("| BatchTopK beats TopK"))
+    assert line == "| BatchTopK beats TopK | Bussmann et al. 2024 | - | one L0 only (1/1) | - | - |"
+
+
 def test_no_real_run_says_how_to_get_them():
     md = "\n".join(real_sections([], [], {}, 9))
     assert "bash scripts/setup.sh --real-model" in md and "saerun findings --real" in md

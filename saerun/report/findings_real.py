@@ -51,17 +51,27 @@ def _compare(rows: list[dict[str, Any]], a: str, b: str) -> Comparison:
     return compare(series_front(both, a), series_front(both, b))
 
 
+# What each paper claims, as a comparison: A better (at a point; only its verdict is read).
+PAPER = Comparison((1.0, 1.0), [1.0], [0.0], [1.0], 1, 0)
+
+
 def _word(cmp: Comparison) -> str:
     if cmp.l0_range is None:
         return "no common L0"
     at = f"{cmp.a_better}/{len(cmp.grid)}"
+    if len(cmp.grid) == 1:  # a series of one run is a point, not a frontier: no claim read
+        return f"one L0 only ({at})"
     return {"A better everywhere": f"yes ({at})", "B better everywhere": f"no ({at})"}.get(
         cmp.verdict, f"mixed ({at})")
 
 
 def _agree(real: Comparison, other: Comparison | None) -> str:
-    """Whether two comparisons reach the same verdict ('-' when either cannot be read)."""
-    if real.l0_range is None or other is None or other.l0_range is None:
+    """Whether two comparisons reach the same verdict ('-' when either cannot be read: no
+    common L0, or one L0 only, where a series is a single run)."""
+    def unread(c: Comparison | None) -> bool:
+        return c is None or c.l0_range is None or (len(c.grid) < 2 and c is not PAPER)
+
+    if unread(real) or unread(other) or other is None:
         return "-"
     return "**yes**" if real.verdict == other.verdict else "no"
 
@@ -156,11 +166,12 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
     for claim, paper, a, b in CLAIMS:
         real = _compare(front, a, b)
         toy = _compare(toy_front, a, b) if toy_front else None
-        paper_cmp = Comparison((1.0, 1.0), [1.0], [0.0], [1.0], 1, 0)  # the paper: A better
         table.append(f"| {claim} | {paper} | {_word(toy) if toy else '-'} | {_word(real)} | "
-                     f"{_agree(real, toy)} | {_agree(real, paper_cmp)} |")
+                     f"{_agree(real, toy)} | {_agree(real, PAPER)} |")
     md += ["Each claim as \"A beats B\" on the L0-FVU frontier (A better at how many of 9 "
-           "log-spaced L0 values in the shared range; \"yes\" = everywhere):", "", *table, ""]
+           "log-spaced L0 values in the shared range; \"yes\" = everywhere; \"one L0 only\": "
+           "a series of a single run is a point, so the claim is not read and agrees with "
+           "nothing):", "", *table, ""]
     series = sorted({r["series"] for r in front})
     if series:
         md += ["FVU read off each real-model series' frontier (interpolated, never "
