@@ -173,15 +173,16 @@ def load_checkpoint(folder: Path, notes: list[str] | None = None
     return None
 
 
-def checkpoint_tokens(folder: Path) -> int | None:
-    """Tokens trained at the newest checkpoint (checkpoint.json alone, no tensor read: what
-    `saerun status` shows of a run not done yet), or None without a readable one. The tensors are
-    checked when a run resumes (`load_checkpoint`), not here."""
+def checkpoint_meta(folder: Path) -> dict[str, Any] | None:
+    """The newest checkpoint's metadata (checkpoint.json alone, no tensor read: its step and
+    tokens, its training time so far), or None without a readable one; what `saerun status` and
+    `saerun plan` read of a run not done yet. The tensors are checked when a run resumes
+    (`load_checkpoint`), not here."""
     try:
         meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
-        return int(meta["tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("tokens"), int) else None
 
 
 def remove_checkpoint(folder: Path) -> None:

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--json", action="store_true")
     _device_memory_arg(p)
+    _registry_arg(p)  # read only: a job's measured time, for the time-limit warning
     _command(sub, "schema")
     p = _command(sub, "ls")
     _registry_arg(p)
@@ -294,7 +295,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan_json(prepared.plan), indent=2, sort_keys=True))
         return 0
-    print_plan(_console(), prepared)
+    print_plan(_console(), prepared, _registry_path(args))
     return 0
 
 

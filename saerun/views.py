@@ -122,9 +122,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     return {"runs": runs, "jobs": jobs, "budget": limit}
 
 
-def print_plan(console: Console, prepared: Prepared) -> None:
+def print_plan(console: Console, prepared: Prepared, registry: Path | None = None) -> None:
     """`saerun plan`: the device jobs, then every resolved value of the first run and its
-    source (spec line and comment, sweep axis, or the rule that derived it)."""
+    source (spec line and comment, sweep axis, or the rule that derived it). `registry`: where
+    a job's time was measured (its runs done or checkpointed), for the time-limit warning."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -154,7 +155,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
                       "written, the final export, the stream's snapshots)")
         if plan.spec.launcher.kind == "slurm":
             warning = time_limit_warning(dj.runs, slurm_minutes(plan.spec.launcher.time),
-                                         plan.spec.launcher.max_requeues)
+                                         plan.spec.launcher.max_requeues,
+                                         measured=measured_rate(registry, dj.run_ids))
             if warning:
                 console.print(f"  [yellow]warning[/yellow]: {escape(warning)}")
         for run_id in dj.run_ids:
@@ -238,18 +240,59 @@ ASSUMED_FLOPS = 3e14
 FEW_REQUEUES = 3
 
 
-def time_limit_warning(runs: list[Job], limit_minutes: int, max_requeues: int,
-                       flops: float = ASSUMED_FLOPS) -> str | None:
-    """A warning when one device job's SAE steps (step FLOPs per token x training tokens, at
-    `flops` FLOP/s) cannot finish within a few requeues of its time limit; None when they can
-    or the FLOPs are unknown. The LM forward is not counted: a lower bound on the job's time."""
-    if any(j.step_flops_per_token is None for j in runs):
+def measured_rate(registry: Path | None, run_ids: list[str]) -> tuple[float, str] | None:
+    """(training seconds per token, where that was measured) of one device job, from its runs'
+    records: a done run's train_seconds / tokens_trained, else its newest checkpoint's (both
+    count every attempt, the language model's forward included); the slowest when several.
+    None: no registry, or nothing measured yet."""
+    from saerun import artifacts
+    from saerun.registry import Registry
+
+    if registry is None or not registry.exists():
         return None
-    seconds = sum(float(j.step_flops_per_token or 0) * j.config.data.train_tokens
-                  for j in runs) / flops
+    slowest: tuple[float, str] | None = None
+    with Registry(registry, must_exist=True) as reg:
+        for run_id in run_ids:
+            run = reg.get_run(run_id)
+            if run is None:
+                continue
+            seconds, tokens = run["train_seconds"], run["tokens_trained"]
+            if run["status"] != "done":
+                meta = artifacts.checkpoint_meta(reg.artifacts_dir(run_id)) or {}
+                seconds, tokens = meta.get("train_seconds"), meta.get("tokens")
+            if not seconds or not tokens:
+                continue
+            rate = float(seconds) / int(tokens)
+            if slowest is None or rate > slowest[0]:
+                slowest = (rate, f"measured on run {run_id[:10]}: {int(tokens):,} tokens in "
+                                 f"{float(seconds):.0f} s")
+    return slowest
+
+
+def _duration(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds < 3600 else f"~{seconds / 3600:.1f} h"
+
+
+def time_limit_warning(runs: list[Job], limit_minutes: int, max_requeues: int,
+                       flops: float = ASSUMED_FLOPS,
+                       measured: tuple[float, str] | None = None) -> str | None:
+    """A warning when one device job cannot finish within a few requeues of its time limit;
+    None when it can or nothing is known. Its time: `measured` (seconds per training token of
+    this job, `measured_rate`) x its training tokens once known; before that its SAE steps
+    alone (step FLOPs per token x training tokens at `flops` FLOP/s), a lower bound (the LM
+    forward is not counted). None: the FLOPs are unknown and nothing was measured."""
+    if measured is not None:
+        rate, where = measured
+        seconds = rate * max(j.config.data.train_tokens for j in runs)
+        what = f"its training needs {_duration(seconds)} ({where})"
+    elif any(j.step_flops_per_token is None for j in runs):
+        return None
+    else:
+        seconds = sum(float(j.step_flops_per_token or 0) * j.config.data.train_tokens
+                      for j in runs) / flops
+        what = f"its SAE steps alone need {_duration(seconds)} at {flops:.0e} FLOP/s"
     attempts = 1 + min(max_requeues, FEW_REQUEUES)
     if seconds <= attempts * limit_minutes * 60:
         return None
-    return (f"its SAE steps alone need ~{seconds / 3600:.1f} h at {flops:.0e} FLOP/s, more "
-            f"than {attempts} x the {limit_minutes} min time limit: raise launcher.time or "
-            "launcher.max_requeues, or split the job (--device-memory)")
+    return (f"{what}, more than {attempts} x the {limit_minutes} min time limit: raise "
+            "launcher.time or launcher.max_requeues, or split the job (--device-memory)")

@@ -129,10 +129,37 @@ def test_plan_counts_each_jobs_checkpoint_disk_and_warns_about_the_time_limit():
     # is 1,200 s (too short), of 6 min 1,440 s (enough); max_requeues 0: one attempt only.
     assert time_limit_warning([job], 6, 3, flops=1e12) is None
     assert time_limit_warning([job], 5, 3, flops=1e12) == (
-        "its SAE steps alone need ~0.4 h at 1e+12 FLOP/s, more than 4 x the 5 min time limit: "
+        "its SAE steps alone need ~21 min at 1e+12 FLOP/s, more than 4 x the 5 min time limit: "
         "raise launcher.time or launcher.max_requeues, or split the job (--device-memory)")
     assert "more than 1 x the 6 min" in time_limit_warning([job], 6, 0, flops=1e12)
     assert time_limit_warning([Job("ab12cd34", "r", unit_config(), "g", {})], 1, 0) is None
+
+
+def test_plan_warns_from_the_time_a_job_measured(tmp_path, capsys):
+    """Once a job's runs have trained (done, or checkpointed), `saerun plan` reads its time
+    per token from them (the slowest; LM forward included) instead of assuming a GPU's FLOP/s."""
+    from saerun.cli import main
+    from saerun.views import measured_rate
+
+    reg, jobs = planned(tmp_path / "measured")
+    (tmp_path / "measured" / "spec.yaml").write_text(
+        SPEC + "launcher: {kind: slurm, time: 1m, max_requeues: 0}\n")
+    ids = [j.run_id for j in jobs]
+    assert measured_rate(reg.path, ids) is None  # nothing trained yet
+    assert reg.mark_done(ids[0], {}, 20.0, 1.0, 8192)  # 8,192 tokens in 20 s
+    assert measured_rate(reg.path, ids) == pytest.approx((20 / 8192, (
+        f"measured on run {ids[0][:10]}: 8,192 tokens in 20 s")))
+    artifacts.save_checkpoint(reg.artifacts_dir(ids[1]), {"x": torch.zeros(1)},
+                              {"step": 2, "tokens": 1024, "train_seconds": 10.0})  # slower
+    rate, where = measured_rate(reg.path, ids)
+    assert (rate, where) == (10 / 1024, f"measured on run {ids[1][:10]}: 1,024 tokens in 10 s")
+    reg.close()
+    # 8,192 training tokens x 10/1024 s = 80 s, more than one attempt of 1 minute.
+    assert main(["plan", str(tmp_path / "measured" / "spec.yaml"), "--registry",
+                 str(tmp_path / "measured" / "saerun.db")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"warning: its training needs ~1 min (measured on run {ids[1][:10]}: 1,024 tokens "
+            "in 10 s), more than 1 x the 1 min time limit") in out
 
 
 # -- the stop path: every SAE of a job checkpointed at one batch boundary ----------------------

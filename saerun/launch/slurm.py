@@ -330,8 +330,9 @@ def run_states(reg: Registry,
                                    "requeues")}
         row["slurm_state"] = None
         row["train_tokens"] = run["config"].get("data", {}).get("train_tokens")
-        row["saved_tokens"] = None if run["status"] == "done" else \
-            artifacts.checkpoint_tokens(reg.artifacts_dir(run["run_id"]))
+        meta = None if run["status"] == "done" else \
+            artifacts.checkpoint_meta(reg.artifacts_dir(run["run_id"]))
+        row["saved_tokens"] = None if meta is None else meta["tokens"]
         if run["run_id"] in flights:
             # A job out on the cluster writes its requeue count into the run folder; the
             # registry learns it at the next reconcile, which a --no-wait driver never runs.
