@@ -90,10 +90,12 @@ def _step_flops(cfg: SAEConfig) -> int:
     sae = build_sae(cfg, seed=0).to("meta")
     sae.sparse_kernels = False  # the dense reference: the FLOPs of the products it names
     x = torch.empty(PROBE_TOKENS, sae.d_in, device="meta")
+    # A transcoder's target is another hook's activation, d_out wide.
+    y = None if cfg.d_out is None else torch.empty(PROBE_TOKENS, cfg.d_out, device="meta")
     dead = torch.zeros(sae.d_sae, dtype=torch.bool, device="meta")
     step = StepInfo(sparsity_scale=1.0, dead_mask=dead)
     with FlopCounterMode(display=False) as counter:
-        sae.loss(x, step).loss.backward()
+        sae.loss(x, step, y).loss.backward()
     return counter.get_total_flops()
 
 
