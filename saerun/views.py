@@ -140,6 +140,8 @@ def print_plan(console: Console, prepared: Prepared, registry: Path | None = Non
                   "activation group(s) (one language-model pass per batch per group), "
                   f"{len(plan.device_jobs)} job(s); {budget}")
     names = {j.run_id: j.name for j in plan.jobs}
+    measured = measured_rates(registry, [dj.run_ids for dj in plan.device_jobs]) \
+        if plan.spec.launcher.kind == "slurm" else []
     for dj in plan.device_jobs:
         first = dj.runs[0].config
         tokens = first.data.train_tokens + first.data.eval_tokens
@@ -156,7 +158,7 @@ def print_plan(console: Console, prepared: Prepared, registry: Path | None = Non
         if plan.spec.launcher.kind == "slurm":
             warning = time_limit_warning(dj.runs, slurm_minutes(plan.spec.launcher.time),
                                          plan.spec.launcher.max_requeues,
-                                         measured=measured_rate(registry, dj.run_ids))
+                                         measured=measured[dj.index])
             if warning:
                 console.print(f"  [yellow]warning[/yellow]: {escape(warning)}")
         for run_id in dj.run_ids:
@@ -240,25 +242,30 @@ ASSUMED_FLOPS = 3e14
 FEW_REQUEUES = 3
 
 
-def measured_rate(registry: Path | None, run_ids: list[str]) -> tuple[float, str] | None:
-    """(training seconds per token, where that was measured) of one device job, from its runs'
-    records: a done run's train_seconds / tokens_trained, else its newest checkpoint's (both
-    count every attempt, the language model's forward included); the slowest when several.
-    None: no registry, or nothing measured yet."""
+def measured_rates(registry: Path | None, jobs: list[list[str]]
+                   ) -> list[tuple[float, str] | None]:
+    """For each device job (its run ids): (training seconds per token, where that was measured)
+    from its runs' records, a done run's train_seconds / tokens_trained, else its newest
+    checkpoint's (both count every attempt, the language model's forward included); the
+    slowest when several. None: nothing measured yet (all None without a registry)."""
     from saerun import artifacts
     from saerun.registry import Registry
 
     if registry is None or not registry.exists():
-        return None
-    slowest: tuple[float, str] | None = None
-    with Registry(registry, must_exist=True) as reg:
-        for run_id in run_ids:
-            run = reg.get_run(run_id)
+        return [None] * len(jobs)
+    with Registry(registry, must_exist=True) as reg:  # one read of the registry for all jobs
+        runs = {r["run_id"]: r for r in reg.list_runs()}
+        folders = {run_id: reg.artifacts_dir(run_id) for ids in jobs for run_id in ids}
+    out: list[tuple[float, str] | None] = []
+    for ids in jobs:
+        slowest: tuple[float, str] | None = None
+        for run_id in ids:
+            run = runs.get(run_id)
             if run is None:
                 continue
             seconds, tokens = run["train_seconds"], run["tokens_trained"]
             if run["status"] != "done":
-                meta = artifacts.checkpoint_meta(reg.artifacts_dir(run_id)) or {}
+                meta = artifacts.checkpoint_meta(folders[run_id]) or {}
                 seconds, tokens = meta.get("train_seconds"), meta.get("tokens")
             if not seconds or not tokens:
                 continue
@@ -266,7 +273,8 @@ def measured_rate(registry: Path | None, run_ids: list[str]) -> tuple[float, str
             if slowest is None or rate > slowest[0]:
                 slowest = (rate, f"measured on run {run_id[:10]}: {int(tokens):,} tokens in "
                                  f"{float(seconds):.0f} s")
-    return slowest
+        out.append(slowest)
+    return out
 
 
 def _duration(seconds: float) -> str:
@@ -278,7 +286,7 @@ def time_limit_warning(runs: list[Job], limit_minutes: int, max_requeues: int,
                        measured: tuple[float, str] | None = None) -> str | None:
     """A warning when one device job cannot finish within a few requeues of its time limit;
     None when it can or nothing is known. Its time: `measured` (seconds per training token of
-    this job, `measured_rate`) x its training tokens once known; before that its SAE steps
+    this job, `measured_rates`) x its training tokens once known; before that its SAE steps
     alone (step FLOPs per token x training tokens at `flops` FLOP/s), a lower bound (the LM
     forward is not counted). None: the FLOPs are unknown and nothing was measured."""
     if measured is not None:

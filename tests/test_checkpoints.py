@@ -139,7 +139,10 @@ def test_plan_warns_from_the_time_a_job_measured(tmp_path, capsys):
     """Once a job's runs have trained (done, or checkpointed), `saerun plan` reads its time
     per token from them (the slowest; LM forward included) instead of assuming a GPU's FLOP/s."""
     from saerun.cli import main
-    from saerun.views import measured_rate
+    from saerun.views import measured_rates
+
+    def measured_rate(path, ids):  # one device job
+        return measured_rates(path, [ids])[0]
 
     reg, jobs = planned(tmp_path / "measured")
     (tmp_path / "measured" / "spec.yaml").write_text(

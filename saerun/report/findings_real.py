@@ -51,10 +51,6 @@ def _compare(rows: list[dict[str, Any]], a: str, b: str) -> Comparison:
     return compare(series_front(both, a), series_front(both, b))
 
 
-# What each paper claims, as a comparison: A better (at a point; only its verdict is read).
-PAPER = Comparison((1.0, 1.0), [1.0], [0.0], [1.0], 1, 0)
-
-
 def _word(cmp: Comparison) -> str:
     if cmp.l0_range is None:
         return "no common L0"
@@ -65,15 +61,16 @@ def _word(cmp: Comparison) -> str:
         cmp.verdict, f"mixed ({at})")
 
 
-def _agree(real: Comparison, other: Comparison | None) -> str:
-    """Whether two comparisons reach the same verdict ('-' when either cannot be read: no
-    common L0, or one L0 only, where a series is a single run)."""
-    def unread(c: Comparison | None) -> bool:
-        return c is None or c.l0_range is None or (len(c.grid) < 2 and c is not PAPER)
+def _verdict(cmp: Comparison | None) -> str | None:
+    """The comparison's verdict, or None where it cannot be read: no common L0, or one L0 only
+    (a series of a single run is a point, not a frontier)."""
+    return None if cmp is None or cmp.l0_range is None or len(cmp.grid) < 2 else cmp.verdict
 
-    if unread(real) or unread(other) or other is None:
-        return "-"
-    return "**yes**" if real.verdict == other.verdict else "no"
+
+def _agree(real: Comparison, other: str | None) -> str:
+    """Whether the real model's verdict is `other` ('-' when either cannot be read)."""
+    mine = _verdict(real)
+    return "-" if mine is None or other is None else ("**yes**" if mine == other else "no")
 
 
 def _f(value: Any, digits: int = 4) -> str:
@@ -167,7 +164,7 @@ def real_sections(rows: list[dict[str, Any]], toy_front: list[dict[str, Any]],
         real = _compare(front, a, b)
         toy = _compare(toy_front, a, b) if toy_front else None
         table.append(f"| {claim} | {paper} | {_word(toy) if toy else '-'} | {_word(real)} | "
-                     f"{_agree(real, toy)} | {_agree(real, PAPER)} |")
+                     f"{_agree(real, _verdict(toy))} | {_agree(real, 'A better everywhere')} |")
     md += ["Each claim as \"A beats B\" on the L0-FVU frontier (A better at how many of 9 "
            "log-spaced L0 values in the shared range; \"yes\" = everywhere; \"one L0 only\": "
            "a series of a single run is a point, so the claim is not read and agrees with "
